@@ -1,0 +1,1 @@
+"""LLM Monitor: a mitmproxy pass-through that records LLM API usage and cost."""

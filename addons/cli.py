@@ -1,0 +1,567 @@
+"""The `llm-monitor` command line: organisations, monitor tokens, prices, stats, the proxy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import os
+import shutil
+import sqlite3
+import sys
+from collections.abc import Callable, Iterable
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+from sqlite_utils import Database
+from tabulate import tabulate
+
+from llm_monitor import monitor as monitor_module
+from llm_monitor.database import open_db
+from llm_monitor.pricing import (
+    PriceEntry,
+    PriceFileError,
+    dump_prices,
+    load_price_file,
+    shipped_prices,
+)
+from llm_monitor.recorder import load_price_book, price_row, write_rows
+from llm_monitor.tokens import display_prefix, hash_token, new_token
+from llm_monitor.usage import UsageRecord
+
+DEFAULT_DB = "llm-monitor.db"
+DEFAULT_PORT = 8080
+PERIODS = {"day": 1, "week": 7, "month": 30}
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected failures into one-line errors instead of tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error as e:
+            raise click.ClickException(f"database error: {e}") from None
+        except PriceFileError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+def get_db(ctx: click.Context, *, create: bool = False) -> Database:
+    path = Path(ctx.obj["db_path"])
+    if not create and not path.exists():
+        raise click.ClickException(f"no database at {path}: run `llm-monitor init` first")
+    return open_db(path)
+
+
+def emit(rows: list[dict[str, Any]], as_json: bool, empty: str = "(none)") -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    elif rows:
+        click.echo(tabulate(rows, headers="keys", floatfmt=".6g"))
+    else:
+        click.echo(empty)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+
+
+@click.group()
+@click.version_option(package_name="llm-monitor")
+@click.option(
+    "--db",
+    "db_path",
+    envvar="LLM_MONITOR_DB",
+    default=DEFAULT_DB,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="SQLite database file (or set LLM_MONITOR_DB).",
+)
+@click.pass_context
+def cli(ctx: click.Context, db_path: str) -> None:
+    """LLM Monitor: record what every LLM API request costs.
+
+    A pass-through proxy (mitmproxy) in front of the provider writes one row per request
+    into a SQLite database; this command manages that database.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["db_path"] = db_path
+
+
+@cli.command()
+@click.pass_context
+@handle_errors
+def init(ctx: click.Context) -> None:
+    """Create the database (or upgrade its schema) and load the shipped price table."""
+    db = get_db(ctx, create=True)
+    entries = shipped_prices()
+    upsert_prices(db, entries)
+    click.echo(f"{ctx.obj['db_path']}: schema ready, {len(entries)} shipped prices loaded")
+
+
+# Organisations.
+
+
+@cli.group()
+def orgs() -> None:
+    """Organisations: each has its own monitor tokens and sees only its own usage."""
+
+
+@orgs.command("create")
+@click.argument("name")
+@click.option("--email", required=True, help="Contact and dashboard login of the organisation.")
+@click.option("--token-name", default="default", show_default=True, help="Label of the token.")
+@json_option
+@click.pass_context
+@handle_errors
+def orgs_create(ctx: click.Context, name: str, email: str, token_name: str, as_json: bool) -> None:
+    """Create an organisation and print its first monitor token (shown only this once)."""
+    name = name.strip()
+    if not name:
+        raise click.BadParameter("must not be empty", param_hint="NAME")
+    if "@" not in email:
+        raise click.BadParameter(f"{email!r} is not an email address", param_hint="--email")
+    db = get_db(ctx)
+    with db.conn:
+        if db["orgs"].count_where("name = ?", [name]):
+            raise click.ClickException(f"organisation {name!r} already exists")
+        org_id = db["orgs"].insert({"name": name, "email": email, "created_at": now_utc()}).last_pk
+        token_id, token = create_token(db, org_id, token_name)
+    if as_json:
+        click.echo(
+            json.dumps({"org_id": org_id, "name": name, "token_id": token_id, "token": token})
+        )
+    else:
+        click.echo(
+            f"Created organisation {name!r} (id {org_id}). Its monitor token, shown "
+            "only this once:\n"
+        )
+        click.echo(token)
+
+
+@orgs.command("list")
+@json_option
+@click.pass_context
+@handle_errors
+def orgs_list(ctx: click.Context, as_json: bool) -> None:
+    """Organisations with their number of live tokens and requests."""
+    rows = list(
+        get_db(ctx).query("""
+        select orgs.id, orgs.name, orgs.email, orgs.created_at,
+          (select count(*) from monitor_tokens t
+            where t.org_id = orgs.id and t.revoked_at is null) as live_tokens,
+          (select count(*) from usage where usage.org_id = orgs.id) as requests
+        from orgs order by orgs.name
+    """)
+    )
+    emit(rows, as_json)
+
+
+def find_org(db: Database, name: str) -> int:
+    row = next(db.query("select id from orgs where name = ?", [name]), None)
+    if row is None:
+        raise click.ClickException(f"no organisation named {name!r} (see `llm-monitor orgs list`)")
+    return row["id"]
+
+
+# Monitor tokens.
+
+
+def create_token(db: Database, org_id: int, label: str | None) -> tuple[int, str]:
+    token = new_token()
+    token_id = (
+        db["monitor_tokens"]
+        .insert(
+            {
+                "org_id": org_id,
+                "token_hash": hash_token(token),
+                "prefix": display_prefix(token),
+                "label": label,
+                "created_at": now_utc(),
+            }
+        )
+        .last_pk
+    )
+    return token_id, token
+
+
+@cli.group()
+def tokens() -> None:
+    """Monitor tokens: what services send in the X-Monitor-Token header."""
+
+
+@tokens.command("create")
+@click.option("--org", "org_name", required=True, help="Organisation the token belongs to.")
+@click.option("--name", "label", help="A label, e.g. the service that will use it.")
+@json_option
+@click.pass_context
+@handle_errors
+def tokens_create(ctx: click.Context, org_name: str, label: str | None, as_json: bool) -> None:
+    """Create a monitor token and print it (shown only this once; stored as SHA-256)."""
+    db = get_db(ctx)
+    with db.conn:
+        token_id, token = create_token(db, find_org(db, org_name), label)
+    if as_json:
+        click.echo(json.dumps({"token_id": token_id, "org": org_name, "token": token}))
+    else:
+        click.echo(token)
+
+
+@tokens.command("list")
+@click.option("--org", "org_name", help="Only this organisation's tokens.")
+@json_option
+@click.pass_context
+@handle_errors
+def tokens_list(ctx: click.Context, org_name: str | None, as_json: bool) -> None:
+    """Tokens with their prefix, label, organisation, creation, last use and revocation."""
+    db = get_db(ctx)
+    where, params = "", []
+    if org_name is not None:
+        where, params = "where t.org_id = ?", [find_org(db, org_name)]
+    rows = list(
+        db.query(
+            f"""
+        select t.id, t.prefix, t.label, orgs.name as org, t.created_at, t.last_used_at,
+          t.revoked_at
+        from monitor_tokens t join orgs on orgs.id = t.org_id {where} order by t.id
+    """,
+            params,
+        )
+    )
+    emit(rows, as_json)
+
+
+@tokens.command("revoke")
+@click.argument("id_or_token")
+@click.pass_context
+@handle_errors
+def tokens_revoke(ctx: click.Context, id_or_token: str) -> None:
+    """Revoke a token, by its id (see `tokens list`) or the full token.
+
+    A running proxy stops accepting it within its refresh interval (1 s by default).
+    """
+    db = get_db(ctx)
+    if id_or_token.isdigit():
+        where, params = "id = ?", [int(id_or_token)]
+    elif id_or_token.startswith("mon_"):
+        where, params = "token_hash = ?", [hash_token(id_or_token)]
+    else:
+        raise click.BadParameter(
+            "give a token id (a number) or a full mon_ token", param_hint="ID_OR_TOKEN"
+        )
+    row = next(db.query(f"select id, revoked_at from monitor_tokens where {where}", params), None)
+    if row is None:
+        raise click.ClickException("no such token (see `llm-monitor tokens list`)")
+    if row["revoked_at"]:
+        click.echo(f"token {row['id']} was already revoked at {row['revoked_at']}")
+        return
+    with db.conn:
+        db["monitor_tokens"].update(row["id"], {"revoked_at": now_utc()})
+    click.echo(f"revoked token {row['id']}")
+
+
+# Prices.
+
+
+def upsert_prices(db: Database, entries: Iterable[PriceEntry]) -> int:
+    rows = [e.model_dump(mode="json") for e in entries]
+    with db.conn:
+        db["prices"].upsert_all(
+            rows, pk=("provider", "model", "effective_from", "above_input_tokens"), alter=False
+        )
+    return len(rows)
+
+
+def read_prices(db: Database, provider: str | None = None) -> list[PriceEntry]:
+    book_rows = db["prices"].rows_where(
+        "provider = ?" if provider else None,
+        [provider] if provider else [],
+        order_by="provider, model, effective_from",
+    )
+    fields = set(PriceEntry.model_fields)
+    return [
+        PriceEntry.model_validate({k: v for k, v in r.items() if k in fields and v is not None})
+        for r in book_rows
+    ]
+
+
+@cli.group()
+def pricing() -> None:
+    """Prices in USD per 1M tokens, effective-dated, by provider and model."""
+
+
+@pricing.command("list")
+@click.option("--provider", help="Only this provider's prices.")
+@json_option
+@click.pass_context
+@handle_errors
+def pricing_list(ctx: click.Context, provider: str | None, as_json: bool) -> None:
+    """Every price with its effective date and source."""
+    rows = [e.model_dump(mode="json") for e in read_prices(get_db(ctx), provider)]
+    if not as_json:  # the terminal gets the figures; sources are in --json and `export`
+        for row in rows:
+            del row["source"]
+    emit(rows, as_json)
+
+
+def decimal_option(name: str, help: str, required: bool = False) -> Callable[..., Any]:
+    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> Decimal | None:
+        if value is None:
+            return None
+        try:
+            number = Decimal(value)
+        except InvalidOperation:
+            raise click.BadParameter(f"{value!r} is not a number") from None
+        if not number.is_finite() or number < 0:
+            raise click.BadParameter(f"{value!r} must be a non-negative number")
+        return number
+
+    return click.option(name, required=required, callback=convert, help=help)
+
+
+@pricing.command("set")
+@click.argument("model")
+@decimal_option("--input", "USD per 1M input tokens.", required=True)
+@decimal_option("--output", "USD per 1M output tokens.", required=True)
+@decimal_option("--cached-input", "USD per 1M cached (cache-read) input tokens.")
+@decimal_option("--cache-write", "USD per 1M cache-write input tokens.")
+@decimal_option("--reasoning", "USD per 1M reasoning tokens (default: the output rate).")
+@click.option("--provider", default="openai", show_default=True)
+@click.option(
+    "--effective-from",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="First day (UTC) the price applies to. Default: today.",
+)
+@click.option(
+    "--source", default="set by hand", show_default=True, help="Where the figures are from."
+)
+@click.pass_context
+@handle_errors
+def pricing_set(
+    ctx: click.Context,
+    model: str,
+    input: Decimal,
+    output: Decimal,
+    cached_input: Decimal | None,
+    cache_write: Decimal | None,
+    reasoning: Decimal | None,
+    provider: str,
+    effective_from: dt.datetime | None,
+    source: str,
+) -> None:
+    """Add or replace the price of MODEL from a date on. Past rows keep their cost.
+
+    Use `pricing reprice --since DATE` to recompute rows already written.
+    """
+    today = dt.datetime.now(dt.UTC).date()
+    try:
+        entry = PriceEntry(
+            provider=provider,
+            model=model,
+            input=input,
+            output=output,
+            cached_input=cached_input,
+            cache_write=cache_write,
+            reasoning=reasoning,
+            effective_from=effective_from.date() if effective_from else today,
+            source=source,
+            as_of=today,
+        )
+    except ValidationError as e:
+        raise click.ClickException(
+            "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        ) from None
+    upsert_prices(get_db(ctx), [entry])
+    click.echo(
+        f"{provider}/{model}: from {entry.effective_from}, input {input}, output {output} "
+        "USD per 1M tokens"
+    )
+
+
+@pricing.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+@handle_errors
+def pricing_import(ctx: click.Context, file: str) -> None:
+    """Load a price file (the format `pricing export` writes); entries replace same-dated ones."""
+    entries = load_price_file(file)
+    click.echo(f"imported {upsert_prices(get_db(ctx), entries)} prices from {file}")
+
+
+@pricing.command("export")
+@click.pass_context
+@handle_errors
+def pricing_export(ctx: click.Context) -> None:
+    """Print every price as a price file (JSON), ready for `pricing import`."""
+    click.echo(dump_prices(read_prices(get_db(ctx))))
+
+
+@pricing.command("unpriced")
+@json_option
+@click.pass_context
+@handle_errors
+def pricing_unpriced(ctx: click.Context, as_json: bool) -> None:
+    """Models seen in traffic whose cost could not be computed."""
+    rows = list(
+        get_db(ctx).query("""
+        select provider, coalesce(response_model, model) as model, count(*) as requests,
+          sum(input_tokens) as input_tokens, sum(output_tokens) as output_tokens,
+          min(ts) as first_seen, max(ts) as last_seen
+        from usage where priced = 0 group by 1, 2 order by requests desc
+    """)
+    )
+    emit(rows, as_json, empty="every request seen so far is priced")
+
+
+@pricing.command("reprice")
+@click.option(
+    "--since",
+    required=True,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Recompute rows from this day (UTC) on.",
+)
+@click.pass_context
+@handle_errors
+def pricing_reprice(ctx: click.Context, since: dt.datetime) -> None:
+    """Recompute cost_usd and priced of past rows with the prices now in the table."""
+    db = get_db(ctx)
+    book = load_price_book(db)
+    fields = set(UsageRecord.model_fields)
+    changed = 0
+    updates = []
+    for row in db.query("select * from usage where ts >= ?", [since.date().isoformat()]):
+        priced = price_row(UsageRecord.model_validate({k: row[k] for k in fields}), book)
+        if (priced["cost_usd"], priced["priced"]) != (row["cost_usd"], row["priced"]):
+            changed += 1
+        updates.append((priced["cost_usd"], priced["priced"], row["id"]))
+    with db.conn:
+        db.conn.executemany("update usage set cost_usd = ?, priced = ? where id = ?", updates)
+    click.echo(f"repriced {len(updates)} rows since {since.date()}; {changed} changed")
+
+
+# Stats.
+
+
+@cli.command()
+@click.option(
+    "--period",
+    type=click.Choice(list(PERIODS)),
+    default="day",
+    show_default=True,
+    help="The last day, week (7 days) or month (30 days).",
+)
+@click.option("--org", "org_name", help="Only this organisation.")
+@json_option
+@click.pass_context
+@handle_errors
+def stats(ctx: click.Context, period: str, org_name: str | None, as_json: bool) -> None:
+    """Requests, tokens, cost and latency by model over the last period."""
+    db = get_db(ctx)
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(days=PERIODS[period])).strftime(
+        "%Y-%m-%dT%H:%M:%S"
+    )
+    where, params = "ts >= ?", [since]
+    if org_name is not None:
+        where += " and org_id = ?"
+        params.append(find_org(db, org_name))
+    rows = list(
+        db.query(
+            f"""
+        select coalesce(response_model, model, '(none)') as model, count(*) as requests,
+          sum(outcome != 'ok') as errors, sum(input_tokens) as input_tokens,
+          sum(cached_input_tokens) as cached_tokens, sum(output_tokens) as output_tokens,
+          sum(reasoning_tokens) as reasoning_tokens, round(sum(cost_usd), 6) as cost_usd,
+          sum(priced = 0) as unpriced, round(avg(latency_ms), 1) as avg_latency_ms,
+          round(avg(ttft_ms), 1) as avg_ttft_ms
+        from usage where {where} group by 1 order by cost_usd desc nulls last, requests desc
+    """,
+            params,
+        )
+    )
+    if as_json:
+        emit(rows, True)
+        return
+    scope = f" for {org_name}" if org_name else ""
+    click.echo(f"Last {period}{scope} (since {since}Z):\n")
+    emit(rows, False, empty="no requests in this period")
+    if rows:
+        total = sum(r["cost_usd"] or 0 for r in rows)
+        unpriced = sum(r["unpriced"] or 0 for r in rows)
+        click.echo(
+            f"\n{sum(r['requests'] for r in rows)} requests, ${total:.6f}"
+            + (f" ({unpriced} requests without a price not included)" if unpriced else "")
+        )
+
+
+# Running and recovering.
+
+
+@cli.command()
+@click.option("--port", default=DEFAULT_PORT, show_default=True, help="Port of the proxy.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--upstream",
+    default="https://api.openai.com",
+    show_default=True,
+    help="The provider the proxy forwards to.",
+)
+@click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def up(
+    ctx: click.Context, port: int, host: str, upstream: str, mitmdump_args: tuple[str, ...]
+) -> None:
+    """Run the proxy (mitmdump with the monitor addon). Extra arguments go to mitmdump."""
+    mitmdump = shutil.which(
+        "mitmdump", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    if mitmdump is None:
+        raise click.ClickException("mitmdump not found: is llm-monitor installed with pip?")
+    args = [
+        mitmdump,
+        "-s",
+        monitor_module.__file__,
+        "--mode",
+        f"reverse:{upstream}@{port}",
+        "--listen-host",
+        host,
+        "--set",
+        f"monitor_db={ctx.obj['db_path']}",
+        *mitmdump_args,
+    ]
+    click.echo(f"LLM Monitor proxy on http://{host}:{port} -> {upstream}", err=True)
+    os.execv(mitmdump, args)
+
+
+@cli.command("import-spool")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+@handle_errors
+def import_spool(ctx: click.Context, file: str) -> None:
+    """Load usage rows the proxy spooled to JSONL when the database could not be written."""
+    db = get_db(ctx)
+    book = load_price_book(db)
+    rows = []
+    with open(file, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = UsageRecord.model_validate_json(line)
+            except ValidationError as e:
+                raise click.ClickException(
+                    f"{file}:{number}: not a usage row: {e.errors()[0]['msg']}"
+                ) from None
+            rows.append(price_row(record, book))
+    write_rows(db, rows)
+    done = Path(file).with_suffix(".imported")
+    Path(file).rename(done)
+    click.echo(f"imported {len(rows)} rows from {file} (renamed to {done.name})")

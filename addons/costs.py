@@ -1,0 +1,96 @@
+"""Turning token counts into USD with the price in force, never guessing.
+
+A model without a price, or a kind of token the price has no rate for, gives no cost at
+all (None), which the recorder stores as NULL with `priced` = 0.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import re
+from collections.abc import Iterable
+from decimal import Decimal
+
+from llm_monitor.pricing import PriceEntry
+
+PER_TOKEN = Decimal(1_000_000)
+
+# `gpt-4o-2024-08-06` and `gpt-4-0613` are snapshots of `gpt-4o` and `gpt-4`.
+_SNAPSHOT_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4}|\d{8})$")
+
+
+def family_of(model: str) -> str | None:
+    """The model a dated snapshot belongs to, or None if it is not a snapshot."""
+    stripped = _SNAPSHOT_SUFFIX.sub("", model)
+    return stripped if stripped != model else None
+
+
+class PriceBook:
+    """Prices by provider and model, each a history ordered by `effective_from`."""
+
+    def __init__(self, entries: Iterable[PriceEntry]) -> None:
+        self._history: dict[tuple[str, str], list[PriceEntry]] = {}
+        for entry in entries:
+            self._history.setdefault((entry.provider, entry.model), []).append(entry)
+        for history in self._history.values():
+            history.sort(key=lambda e: (e.effective_from, e.above_input_tokens))
+
+    def __len__(self) -> int:
+        return sum(len(h) for h in self._history.values())
+
+    def lookup(
+        self, provider: str, model: str, on: dt.date, input_tokens: int | None = None
+    ) -> PriceEntry | None:
+        """The price in force on `on` for the model (else its family) and prompt length."""
+        for name in (model, family_of(model)):
+            if name is None:
+                continue
+            history = self._history.get((provider, name))
+            if not history:
+                continue
+            index = bisect.bisect_right([e.effective_from for e in history], on)
+            if not index:
+                continue
+            in_force = [e for e in history if e.effective_from == history[index - 1].effective_from]
+            tiers = [e for e in in_force if e.above_input_tokens < (input_tokens or 0)]
+            return tiers[-1] if tiers else in_force[0]
+        return None
+
+
+class MissingRate(Exception):
+    """The price has no rate for a kind of token this request used."""
+
+
+def cost_usd(
+    price: PriceEntry,
+    *,
+    input_tokens: int | None,
+    cached_input_tokens: int | None = None,
+    cache_write_tokens: int | None = None,
+    output_tokens: int | None = None,
+    reasoning_tokens: int | None = None,
+) -> Decimal:
+    """Cost of one request; each kind of token at its own rate.
+
+    input_tokens includes cached and cache-write tokens; output_tokens includes reasoning.
+    """
+    cached = cached_input_tokens or 0
+    cache_write = cache_write_tokens or 0
+    output = output_tokens or 0
+    reasoning = reasoning_tokens or 0
+    uncached = (input_tokens or 0) - cached - cache_write
+    if uncached < 0 or output < reasoning:
+        raise MissingRate("token figures are inconsistent (a part exceeds its whole)")
+    if cached and price.cached_input is None:
+        raise MissingRate(f"no cached-input rate for {price.model}")
+    if cache_write and price.cache_write is None:
+        raise MissingRate(f"no cache-write rate for {price.model}")
+    total = uncached * price.input
+    total += cached * (price.cached_input or 0)
+    total += cache_write * (price.cache_write or 0)
+    if price.reasoning is None:
+        total += output * price.output
+    else:
+        total += (output - reasoning) * price.output + reasoning * price.reasoning
+    return total / PER_TOKEN

@@ -1,0 +1,120 @@
+"""Opening the usage database and keeping its schema current.
+
+Every part that touches SQLite (the recorder, the token index, the CLI) opens the file
+through `open_db`, so all of them agree on WAL, foreign keys and the schema version.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("llm_monitor")
+
+
+@migrations()
+def m001_core_tables(db: Database) -> None:
+    db["orgs"].create(
+        {"id": int, "name": str, "email": str, "created_at": str},
+        pk="id",
+        not_null={"name", "created_at"},
+    )
+    db["orgs"].create_index(["name"], unique=True)
+    db["monitor_tokens"].create(
+        {
+            "id": int,
+            "org_id": int,
+            "token_hash": str,
+            "prefix": str,
+            "label": str,
+            "created_at": str,
+            "last_used_at": str,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"org_id", "token_hash", "prefix", "created_at"},
+        foreign_keys=[("org_id", "orgs", "id")],
+    )
+    db["monitor_tokens"].create_index(["token_hash"], unique=True)
+    db["monitor_tokens"].create_index(["org_id"])
+    # Rates are USD per 1M tokens, kept as decimal strings so that no float ever touches money
+    # before the final cost.
+    db["prices"].create(
+        {
+            "id": int,
+            "provider": str,
+            "model": str,
+            "effective_from": str,
+            "input": str,
+            "cached_input": str,
+            "cache_write": str,
+            "output": str,
+            "reasoning": str,
+            "above_input_tokens": int,
+            "source": str,
+            "as_of": str,
+        },
+        pk="id",
+        not_null={"provider", "model", "effective_from", "input", "output", "above_input_tokens"},
+        defaults={"above_input_tokens": 0},
+    )
+    db["prices"].create_index(
+        ["provider", "model", "effective_from", "above_input_tokens"], unique=True
+    )
+    db["usage"].create(
+        {
+            "id": int,
+            "ts": str,
+            "org_id": int,
+            "token_id": int,
+            "provider": str,
+            "method": str,
+            "path": str,
+            "model": str,
+            "response_model": str,
+            "status": int,
+            "outcome": str,
+            "streamed": int,
+            "usage_injected": int,
+            "input_tokens": int,
+            "cached_input_tokens": int,
+            "cache_write_tokens": int,
+            "output_tokens": int,
+            "reasoning_tokens": int,
+            "total_tokens": int,
+            "cost_usd": float,
+            "priced": int,
+            "latency_ms": float,
+            "ttft_ms": float,
+            "request_id": str,
+            "user": str,
+            "tags": str,
+            "error": str,
+            "raw_usage": str,
+        },
+        pk="id",
+        not_null={"ts", "provider", "method", "path", "outcome"},
+        foreign_keys=[("org_id", "orgs", "id"), ("token_id", "monitor_tokens", "id")],
+    )
+    db["usage"].create_index(["org_id", "ts"])
+    db["usage"].create_index(["ts"])
+    db["usage"].create_index(["priced"])
+
+
+def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = True) -> Database:
+    """Open (creating if need be) the database with the pragmas every writer relies on.
+
+    A short busy timeout keeps a locked database from blocking callers for long; the
+    recorder retries on its own schedule instead.
+    """
+    conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000, check_same_thread=True)
+    db = Database(conn)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    if migrate:
+        migrations.apply(db)
+    return db

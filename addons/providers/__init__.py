@@ -1,0 +1,26 @@
+"""One module per provider: how its requests and responses carry usage.
+
+The proxy knows a listener's provider from its upstream host, or from the
+`monitor_providers` option; a name without a module of its own is read as OpenAI-compatible.
+"""
+
+from __future__ import annotations
+
+from llm_monitor.providers.base import Provider, RequestInfo, StreamReader
+from llm_monitor.providers.openai import OpenAI
+
+__all__ = ["KNOWN_HOSTS", "Provider", "RequestInfo", "StreamReader", "provider_named"]
+
+KNOWN_HOSTS = {
+    "api.openai.com": "openai",
+    "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "gemini",
+    "api.x.ai": "xai",
+}
+
+_PARSERS: dict[str, Provider] = {"openai": OpenAI()}
+
+
+def provider_named(name: str) -> Provider:
+    """The parser for a provider name; OpenAI-compatible for names without their own."""
+    return _PARSERS.get(name, _PARSERS["openai"])

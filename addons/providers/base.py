@@ -1,0 +1,100 @@
+"""The small interface every provider module implements.
+
+A provider knows three things the proxy does not: what a request asks for (model, stream,
+and whether usage must be asked for), where usage sits in its responses, and how its
+errors look. Everything else (auth, timing, recording) is the same for all of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from mitmproxy import http
+
+from llm_monitor.sse import Event, EventSplitter, parse_event
+from llm_monitor.usage import TokenUsage
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the proxy learnt from a request body before forwarding it."""
+
+    model: str | None = None
+    streamed: bool = False
+    usage_injected: bool = False
+
+
+class StreamReader(Protocol):
+    """Reads usage out of a decoded streamed body as it passes.
+
+    `feed` returns the decoded bytes to pass on: the input itself unless `rewrites` is
+    true, in which case it may hold back a partial event or drop one.
+    """
+
+    rewrites: bool
+    usage: TokenUsage | None
+    response_model: str | None
+    error: str | None
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class Provider(Protocol):
+    name: str
+
+    def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo: ...
+
+    def usage_from_body(self, body: bytes) -> tuple[TokenUsage | None, str | None]:
+        """Usage and the answering model from a whole (decoded) JSON response body."""
+        ...
+
+    def error_code(self, body: bytes) -> str | None: ...
+
+    def stream_reader(self, info: RequestInfo) -> StreamReader: ...
+
+    def rejection(self, status: int, message: str, code: str) -> bytes:
+        """A JSON error body in this provider's own shape, so its SDK shows `message`."""
+        ...
+
+
+def load_json(body: bytes) -> Any:
+    """Parsed JSON, or None for anything that is not valid JSON."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+class SSEReader:
+    """Shared SSE plumbing: split into events, hand each to `on_event`, keep what it keeps."""
+
+    rewrites: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.usage: TokenUsage | None = None
+        self.response_model: str | None = None
+        self.error: str | None = None
+        self._splitter = EventSplitter()
+
+    def on_event(self, raw: bytes, event: Event) -> bytes:
+        """Inspect one event; return the bytes to pass on in its place (b"" drops it)."""
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> bytes:
+        kept = []
+        for raw in self._splitter.feed(data):
+            event = parse_event(raw)
+            kept.append(raw if event is None else self.on_event(raw, event))
+        return b"".join(kept) if self.rewrites else data
+
+    def finish(self) -> bytes:
+        rest = self._splitter.flush()
+        if rest:
+            event = parse_event(rest)
+            if event is not None:
+                rest = self.on_event(rest, event)
+        return rest if self.rewrites else b""

@@ -1,0 +1,155 @@
+"""OpenAI and OpenAI-compatible APIs: chat completions, completions, embeddings, Responses.
+
+Quirks that live here:
+- usage is `prompt_tokens`/`completion_tokens` (chat, completions, embeddings) or
+  `input_tokens`/`output_tokens` (Responses); cached and reasoning figures sit in `*_details`
+  and are parts of the prompt and completion counts, not additions;
+- a chat or completions stream reports usage only when asked for with
+  `stream_options.include_usage`, in an extra chunk with empty `choices`; the proxy can ask
+  on the client's behalf and take that chunk (and the `"usage":null` it adds to every other
+  chunk) out again;
+- a Responses stream carries usage in `response.completed` (or `.incomplete`/`.failed`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mitmproxy import http
+
+from llm_monitor.providers.base import RequestInfo, SSEReader, load_json
+from llm_monitor.sse import Event
+from llm_monitor.usage import TokenUsage, as_count
+
+# Endpoints whose streams accept `stream_options.include_usage`.
+INJECTABLE_SUFFIXES = ("/chat/completions", "/completions")
+_USAGE_NULL = (b',"usage":null', b', "usage": null')
+
+
+def _details(usage: dict[str, Any], key: str, field: str) -> int | None:
+    details = usage.get(key)
+    return as_count(details.get(field)) if isinstance(details, dict) else None
+
+
+def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
+    """OpenAI's usage object in the table's meaning (already the same: parts, not sums)."""
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        return TokenUsage(
+            input_tokens=as_count(usage.get("prompt_tokens")),
+            cached_input_tokens=_details(usage, "prompt_tokens_details", "cached_tokens"),
+            output_tokens=as_count(usage.get("completion_tokens")),
+            reasoning_tokens=_details(usage, "completion_tokens_details", "reasoning_tokens"),
+            total_tokens=as_count(usage.get("total_tokens")),
+            raw=usage,
+        )
+    return TokenUsage(
+        input_tokens=as_count(usage.get("input_tokens")),
+        cached_input_tokens=_details(usage, "input_tokens_details", "cached_tokens"),
+        output_tokens=as_count(usage.get("output_tokens")),
+        reasoning_tokens=_details(usage, "output_tokens_details", "reasoning_tokens"),
+        total_tokens=as_count(usage.get("total_tokens")),
+        raw=usage,
+    )
+
+
+def _usage_and_model(obj: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """The usage object and model of a response body or stream event, wherever they sit."""
+    if not isinstance(obj, dict):
+        return None, None
+    holder = obj.get("response") if isinstance(obj.get("response"), dict) else obj
+    usage = holder.get("usage")
+    model = holder.get("model")
+    return (usage if isinstance(usage, dict) else None), (model if isinstance(model, str) else None)
+
+
+def error_code_of(obj: Any) -> str | None:
+    """`error.code`, else `error.type`, of an OpenAI-shaped error."""
+    if not isinstance(obj, dict):
+        return None
+    error = obj.get("error")
+    if isinstance(error, dict):
+        for key in ("code", "type", "message"):
+            if isinstance(error.get(key), str) and error[key]:
+                return error[key][:200]
+    elif isinstance(error, str) and error:
+        return error[:200]
+    return None
+
+
+class OpenAIStreamReader(SSEReader):
+    def __init__(self, *, usage_injected: bool) -> None:
+        super().__init__()
+        self.usage_injected = usage_injected
+        self.rewrites = usage_injected
+
+    def on_event(self, raw: bytes, event: Event) -> bytes:
+        if event.data == "[DONE]" or (
+            self.response_model is not None and b"usage" not in raw and b"error" not in raw
+        ):
+            return raw  # the common case: a content delta, passed on without parsing
+        obj = load_json(event.data)
+        usage, model = _usage_and_model(obj)
+        if model and self.response_model is None:
+            self.response_model = model
+        if usage is not None:
+            self.usage = normalise_usage(usage)
+        if event.name == "error" or (isinstance(obj, dict) and "error" in obj):
+            self.error = error_code_of(obj) or "stream error"
+        if not self.usage_injected or not isinstance(obj, dict):
+            return raw
+        if usage is not None and obj.get("choices") == []:
+            return b""  # the usage-only chunk the client did not ask for
+        if "usage" in obj and obj["usage"] is None:
+            return _without_usage_null(raw)
+        return raw
+
+
+def _without_usage_null(raw: bytes) -> bytes:
+    """The event as it would have been without include_usage: no `"usage":null` key."""
+    for needle in _USAGE_NULL:
+        if raw.count(needle) == 1:
+            return raw.replace(needle, b"", 1)
+    return raw
+
+
+class OpenAI:
+    name = "openai"
+
+    def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
+        if request.method != "POST" or "json" not in request.headers.get("content-type", ""):
+            return RequestInfo()
+        body = load_json(request.get_content(strict=False) or b"")
+        if not isinstance(body, dict):
+            return RequestInfo()
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        info = RequestInfo(model=model, streamed=body.get("stream") is True)
+        if (
+            inject_usage
+            and info.streamed
+            and request.path.split("?")[0].endswith(INJECTABLE_SUFFIXES)
+        ):
+            options = body.get("stream_options")
+            options = dict(options) if isinstance(options, dict) else {}
+            if options.get("include_usage") is not True:
+                options["include_usage"] = True
+                body["stream_options"] = options
+                request.content = json.dumps(body, ensure_ascii=False).encode()
+                info.usage_injected = True
+        return info
+
+    def usage_from_body(self, body: bytes) -> tuple[TokenUsage | None, str | None]:
+        usage, model = _usage_and_model(load_json(body))
+        return (normalise_usage(usage) if usage is not None else None), model
+
+    def error_code(self, body: bytes) -> str | None:
+        return error_code_of(load_json(body))
+
+    def stream_reader(self, info: RequestInfo) -> OpenAIStreamReader:
+        return OpenAIStreamReader(usage_injected=info.usage_injected)
+
+    def rejection(self, status: int, message: str, code: str) -> bytes:
+        error_type = "invalid_request_error"
+        return json.dumps(
+            {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+        ).encode()

@@ -1,0 +1,239 @@
+"""The recorder: one background thread that prices usage rows and writes them in batches.
+
+The proxy's event loop only puts records on a queue. The thread writes them through
+sqlite-utils, many rows per transaction. When the database is locked or cannot be written,
+rows wait in memory and the write is retried with backoff; traffic is never held up. On
+close, everything queued is written; what still cannot be written by the deadline goes to a
+JSONL spool file next to the database (`llm-monitor import-spool` loads it), never dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from llm_monitor.costs import MissingRate, PriceBook, cost_usd
+from llm_monitor.database import open_db
+from llm_monitor.pricing import PriceEntry
+from llm_monitor.usage import UsageRecord
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+def load_price_book(db: Database) -> PriceBook:
+    columns = set(PriceEntry.model_fields)
+    return PriceBook(
+        PriceEntry.model_validate({k: v for k, v in row.items() if k in columns and v is not None})
+        for row in db["prices"].rows
+    )
+
+
+def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:
+    """The record as a `usage` row with `cost_usd` and `priced` filled in.
+
+    priced = 1: cost known. priced = 0: the request was billable but its cost is unknown
+    (no price for the model, no rate for a kind of token, or usage never reported).
+    priced = NULL: nothing to bill (an error response, an endpoint without a model).
+    """
+    row = record.model_dump()
+    row["cost_usd"] = None
+    row["priced"] = None
+    model = record.billed_model
+    if record.has_usage:
+        price = (
+            book.lookup(record.provider, model, _day(record.ts), record.input_tokens)
+            if model
+            else None
+        )
+        if price is None:
+            row["priced"] = 0
+        else:
+            try:
+                cost = cost_usd(
+                    price,
+                    input_tokens=record.input_tokens,
+                    cached_input_tokens=record.cached_input_tokens,
+                    cache_write_tokens=record.cache_write_tokens,
+                    output_tokens=record.output_tokens,
+                    reasoning_tokens=record.reasoning_tokens,
+                )
+            except MissingRate:
+                row["priced"] = 0
+            else:
+                row["cost_usd"] = float(cost)
+                row["priced"] = 1
+    elif model and record.outcome != "provider_error" and record.outcome != "upstream_error":
+        row["priced"] = 0
+    return row
+
+
+def _day(ts: str) -> dt.date:
+    return dt.date.fromisoformat(ts[:10])
+
+
+def write_rows(db: Database, rows: list[dict[str, Any]]) -> None:
+    """One transaction: the rows, and the last-used time of the tokens they name."""
+    last_used: dict[int, str] = {}
+    for row in rows:
+        if row["token_id"] is not None:
+            last_used[row["token_id"]] = max(row["ts"], last_used.get(row["token_id"], ""))
+    with db.conn:
+        db["usage"].insert_all(rows)
+        db.conn.executemany(
+            "update monitor_tokens set last_used_at = ? where id = ? "
+            "and (last_used_at is null or last_used_at < ?)",
+            [(ts, token_id, ts) for token_id, ts in last_used.items()],
+        )
+
+
+def spool_path_for(db_path: str | Path) -> Path:
+    return Path(f"{db_path}.spool.jsonl")
+
+
+class Recorder:
+    def __init__(
+        self,
+        db_path: str | Path,
+        *,
+        batch_size: int = 500,
+        max_delay: float = 0.05,
+        max_backoff: float = 1.0,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.batch_size = batch_size
+        self.max_delay = max_delay
+        self.max_backoff = max_backoff
+        self.written = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: list[UsageRecord] = []
+        self._thread: threading.Thread | None = None
+        self._deadline: float | None = None
+        self._warned_unpriced: set[tuple[str, str | None]] = set()
+
+    def submit(self, record: UsageRecord) -> None:
+        """Never blocks: safe to call from the proxy's event loop."""
+        self._queue.put(record)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="llm-monitor-recorder", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write everything queued; spool to JSONL what cannot be written within `timeout`."""
+        if self._thread is None:
+            return
+        self._deadline = time.monotonic() + timeout
+        self._queue.put(_STOP)
+        self._thread.join(timeout + 5)
+        self._thread = None
+
+    def _run(self) -> None:
+        db: Database | None = None
+        book = PriceBook([])
+        data_version = None
+        backoff = 0.0
+        outage_since: float | None = None
+        stopping = False
+        while True:
+            stopping = self._collect(backoff) or stopping
+            if db is None:
+                db, book, data_version = self._connect()
+            if db is not None and self._pending:
+                try:
+                    version = db.execute("pragma data_version").fetchone()[0]
+                    if version != data_version:  # someone else committed: prices may have changed
+                        book, data_version = load_price_book(db), version
+                    batch = self._pending[: self.batch_size]
+                    write_rows(db, [self._priced(r, book) for r in batch])
+                    del self._pending[: len(batch)]
+                    self.written += len(batch)
+                    if outage_since is not None:
+                        logger.warning(
+                            "llm-monitor: database writable again after %.1fs; %d rows waiting",
+                            time.monotonic() - outage_since,
+                            len(self._pending),
+                        )
+                        outage_since = None
+                    backoff = 0.0
+                except sqlite3.Error as e:
+                    if outage_since is None:
+                        outage_since = time.monotonic()
+                        logger.warning(
+                            "llm-monitor: cannot write usage (%s); holding %d rows "
+                            "in memory and retrying",
+                            e,
+                            len(self._pending),
+                        )
+                    backoff = min(max(backoff * 2, 0.05), self.max_backoff)
+            elif db is None:
+                backoff = min(max(backoff * 2, 0.05), self.max_backoff)
+            if stopping and (not self._pending or time.monotonic() >= (self._deadline or 0)):
+                break
+        if self._pending:
+            self._spool(self._pending)
+        if db is not None:
+            db.conn.close()
+
+    def _collect(self, backoff: float) -> bool:
+        """Move queued records to pending; True once the stop sentinel has been seen."""
+        wait = backoff if self._pending else self.max_delay
+        try:
+            item = self._queue.get(timeout=wait or self.max_delay)
+        except queue.Empty:
+            return False
+        stop = False
+        while True:
+            if item is _STOP:
+                stop = True
+            else:
+                self._pending.append(item)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return stop
+
+    def _connect(self) -> tuple[Database | None, PriceBook, int | None]:
+        try:
+            db = open_db(self.db_path, migrate=False)
+            return db, load_price_book(db), db.execute("pragma data_version").fetchone()[0]
+        except sqlite3.Error as e:
+            logger.warning("llm-monitor: cannot open %s (%s); retrying", self.db_path, e)
+            return None, PriceBook([]), None
+
+    def _priced(self, record: UsageRecord, book: PriceBook) -> dict[str, Any]:
+        row = price_row(record, book)
+        key = (record.provider, record.billed_model)
+        if row["priced"] == 0 and record.has_usage and key not in self._warned_unpriced:
+            self._warned_unpriced.add(key)
+            logger.warning(
+                "llm-monitor: no price for %s model %r: cost recorded as NULL "
+                "(add one with `llm-monitor pricing set`)",
+                *key,
+            )
+        return row
+
+    def _spool(self, records: Iterable[UsageRecord]) -> None:
+        path = spool_path_for(self.db_path)
+        records = list(records)
+        with path.open("a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record.model_dump()) + "\n")
+        logger.error(
+            "llm-monitor: database unwritable at shutdown: %d usage rows saved to %s; "
+            "load them with `llm-monitor import-spool %s`",
+            len(records),
+            path,
+            path,
+        )

@@ -1,0 +1,93 @@
+"""What one request used, in one normalised meaning for every provider.
+
+`input_tokens` counts every prompt token, cached ones included; `cached_input_tokens` and
+`cache_write_tokens` are parts of it. `output_tokens` counts every generated token,
+reasoning included; `reasoning_tokens` is part of it. `raw` keeps the provider's own usage
+object so that a mapping later found wrong can be recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    input_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    total_tokens: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def as_count(value: Any) -> int | None:
+    """A token count from untrusted JSON: a non-negative int, else None (never a guess)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+class UsageRecord(BaseModel):
+    """One row of the `usage` table as the proxy hands it to the recorder.
+
+    Cost is not here: the recorder prices the row with the price in force at `ts`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    ts: str
+    org_id: int | None
+    token_id: int | None
+    provider: str
+    method: str
+    path: str
+    model: str | None = None
+    response_model: str | None = None
+    status: int | None = None
+    outcome: str = Field(
+        description="ok, provider_error, client_disconnected, upstream_error or proxy_shutdown"
+    )
+    streamed: bool = False
+    usage_injected: bool = False
+    input_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    total_tokens: int | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    request_id: str | None = None
+    user: str | None = None
+    tags: str | None = None
+    error: str | None = None
+    raw_usage: str | None = None
+
+    @property
+    def billed_model(self) -> str | None:
+        """The model to price: the one the provider says answered, else the one asked for."""
+        return self.response_model or self.model
+
+    @property
+    def has_usage(self) -> bool:
+        return self.input_tokens is not None or self.output_tokens is not None
+
+    @staticmethod
+    def usage_fields(usage: TokenUsage | None) -> dict[str, Any]:
+        if usage is None:
+            return {}
+        return {
+            "input_tokens": usage.input_tokens,
+            "cached_input_tokens": usage.cached_input_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "output_tokens": usage.output_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "total_tokens": usage.total_tokens,
+            "raw_usage": json.dumps(usage.raw, separators=(",", ":")) if usage.raw else None,
+        }
