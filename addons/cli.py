@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlite_utils import Database
 from tabulate import tabulate
 
-from llm_monitor import monitor as monitor_module
+from llm_monitor import monitor as monitor_script
 from llm_monitor.database import open_db
 from llm_monitor.pricing import (
     PriceEntry,
@@ -528,7 +528,7 @@ def up(
     args = [
         mitmdump,
         "-s",
-        monitor_module.__file__,
+        monitor_script.__file__,
         "--mode",
         f"reverse:{upstream}@{port}",
         "--listen-host",

@@ -37,6 +37,7 @@ class StreamReader(Protocol):
     usage: TokenUsage | None
     response_model: str | None
     error: str | None
+    complete: bool  # the provider's last event was seen: nothing after it matters
 
     def feed(self, data: bytes) -> bytes: ...
 
@@ -78,6 +79,7 @@ class SSEReader:
         self.usage: TokenUsage | None = None
         self.response_model: str | None = None
         self.error: str | None = None
+        self.complete = False
         self._splitter = EventSplitter()
 
     def on_event(self, raw: bytes, event: Event) -> bytes:

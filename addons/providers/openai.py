@@ -25,6 +25,7 @@ from llm_monitor.usage import TokenUsage, as_count
 # Endpoints whose streams accept `stream_options.include_usage`.
 INJECTABLE_SUFFIXES = ("/chat/completions", "/completions")
 _USAGE_NULL = (b',"usage":null', b', "usage": null')
+_RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 def _details(usage: dict[str, Any], key: str, field: str) -> int | None:
@@ -84,6 +85,8 @@ class OpenAIStreamReader(SSEReader):
         self.rewrites = usage_injected
 
     def on_event(self, raw: bytes, event: Event) -> bytes:
+        if event.data == "[DONE]" or event.name in _RESPONSES_FINAL:
+            self.complete = True
         if event.data == "[DONE]" or (
             self.response_model is not None and b"usage" not in raw and b"error" not in raw
         ):

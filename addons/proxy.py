@@ -1,0 +1,420 @@
+"""The Monitor addon: check the monitor token, pass everything on, record what it used.
+
+Loaded by mitmdump through the script `addons/monitor.py`.
+Nothing here blocks the event loop: tokens are checked against an in-memory index, stream
+chunks are passed on as they arrive (read on the side), and rows go to the recorder's queue.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from llm_monitor.content_coding import decoder_for, encoder_for, is_supported
+from llm_monitor.database import open_db
+from llm_monitor.providers import KNOWN_HOSTS, Provider, RequestInfo, StreamReader, provider_named
+from llm_monitor.recorder import Recorder
+from llm_monitor.tokens import TokenIndex, TokenOwner
+from llm_monitor.usage import TokenUsage, UsageRecord
+
+logger = logging.getLogger(__name__)
+
+TOKEN_HEADER = "X-Monitor-Token"
+USER_HEADER = "X-Monitor-User"
+TAGS_HEADER = "X-Monitor-Tags"
+MAX_USER_LENGTH = 256
+MAX_TAGS_LENGTH = 1024
+_TAG = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
+_METADATA_KEY = "llm_monitor"
+# Query parameters that carry credentials (Gemini's `?key=`): never stored.
+SECRET_QUERY_PARAMS = frozenset({"key", "api-key", "api_key"})
+
+
+class BadMonitorHeader(ValueError):
+    pass
+
+
+def parse_tags(value: str | None) -> str | None:
+    """`k=v,k=v` as a JSON object (keys sorted), or BadMonitorHeader saying what is wrong."""
+    if value is None or not value.strip():
+        return None
+    if len(value) > MAX_TAGS_LENGTH:
+        raise BadMonitorHeader(f"{TAGS_HEADER} is longer than {MAX_TAGS_LENGTH} characters")
+    tags = {}
+    for item in value.split(","):
+        key, sep, val = (part.strip() for part in item.partition("="))
+        if not sep or not _TAG.match(key) or not val or not val.isprintable():
+            raise BadMonitorHeader(
+                f"{TAGS_HEADER} must be key=value pairs separated by commas "
+                f"(keys of letters, digits and _.:/-); got {item.strip()[:40]!r}"
+            )
+        tags[key] = val
+    return json.dumps(dict(sorted(tags.items())), ensure_ascii=False)
+
+
+def parse_user(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    if len(value) > MAX_USER_LENGTH or not value.isprintable():
+        raise BadMonitorHeader(
+            f"{USER_HEADER} must be printable and at most {MAX_USER_LENGTH} characters"
+        )
+    return value.strip()
+
+
+def parse_provider_names(values: Sequence[str]) -> dict[int, str]:
+    """`monitor_providers`: PORT:NAME pairs, given as repeated values or comma-separated."""
+    names: dict[int, str] = {}
+    for value in values:
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            port, sep, name = pair.partition(":")
+            if not sep or not port.isdigit() or not re.fullmatch(r"[a-z0-9_.-]+", name):
+                raise exceptions.OptionsError(
+                    f"monitor_providers: {pair!r} is not PORT:NAME (e.g. 8084:groq)"
+                )
+            names[int(port)] = name
+    return names
+
+
+def stored_path(request: http.Request) -> str:
+    """The request path as stored: credentials in the query string removed."""
+    path, _, query = request.path.partition("?")
+    if not query:
+        return path
+    kept = [
+        (k, v) for k, v in request.query.items(multi=True) if k.lower() not in SECRET_QUERY_PARAMS
+    ]
+    return f"{path}?{urlencode(kept)}" if kept else path
+
+
+def utc_timestamp(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class StreamTap:
+    """`flow.response.stream`: pass each chunk on as it arrives and read usage on the side.
+
+    Never raises and never returns b"" before the end (that would end the client's
+    response). When the reader rewrites (injected usage to hide), chunks are decoded,
+    rewritten and encoded again with the response's own Content-Encoding.
+    """
+
+    def __init__(self, reader: StreamReader, content_encoding: str) -> None:
+        self.reader = reader
+        self.first_chunk_at: float | None = None
+        self.rewrites = reader.rewrites
+        self.broken = False
+        self._decoder = decoder_for(content_encoding)
+        self._encoder = encoder_for(content_encoding) if self.rewrites else None
+
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        if not chunk:
+            return self._end()
+        if self.first_chunk_at is None:
+            self.first_chunk_at = time.time()
+        if self.broken:
+            return chunk
+        try:
+            kept = self.reader.feed(self._decoder.decode(chunk))
+            if self._encoder is None:
+                return chunk
+            return self._encoder.encode(kept) or []
+        except Exception as e:  # a corrupt encoding upstream: stop reading, keep passing on
+            self.broken = True
+            logger.warning("llm-monitor: cannot read stream body (%s); passing it on unread", e)
+            return chunk
+
+    def _end(self) -> bytes:
+        if self.broken:
+            return b""
+        try:
+            rest = self.reader.finish()
+            if self._encoder is None:
+                return b""
+            return self._encoder.encode(rest) + self._encoder.finish()
+        except Exception as e:
+            self.broken = True
+            logger.warning("llm-monitor: cannot finish reading stream (%s)", e)
+            return b""
+
+
+@dataclass(slots=True)
+class FlowState:
+    """What the addon keeps about one flow between its hooks."""
+
+    provider_name: str
+    provider: Provider
+    owner: TokenOwner
+    user: str | None
+    tags: str | None
+    info: RequestInfo = field(default_factory=RequestInfo)
+    tap: StreamTap | None = None
+    recorded: bool = False
+
+
+class Monitor:
+    def __init__(self) -> None:
+        self.recorder: Recorder | None = None
+        self.tokens: TokenIndex | None = None
+        self.provider_by_port: dict[int, str] = {}
+        self._inflight: dict[str, http.HTTPFlow] = {}
+        self._warned_unknown_listener: set[str] = set()
+
+    def load(self, loader) -> None:
+        loader.add_option("monitor_db", str, "llm-monitor.db", "SQLite file to record usage in.")
+        loader.add_option(
+            "monitor_inject_usage",
+            bool,
+            True,
+            "Ask for usage in chat/completions streams that did not (stream_options."
+            "include_usage) and take the extra usage chunk out of what the client gets.",
+        )
+        loader.add_option(
+            "monitor_providers",
+            Sequence[str],
+            [],
+            "PORT:NAME pairs naming the provider behind a listener, e.g. 8084:groq,8085:vllm. "
+            "Needed for upstreams that are not a known provider host.",
+        )
+        loader.add_option(
+            "monitor_token_refresh",
+            float,
+            1.0,
+            "Seconds between reloads of the monitor tokens (a revoked token stops within it).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
+            # A rejected request must not even open a connection to the provider.
+            ctx.options.connection_strategy = "lazy"
+        if "monitor_providers" in updated:
+            self.provider_by_port = parse_provider_names(ctx.options.monitor_providers)
+        if "monitor_token_refresh" in updated and ctx.options.monitor_token_refresh <= 0:
+            raise exceptions.OptionsError("monitor_token_refresh must be positive")
+        if {"monitor_db", "monitor_token_refresh"} & updated:
+            self._open(ctx.options.monitor_db, ctx.options.monitor_token_refresh)
+
+    def _open(self, db_path: str, refresh: float) -> None:
+        try:
+            open_db(db_path).conn.close()  # creates or upgrades the schema before any traffic
+        except Exception as e:
+            raise exceptions.OptionsError(f"monitor_db: cannot open {db_path}: {e}") from None
+        self._close()
+        self.recorder = Recorder(db_path)
+        self.recorder.start()
+        self.tokens = TokenIndex(db_path, refresh_seconds=refresh)
+        self.tokens.start()
+        if not len(self.tokens):
+            logger.warning(
+                "llm-monitor: %s has no monitor tokens yet; every request will get "
+                "401 (create one with `llm-monitor orgs create`)",
+                db_path,
+            )
+        logger.info("llm-monitor: recording usage in %s", db_path)
+
+    def _close(self) -> None:
+        if self.tokens is not None:
+            self.tokens.stop()
+            self.tokens = None
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+
+    # Hooks, in the order a flow meets them.
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        mode = flow.client_conn.proxy_mode
+        if not isinstance(mode, ReverseMode) or self.tokens is None:
+            return
+        provider_name = self._provider_name(mode)
+        provider = provider_named(provider_name)
+        headers = flow.request.headers
+        token, user, tags = (headers.pop(h, None) for h in (TOKEN_HEADER, USER_HEADER, TAGS_HEADER))
+        owner = self.tokens.owner(token)
+        if owner is None:
+            message = (
+                f"Missing {TOKEN_HEADER} header"
+                if not token
+                else f"Invalid or revoked {TOKEN_HEADER}"
+            )
+            self._reject(flow, provider, 401, f"{message} (LLM Monitor).", "invalid_monitor_token")
+            return
+        try:
+            state = FlowState(provider_name, provider, owner, parse_user(user), parse_tags(tags))
+        except BadMonitorHeader as e:
+            self._reject(flow, provider, 400, f"{e} (LLM Monitor).", "invalid_monitor_header")
+            return
+        flow.metadata[_METADATA_KEY] = state
+        self._inflight[flow.id] = flow
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        state = self._state(flow)
+        if state is None:
+            return
+        try:
+            state.info = state.provider.inspect_request(
+                flow.request, inject_usage=ctx.options.monitor_inject_usage
+            )
+        except Exception as e:  # an odd body is the provider's to judge, not ours
+            logger.warning("llm-monitor: could not read request body (%s)", e)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = self._state(flow)
+        if state is None or flow.response is None:
+            return
+        content_type = flow.response.headers.get("content-type", "").lower()
+        encoding = flow.response.headers.get("content-encoding", "")
+        if "text/event-stream" in content_type and is_supported(encoding):
+            state.tap = StreamTap(state.provider.stream_reader(state.info), encoding)
+            flow.response.stream = state.tap
+        elif "json" not in content_type:
+            flow.response.stream = True  # files, audio, images: no usage to read, don't buffer
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = self._state(flow)
+        if state is None or state.recorded or flow.response is None:
+            return
+        response = flow.response
+        usage, response_model, error = None, None, None
+        if state.tap is not None:
+            reader = state.tap.reader
+            usage, response_model, error = reader.usage, reader.response_model, reader.error
+        elif response.stream is not True and response.raw_content is not None:
+            body = response.get_content(strict=False) or b""
+            usage, response_model = state.provider.usage_from_body(body)
+            if response.status_code >= 400:
+                error = state.provider.error_code(body)
+        failed = response.status_code >= 400 or error is not None
+        self._record(
+            flow,
+            state,
+            outcome="provider_error" if failed else "ok",
+            usage=usage,
+            response_model=response_model,
+            error=error,
+        )
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = self._state(flow)
+        if state is None or state.recorded:
+            return
+        message = flow.error.msg if flow.error else "unknown error"
+        reader = state.tap.reader if state.tap else None
+        if reader is not None and reader.complete:
+            # The whole answer had passed (an SDK may hang up on `[DONE]` before the
+            # stream's last bytes): nothing was lost.
+            outcome, message = "ok", None
+        elif flow.response is not None and "client" in message.lower():
+            outcome = "client_disconnected"
+        else:
+            outcome = "upstream_error"
+        self._record(
+            flow,
+            state,
+            outcome=outcome,
+            usage=reader.usage if reader else None,
+            response_model=reader.response_model if reader else None,
+            error=message,
+        )
+
+    def done(self) -> None:
+        for flow in list(self._inflight.values()):
+            state = self._state(flow)
+            if state is not None and not state.recorded:
+                self._record(
+                    flow,
+                    state,
+                    outcome="proxy_shutdown",
+                    usage=None,
+                    response_model=None,
+                    error="proxy shut down before the response",
+                )
+        self._close()
+
+    # Helpers.
+
+    def _state(self, flow: http.HTTPFlow) -> FlowState | None:
+        return flow.metadata.get(_METADATA_KEY)
+
+    def _provider_name(self, mode: ReverseMode) -> str:
+        port = mode.listen_port(ctx.options.listen_port or None)
+        if port in self.provider_by_port:
+            return self.provider_by_port[port]
+        host = mode.address[0]
+        if host in KNOWN_HOSTS:
+            return KNOWN_HOSTS[host]
+        if mode.data not in self._warned_unknown_listener:
+            self._warned_unknown_listener.add(mode.data)
+            logger.warning(
+                "llm-monitor: listener for %s is not a known provider; reading it as "
+                "OpenAI-compatible under the name %r (name it with "
+                "--set monitor_providers=%s:NAME)",
+                mode.data,
+                host,
+                port,
+            )
+        return host
+
+    def _reject(
+        self, flow: http.HTTPFlow, provider: Provider, status: int, message: str, code: str
+    ) -> None:
+        flow.response = http.Response.make(
+            status, provider.rejection(status, message, code), {"content-type": "application/json"}
+        )
+
+    def _record(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        *,
+        outcome: str,
+        usage: TokenUsage | None,
+        response_model: str | None,
+        error: str | None,
+    ) -> None:
+        state.recorded = True
+        self._inflight.pop(flow.id, None)
+        if self.recorder is None:
+            return
+        request, response = flow.request, flow.response
+        started = request.timestamp_start
+        ended = (response.timestamp_end if response is not None else None) or time.time()
+        first = state.tap.first_chunk_at if state.tap else None
+        self.recorder.submit(
+            UsageRecord(
+                ts=utc_timestamp(started),
+                org_id=state.owner.org_id,
+                token_id=state.owner.token_id,
+                provider=state.provider_name,
+                method=request.method,
+                path=stored_path(request),
+                model=state.info.model,
+                response_model=response_model,
+                status=response.status_code if response is not None else None,
+                outcome=outcome,
+                streamed=state.tap is not None,
+                usage_injected=state.info.usage_injected,
+                latency_ms=round((ended - started) * 1000, 3),
+                ttft_ms=round((first - started) * 1000, 3) if first else None,
+                request_id=_request_id(response),
+                user=state.user,
+                tags=state.tags,
+                error=error,
+                **UsageRecord.usage_fields(usage),
+            )
+        )
+
+
+def _request_id(response: http.Response | None) -> str | None:
+    if response is None:
+        return None
+    return response.headers.get("x-request-id") or response.headers.get("request-id")

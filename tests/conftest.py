@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from click.testing import CliRunner
+
+from llm_monitor.cli import cli
+from tests.proxy import Proxy, running_proxy
+from tests.replay import ReplayServer
+
+# A provider key the proxy must pass on and never store or log.
+API_KEY = "sk-proj-NEVER-STORE-ME-7f3a9c1e5b"
+
+
+def invoke(db_path: Path, *args: str) -> str:
+    """Run the real CLI in-process; fail the test with its output if it fails."""
+    result = CliRunner().invoke(cli, ["--db", str(db_path), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def new_org(db_path: Path, name: str) -> str:
+    """Create an organisation and return its first monitor token."""
+    return json.loads(
+        invoke(db_path, "orgs", "create", name, "--email", "ops@x.example", "--json")
+    )["token"]
+
+
+@pytest.fixture
+def fresh_db(tmp_path: Path) -> Path:
+    db_path = tmp_path / "llm-monitor.db"
+    invoke(db_path, "init")
+    return db_path
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[ReplayServer]:
+    with ReplayServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _clean_upstream(request: pytest.FixtureRequest) -> None:
+    if "upstream" in request.fixturenames:
+        request.getfixturevalue("upstream").reset()
+
+
+@pytest.fixture(scope="session")
+def shared_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db_path = tmp_path_factory.mktemp("shared") / "llm-monitor.db"
+    invoke(db_path, "init")
+    return db_path
+
+
+@pytest.fixture(scope="session")
+def token(shared_db: Path) -> str:
+    return new_org(shared_db, "Acme")
+
+
+@pytest.fixture(scope="session")
+def proxy(shared_db: Path, upstream: ReplayServer, token: str) -> Iterator[Proxy]:
+    with running_proxy(shared_db, f"http://127.0.0.1:{upstream.port}") as p:
+        yield p
+
+
+@pytest.fixture
+def client(proxy: Proxy, token: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=proxy.base_url,
+        api_key=API_KEY,
+        max_retries=0,
+        default_headers={"X-Monitor-Token": token},
+        timeout=20,
+    )

@@ -1,0 +1,126 @@
+"""Starting a real mitmdump with the monitor addon, on 127.0.0.1 and free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDON = ROOT / "addons" / "monitor.py"
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mitmdump exited with {process.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"mitmdump did not listen on {port}:\n{log.read_text()}")
+
+
+@dataclass
+class Proxy:
+    port: int
+    process: subprocess.Popen
+    db_path: Path
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def running_proxy(
+    db_path: Path, upstream: str, *, provider: str = "openai", **options: Any
+) -> Iterator[Proxy]:
+    port = free_port()
+    log_path = db_path.parent / f"mitmdump-{port}.log"
+    args = [
+        str(MITMDUMP),
+        "-s",
+        str(ADDON),
+        "--mode",
+        f"reverse:{upstream}@127.0.0.1:{port}",
+        "--set",
+        f"monitor_db={db_path}",
+        "--set",
+        f"monitor_providers={port}:{provider}",
+    ]
+    for name, value in options.items():
+        args += ["--set", f"{name}={str(value).lower() if isinstance(value, bool) else value}"]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=db_path.parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    proxy = Proxy(port, process, db_path, log_path)
+    try:
+        wait_for_port(port, process, log_path)
+        yield proxy
+    finally:
+        proxy.terminate()
+
+
+def rows(db_path: Path, where: str = "1", params: tuple = ()) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(db_path, timeout=5)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [
+            dict(r) for r in conn.execute(f"select * from usage where {where} order by id", params)
+        ]
+    finally:
+        conn.close()
+
+
+def wait_for_rows(
+    db_path: Path, where: str, params: tuple = (), count: int = 1, timeout: float = 10
+) -> list[dict[str, Any]]:
+    """Rows land a few milliseconds after the response (the recorder batches); wait for them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = rows(db_path, where, params)
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def row_for(db_path: Path, request_id: str, timeout: float = 10) -> dict[str, Any]:
+    found = wait_for_rows(db_path, "request_id = ?", (request_id,), timeout=timeout)
+    assert len(found) == 1, f"expected one row for {request_id}, found {len(found)}"
+    return found[0]

@@ -1,0 +1,170 @@
+"""The one stand-in the tests allow: a local upstream that replays recorded provider responses.
+
+Each response is queued by the test before it sends the request, and can be split into
+chunks at random byte boundaries (a fixed seed), gzip-encoded, slowed down, or cut off.
+Every request received and every connection accepted is kept for assertions.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import queue
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+CORPUS = Path(__file__).parent / "corpus"
+
+
+def load_recording(name: str) -> dict[str, Any]:
+    return json.loads((CORPUS / name).read_text(encoding="utf-8"))
+
+
+def split_at_random(data: bytes, seed: int, max_piece: int = 64) -> list[bytes]:
+    """`data` in pieces of 1..max_piece bytes; the same seed gives the same pieces."""
+    rng = random.Random(seed)
+    pieces, i = [], 0
+    while i < len(data):
+        n = rng.randint(1, max_piece)
+        pieces.append(data[i : i + n])
+        i += n
+    return pieces
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    seed: int | None = None  # split into random pieces sent as separate HTTP chunks
+    gzip: bool = False
+    delay: float = 0.0  # seconds before each piece (the first included)
+    cut_after: int | None = None  # close the connection after this many pieces
+    request_id: str = field(default_factory=lambda: f"req_{uuid.uuid4().hex}")
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_recording(cls, recording: dict[str, Any], **kwargs: Any) -> Reply:
+        response = recording["response"]
+        return cls(
+            status=response["status"],
+            body=response["body_text"].encode("utf-8"),
+            content_type=response["headers"].get("content-type", "application/json"),
+            **kwargs,
+        )
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ReplayServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except OSError:  # the proxy hung up: part of several tests
+            pass
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.received.put(
+            Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        )
+        try:
+            reply = self.server.replies.get_nowait()
+        except queue.Empty:
+            reply = Reply(500, b'{"error": {"message": "no reply queued", "code": "test"}}')
+        payload = gzip.compress(reply.body) if reply.gzip else reply.body
+        self.send_response(reply.status)
+        self.send_header("content-type", reply.content_type)
+        self.send_header("x-request-id", reply.request_id)
+        for name, value in reply.extra_headers.items():
+            self.send_header(name, value)
+        if reply.gzip:
+            self.send_header("content-encoding", "gzip")
+        if reply.seed is None and reply.delay == 0 and reply.cut_after is None:
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        pieces = split_at_random(payload, reply.seed) if reply.seed is not None else [payload]
+        for index, piece in enumerate(pieces):
+            if reply.cut_after is not None and index >= reply.cut_after:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            time.sleep(reply.delay or 0.001)
+            try:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+            except OSError:  # the proxy gave up on us (the client went away)
+                self.close_connection = True
+                return
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+
+class ReplayServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.replies: queue.Queue[Reply] = queue.Queue()
+        self.received: queue.Queue[Received] = queue.Queue()
+        self.connections = 0
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        self.connections += 1
+        return True
+
+    def reply(self, reply: Reply) -> Reply:
+        self.replies.put(reply)
+        return reply
+
+    def take_received(self, timeout: float = 5) -> Received:
+        return self.received.get(timeout=timeout)
+
+    def reset(self) -> None:
+        for q in (self.replies, self.received):
+            while not q.empty():
+                q.get_nowait()
+
+    def __enter__(self) -> ReplayServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
