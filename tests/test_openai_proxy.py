@@ -173,3 +173,149 @@ def httpx_decode(data: bytes, encoding: str) -> bytes:
     import gzip
 
     return gzip.decompress(data) if encoding == "gzip" else data
+
+
+INJECTABLE = [
+    "chat_stream_text_include_usage_gpt-4o.json",
+    "chat_stream_tool_call_include_usage_gpt-4o-mini.json",
+    "chat_stream_reasoning_length_gpt-5-mini.json",
+    "chat_stream_parallel_tool_calls_include_usage_gpt-4o.json",
+]
+
+
+def without_include_usage(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k != "stream_options"}
+
+
+def stream_as_asked_without_usage(body_text: str) -> list[dict]:
+    """What the client would have got without include_usage: no usage chunk, no usage key."""
+    return [
+        {k: v for k, v in event.items() if k != "usage"}
+        for event in data_events(body_text)
+        if event["choices"] or event.get("usage") is None
+    ]
+
+
+@pytest.mark.parametrize("name", INJECTABLE)
+@pytest.mark.parametrize("seed", [5, 6])
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_usage_is_injected_and_hidden(
+    name: str, seed: int, encoding: str, client: openai.OpenAI, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """A stream asked for without include_usage still gets exact usage; the client sees none."""
+    recording = load_recording(f"openai/{name}")
+    # The upstream answers as OpenAI does when include_usage is set: the recording.
+    reply = upstream.reply(Reply.from_recording(recording, seed=seed, gzip=encoding == "gzip"))
+    asked = without_include_usage(recording["request"]["body"])
+
+    chunks = list(client.chat.completions.create(**asked))
+
+    forwarded = upstream.take_received().json()
+    assert forwarded == {**asked, "stream_options": {"include_usage": True}}
+    assert [c.to_dict() for c in chunks] == stream_as_asked_without_usage(
+        recording["response"]["body_text"]
+    )
+    row = row_for(proxy.db_path, reply.request_id)
+    assert_tokens(row, recording["expected_usage"])
+    assert row["cost_usd"] == float(Decimal(STREAM_COSTS[name]))
+    assert (row["usage_injected"], row["priced"]) == (1, 1)
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_injected_stream_keeps_its_bytes_and_order(
+    encoding: str, token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """Beyond the SDK's view: key order, blank lines and `[DONE]` are as the provider sent."""
+    recording = load_recording("openai/chat_stream_text_include_usage_gpt-4o.json")
+    upstream.reply(Reply.from_recording(recording, seed=7, gzip=encoding == "gzip"))
+    with httpx.stream(
+        "POST",
+        f"{proxy.base_url}/chat/completions",
+        json=without_include_usage(recording["request"]["body"]),
+        headers={"Authorization": f"Bearer {API_KEY}", "X-Monitor-Token": token},
+    ) as response:
+        assert response.headers.get("content-encoding", "identity") == encoding
+        text = b"".join(response.iter_bytes()).decode()
+
+    events = text.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    parsed = [json.loads(e[len("data: ") :]) for e in events[:-2]]
+    expected = stream_as_asked_without_usage(recording["response"]["body_text"])
+    assert parsed == expected
+    assert [list(p) for p in parsed] == [list(e) for e in expected]  # key order too
+
+
+def test_stream_without_usage_is_unpriced_never_zero(
+    tmp_path: Path, token: str, upstream: ReplayServer
+) -> None:
+    """With injection off, a stream without usage records NULL cost and priced = 0."""
+    from tests.conftest import invoke, new_org
+    from tests.proxy import running_proxy
+
+    db_path = tmp_path / "monitor.db"
+    invoke(db_path, "init")
+    own_token = new_org(db_path, "NoInject")
+    recording = load_recording("openai/chat_stream_text_no_usage_gpt-4o.json")
+    with running_proxy(
+        db_path, f"http://127.0.0.1:{upstream.port}", monitor_inject_usage=False
+    ) as p:
+        client = openai.OpenAI(
+            base_url=p.base_url,
+            api_key=API_KEY,
+            max_retries=0,
+            default_headers={"X-Monitor-Token": own_token},
+        )
+        reply = upstream.reply(Reply.from_recording(recording, seed=8))
+        chunks = list(client.chat.completions.create(**recording["request"]["body"]))
+        assert upstream.take_received().json() == recording["request"]["body"]
+        row = row_for(db_path, reply.request_id)
+    assert [c.to_dict() for c in chunks] == data_events(recording["response"]["body_text"])
+    assert (row["input_tokens"], row["cost_usd"], row["priced"]) == (None, None, 0)
+    assert (row["usage_injected"], row["response_model"]) == (0, "gpt-4o-2024-08-06")
+
+
+@pytest.mark.parametrize("name", sorted(ERRORS))
+def test_provider_error(
+    name: str, client: openai.OpenAI, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    recording = load_recording(f"openai/{name}")
+    reply = upstream.reply(Reply.from_recording(recording))
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        call_sdk(client, recording)
+
+    assert raised.value.status_code == recording["response"]["status"]
+    assert raised.value.body == json.loads(recording["response"]["body_text"])["error"]
+    row = row_for(proxy.db_path, reply.request_id)
+    assert (row["status"], row["outcome"], row["error"]) == (
+        recording["response"]["status"],
+        "provider_error",
+        ERRORS[name],
+    )
+    assert (row["cost_usd"], row["priced"], row["input_tokens"]) == (None, None, None)
+
+
+def test_unknown_model_is_flagged_not_free(
+    client: openai.OpenAI, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    recording = load_recording("openai/chat_json_text_gpt-4o.json")
+    body = json.loads(recording["response"]["body_text"])
+    body["model"] = "gpt-9-imaginary-2031-01-01"
+    reply = upstream.reply(Reply(200, json.dumps(body).encode()))
+
+    client.chat.completions.create(**{**recording["request"]["body"], "model": "gpt-9-imaginary"})
+
+    row = row_for(proxy.db_path, reply.request_id)
+    assert (row["cost_usd"], row["priced"], row["input_tokens"]) == (None, 0, 16)
+    assert proxy_log_mentions(proxy, "no price for openai model 'gpt-9-imaginary-2031-01-01'")
+
+
+def proxy_log_mentions(proxy: Proxy, text: str, timeout: float = 5) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in proxy.log():
+            return True
+        time.sleep(0.05)
+    return False
