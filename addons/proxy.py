@@ -284,23 +284,20 @@ class Monitor:
         if state is None or state.recorded or flow.response is None:
             return
         response = flow.response
-        usage, response_model, error = None, None, None
         if state.tap is not None:
-            reader = state.tap.reader
-            usage, response_model, error = reader.usage, reader.response_model, reader.error
-        elif response.stream is not True and response.raw_content is not None:
+            error = state.tap.reader.error
+            outcome = "provider_error" if error or response.status_code >= 400 else "ok"
+            self._record(flow, state, outcome=outcome, error=error)
+            return
+        usage, response_model, error = None, None, None
+        if response.stream is not True and response.raw_content is not None:
             body = response.get_content(strict=False) or b""
             usage, response_model = state.provider.usage_from_body(body)
             if response.status_code >= 400:
-                error = state.provider.error_code(body)
-        failed = response.status_code >= 400 or error is not None
+                error = state.provider.error_code(body) or f"HTTP {response.status_code}"
+        outcome = "provider_error" if response.status_code >= 400 else "ok"
         self._record(
-            flow,
-            state,
-            outcome="provider_error" if failed else "ok",
-            usage=usage,
-            response_model=response_model,
-            error=error,
+            flow, state, outcome=outcome, error=error, usage=usage, response_model=response_model
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -308,25 +305,17 @@ class Monitor:
         if state is None or state.recorded:
             return
         message = flow.error.msg if flow.error else "unknown error"
-        reader = state.tap.reader if state.tap else None
-        if reader is not None and reader.complete:
+        if state.tap is not None and state.tap.reader.complete:
             # The whole answer had passed (an SDK may hang up on `[DONE]` before the
             # stream's last bytes): nothing was lost.
-            outcome, message = "ok", None
+            self._record(flow, state, outcome="ok", error=None)
         elif flow.response is not None and "client" in message.lower():
-            outcome = "client_disconnected"
+            self._record(flow, state, outcome="client_disconnected", error=message)
         else:
-            outcome = "upstream_error"
-        self._record(
-            flow,
-            state,
-            outcome=outcome,
-            usage=reader.usage if reader else None,
-            response_model=reader.response_model if reader else None,
-            error=message,
-        )
+            self._record(flow, state, outcome="upstream_error", error=message)
 
     def done(self) -> None:
+        """mitmdump is stopping (SIGTERM): record flows still open, then flush the recorder."""
         for flow in list(self._inflight.values()):
             state = self._state(flow)
             if state is not None and not state.recorded:
@@ -334,9 +323,7 @@ class Monitor:
                     flow,
                     state,
                     outcome="proxy_shutdown",
-                    usage=None,
-                    response_model=None,
-                    error="proxy shut down before the response",
+                    error="proxy shut down before the response ended",
                 )
         self._close()
 
@@ -377,10 +364,13 @@ class Monitor:
         state: FlowState,
         *,
         outcome: str,
-        usage: TokenUsage | None,
-        response_model: str | None,
         error: str | None,
+        usage: TokenUsage | None = None,
+        response_model: str | None = None,
     ) -> None:
+        """Queue the flow's row; a stream's usage is whatever its reader has seen so far."""
+        if state.tap is not None:
+            usage, response_model = state.tap.reader.usage, state.tap.reader.response_model
         state.recorded = True
         self._inflight.pop(flow.id, None)
         if self.recorder is None:

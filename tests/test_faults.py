@@ -1,0 +1,159 @@
+"""Nothing is lost: disconnects, a dead or broken upstream, a locked database, SIGTERM."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import API_KEY, invoke, new_org
+from tests.proxy import Proxy, free_port, row_for, running_proxy, wait_for_rows
+from tests.replay import ReplayServer, Reply, load_recording
+
+CHAT = load_recording("openai/chat_json_text_gpt-4o.json")
+STREAM = load_recording("openai/chat_stream_text_include_usage_gpt-4o.json")
+
+
+@pytest.fixture
+def own_db(tmp_path: Path) -> tuple[Path, str]:
+    db_path = tmp_path / "llm-monitor.db"
+    invoke(db_path, "init")
+    return db_path, new_org(db_path, "Faults")
+
+
+def headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}", "X-Monitor-Token": token}
+
+
+def test_client_disconnect_mid_stream_still_gets_a_row(
+    token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    reply = upstream.reply(Reply.from_recording(STREAM, seed=11, delay=0.05))
+    with httpx.stream(
+        "POST",
+        f"{proxy.base_url}/chat/completions",
+        json=STREAM["request"]["body"],
+        headers=headers(token),
+    ) as response:
+        received = b""
+        for piece in response.iter_raw():
+            received += piece
+            if b"\n\n" in received:
+                break  # one whole event, then hang up
+
+    row = row_for(proxy.db_path, reply.request_id)
+    assert (row["outcome"], row["status"], row["streamed"]) == ("client_disconnected", 200, 1)
+    assert row["response_model"] == "gpt-4o-2024-08-06"  # read from the part that passed
+    assert (row["input_tokens"], row["cost_usd"], row["priced"]) == (None, None, 0)
+
+
+def test_upstream_reset_mid_stream(token: str, upstream: ReplayServer, proxy: Proxy) -> None:
+    reply = upstream.reply(Reply.from_recording(STREAM, seed=12, cut_after=10))
+    client = openai.OpenAI(
+        base_url=proxy.base_url,
+        api_key=API_KEY,
+        max_retries=0,
+        default_headers={"X-Monitor-Token": token},
+    )
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        list(client.chat.completions.create(**STREAM["request"]["body"]))
+    row = row_for(proxy.db_path, reply.request_id)
+    assert (row["outcome"], row["status"]) == ("upstream_error", 200)
+    assert row["error"]
+
+
+def test_upstream_down(own_db: tuple[Path, str]) -> None:
+    db_path, token = own_db
+    with running_proxy(db_path, f"http://127.0.0.1:{free_port()}") as proxy:
+        response = httpx.post(
+            f"{proxy.base_url}/chat/completions",
+            json=CHAT["request"]["body"],
+            headers=headers(token),
+        )
+        [row] = wait_for_rows(db_path, "1")
+    assert response.status_code == 502
+    assert (row["outcome"], row["status"], row["model"]) == ("upstream_error", None, "gpt-4o")
+    assert "connect" in row["error"].lower()
+    assert (row["cost_usd"], row["priced"]) == (None, None)
+
+
+def test_database_locked_for_two_seconds_loses_no_row(
+    token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """Traffic flows while another writer holds the lock; the rows land once it lets go."""
+    replies = [upstream.reply(Reply.from_recording(CHAT)) for _ in range(40)]
+    ids = tuple(r.request_id for r in replies)
+    where = f"request_id in ({','.join('?' * len(ids))})"
+    locker = sqlite3.connect(proxy.db_path, timeout=5, isolation_level=None)
+    locker.execute("begin exclusive")
+    locked_at = time.monotonic()
+    try:
+        with httpx.Client(headers=headers(token)) as http:
+            statuses = [
+                http.post(
+                    f"{proxy.base_url}/chat/completions", json=CHAT["request"]["body"]
+                ).status_code
+                for _ in replies
+            ]
+        time.sleep(max(0.0, 2.0 - (time.monotonic() - locked_at)))
+        assert statuses == [200] * len(replies)  # all served while the lock was held
+        assert wait_for_rows(proxy.db_path, where, ids, timeout=0) == []  # rows are waiting
+    finally:
+        locker.execute("rollback")
+        locker.close()
+    found = wait_for_rows(proxy.db_path, where, ids, count=len(ids))
+    assert {r["request_id"] for r in found} == set(ids)
+    assert "database writable again" in proxy.log()
+
+
+def test_sigterm_with_requests_in_flight_loses_no_row(
+    own_db: tuple[Path, str], upstream: ReplayServer
+) -> None:
+    db_path, token = own_db
+    with running_proxy(db_path, f"http://127.0.0.1:{upstream.port}") as proxy:
+        done = [upstream.reply(Reply.from_recording(CHAT)) for _ in range(5)]
+        with httpx.Client(headers=headers(token)) as http:
+            for _ in done:
+                http.post(f"{proxy.base_url}/chat/completions", json=CHAT["request"]["body"])
+        in_flight = [
+            upstream.reply(Reply.from_recording(STREAM, seed=i, delay=0.2)) for i in range(5)
+        ]
+
+        def stream_one() -> None:
+            try:
+                with httpx.stream(
+                    "POST",
+                    f"{proxy.base_url}/chat/completions",
+                    json=STREAM["request"]["body"],
+                    headers=headers(token),
+                    timeout=30,
+                ) as response:
+                    for _ in response.iter_raw():
+                        pass
+            except httpx.HTTPError:
+                pass  # the proxy went away under us: expected
+
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            futures = [pool.submit(stream_one) for _ in in_flight]
+            for _ in range(10):  # all ten requests reached the upstream
+                upstream.take_received()
+            time.sleep(0.3)
+            assert proxy.terminate() == 0
+            concurrent.futures.wait(futures)
+
+    found = {r["request_id"]: r for r in wait_for_rows(db_path, "1", count=10, timeout=2)}
+    assert {r.request_id for r in done} <= found.keys()
+    assert all(found[r.request_id]["outcome"] == "ok" for r in done)
+    print({r.request_id: found.get(r.request_id, {}).get("outcome") for r in in_flight})
+    assert len(found) == 10
+    assert {found.get(r.request_id, {}).get("outcome") for r in in_flight} <= {
+        "ok",
+        "client_disconnected",
+        "upstream_error",
+        "proxy_shutdown",
+    }
