@@ -514,15 +514,27 @@ def stats(ctx: click.Context, period: str, org_name: str | None, as_json: bool) 
     show_default=True,
     help="The provider the proxy forwards to.",
 )
+@click.option(
+    "--provider",
+    help="Provider name for an upstream that is not a known host (e.g. groq); "
+    "names without a parser of their own are read as OpenAI-compatible.",
+)
 @click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def up(
-    ctx: click.Context, port: int, host: str, upstream: str, mitmdump_args: tuple[str, ...]
+    ctx: click.Context,
+    port: int,
+    host: str,
+    upstream: str,
+    provider: str | None,
+    mitmdump_args: tuple[str, ...],
 ) -> None:
-    """Run the proxy (mitmdump with the monitor addon). Extra arguments go to mitmdump."""
-    mitmdump = shutil.which(
-        "mitmdump", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    )
+    """Run the proxy: mitmdump with the monitor addon, in reverse mode to the provider.
+
+    Arguments after `--` go to mitmdump, e.g. `llm-monitor up -- --set flow_detail=0`.
+    """
+    search_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    mitmdump = shutil.which("mitmdump", path=search_path)
     if mitmdump is None:
         raise click.ClickException("mitmdump not found: is llm-monitor installed with pip?")
     args = [
@@ -530,15 +542,14 @@ def up(
         "-s",
         monitor_script.__file__,
         "--mode",
-        f"reverse:{upstream}@{port}",
-        "--listen-host",
-        host,
+        f"reverse:{upstream}@{host}:{port}",
         "--set",
         f"monitor_db={ctx.obj['db_path']}",
-        *mitmdump_args,
     ]
+    if provider:
+        args += ["--set", f"monitor_providers={port}:{provider}"]
     click.echo(f"LLM Monitor proxy on http://{host}:{port} -> {upstream}", err=True)
-    os.execv(mitmdump, args)
+    os.execv(mitmdump, [*args, *mitmdump_args])
 
 
 @cli.command("import-spool")

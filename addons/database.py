@@ -96,7 +96,8 @@ def m001_core_tables(db: Database) -> None:
             "raw_usage": str,
         },
         pk="id",
-        not_null={"ts", "provider", "method", "path", "outcome"},
+        not_null={"ts", "provider", "method", "path", "outcome", "streamed", "usage_injected"},
+        defaults={"streamed": 0, "usage_injected": 0},
         foreign_keys=[("org_id", "orgs", "id"), ("token_id", "monitor_tokens", "id")],
     )
     db["usage"].create_index(["org_id", "ts"])

@@ -1,0 +1,314 @@
+"""The `llm-monitor` command line, run in-process against real database files."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llm_monitor.cli import cli
+from llm_monitor.tokens import hash_token
+from tests.conftest import invoke, new_org
+
+
+def fails(db_path: Path, *args: str) -> str:
+    """Run a command that must fail cleanly: non-zero exit, one-line error, no traceback."""
+    result = CliRunner().invoke(cli, ["--db", str(db_path), *args])
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    return result.output.strip().splitlines()[-1]
+
+
+def query(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_init_creates_schema_and_loads_shipped_prices(tmp_path: Path) -> None:
+    db_path = tmp_path / "new.db"
+    assert "shipped prices loaded" in invoke(db_path, "init")
+    prices = json.loads(invoke(db_path, "pricing", "list", "--json"))
+    gpt_4o = [p for p in prices if p["model"] == "gpt-4o"]
+    assert gpt_4o and gpt_4o[0]["input"] == "2.50" and gpt_4o[0]["source"]
+    assert all(p["as_of"] and p["source"] for p in prices)
+    invoke(db_path, "init")  # again: idempotent
+    assert len(json.loads(invoke(db_path, "pricing", "list", "--json"))) == len(prices)
+
+
+def test_db_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_MONITOR_DB", str(tmp_path / "env.db"))
+    assert CliRunner().invoke(cli, ["init"]).exit_code == 0
+    assert (tmp_path / "env.db").exists()
+
+
+def test_commands_need_an_initialised_database(tmp_path: Path) -> None:
+    assert "llm-monitor init" in fails(tmp_path / "missing.db", "orgs", "list")
+
+
+def test_orgs_and_tokens(fresh_db: Path) -> None:
+    token = new_org(fresh_db, "Acme")
+    assert token.startswith("mon_") and len(token) >= 4 + 32
+    assert query(
+        fresh_db, "select count(*) from monitor_tokens where token_hash = ?", (hash_token(token),)
+    ) == [(1,)]
+    second = json.loads(
+        invoke(fresh_db, "tokens", "create", "--org", "Acme", "--name", "batch", "--json")
+    )
+    assert second["token"] != token
+
+    listed = json.loads(invoke(fresh_db, "tokens", "list", "--org", "Acme", "--json"))
+    assert [(t["label"], t["org"], t["revoked_at"]) for t in listed] == [
+        ("default", "Acme", None),
+        ("batch", "Acme", None),
+    ]
+    assert listed[0]["prefix"] == token[:10]
+    assert all(token not in json.dumps(t) and "hash" not in t for t in listed)
+
+    assert "revoked token" in invoke(fresh_db, "tokens", "revoke", token)  # by the token
+    assert "revoked token" in invoke(fresh_db, "tokens", "revoke", str(second["token_id"]))
+    assert "already revoked" in invoke(fresh_db, "tokens", "revoke", str(second["token_id"]))
+    listed = json.loads(invoke(fresh_db, "tokens", "list", "--json"))
+    assert all(t["revoked_at"] for t in listed)
+
+    orgs = json.loads(invoke(fresh_db, "orgs", "list", "--json"))
+    assert [(o["name"], o["email"], o["live_tokens"]) for o in orgs] == [
+        ("Acme", "ops@x.example", 0)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["orgs", "create", "Acme", "--email", "a@b.example"], "already exists"),
+        (["orgs", "create", "Other", "--email", "not-an-email"], "not an email address"),
+        (["orgs", "create", "Other"], "Missing option '--email'"),
+        (["tokens", "create", "--org", "Nope"], "no organisation named 'Nope'"),
+        (["tokens", "list", "--org", "Nope"], "no organisation named 'Nope'"),
+        (["tokens", "revoke", "999"], "no such token"),
+        (["tokens", "revoke", "mon_unknown"], "no such token"),
+        (["tokens", "revoke", "drop table"], "give a token id"),
+        (["pricing", "set", "m", "--input", "x", "--output", "1"], "is not a number"),
+        (["pricing", "set", "m", "--input", "-1", "--output", "1"], "non-negative"),
+        (["pricing", "set", "m", "--input", "1"], "Missing option '--output'"),
+        (
+            ["pricing", "set", "m", "--input", "1", "--output", "1", "--effective-from", "soon"],
+            "does not match the format",
+        ),
+        (["pricing", "reprice"], "Missing option '--since'"),
+        (["stats", "--period", "year"], "'year' is not one of"),
+        (["stats", "--org", "Nope"], "no organisation named 'Nope'"),
+        (["nosuchcommand"], "No such command"),
+    ],
+)
+def test_wrong_arguments_give_one_line_errors(
+    fresh_db: Path, args: list[str], message: str
+) -> None:
+    new_org(fresh_db, "Acme")
+    assert message in fails(fresh_db, *args)
+
+
+def test_pricing_set_export_import_round_trip(fresh_db: Path, tmp_path: Path) -> None:
+    invoke(
+        fresh_db,
+        "pricing",
+        "set",
+        "my-model",
+        "--provider",
+        "groq",
+        "--input",
+        "0.59",
+        "--output",
+        "0.79",
+        "--cached-input",
+        "0.295",
+        "--effective-from",
+        "2026-01-01",
+    )
+    exported = invoke(fresh_db, "pricing", "export")
+    entry = next(e for e in json.loads(exported)["prices"] if e["model"] == "my-model")
+    assert entry == {
+        "provider": "groq",
+        "model": "my-model",
+        "input": "0.59",
+        "output": "0.79",
+        "cached_input": "0.295",
+        "effective_from": "2026-01-01",
+        "source": "set by hand",
+        "as_of": entry["as_of"],
+    }
+
+    other = tmp_path / "other.db"
+    invoke(other, "init")
+    (tmp_path / "prices.json").write_text(exported)
+    assert "imported" in invoke(other, "pricing", "import", str(tmp_path / "prices.json"))
+    assert invoke(other, "pricing", "export") == exported
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"entries": []}', 'expected an object with a "prices" list'),
+        (
+            '{"prices": [{"provider": "openai", "model": "a", "input": 1, "output": 2, '
+            '"source": "s", "as_of": "2026-01-01"}, {"provider": "openai", "model": "gpt-x", '
+            '"input": "cheap", "output": 2, "source": "s", "as_of": "2026-01-01"}]}',
+            "entry 1 (gpt-x): field 'input'",
+        ),
+        (
+            '{"prices": [{"provider": "openai", "model": "gpt-x", "input": 1, "output": -2, '
+            '"source": "s", "as_of": "2026-01-01"}]}',
+            "entry 0 (gpt-x): field 'output'",
+        ),
+        (
+            '{"prices": [{"provider": "openai", "model": "gpt-x", "input": 1, "output": 2, '
+            '"as_of": "2026-01-01"}]}',
+            "entry 0 (gpt-x): field 'source': Field required",
+        ),
+        (
+            '{"prices": [{"provider": "openai", "model": "gpt-x", "input": 1, "output": 2, '
+            '"source": "s", "as_of": "2026-01-01", "inptu": 3}]}',
+            "field 'inptu'",
+        ),
+    ],
+)
+def test_bad_price_file_names_entry_and_field(
+    fresh_db: Path, tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    before = invoke(fresh_db, "pricing", "export")
+    assert message in fails(fresh_db, "pricing", "import", str(path))
+    assert invoke(fresh_db, "pricing", "export") == before  # nothing half-imported
+
+
+def insert_usage(db_path: Path, **values: object) -> None:
+    row = {
+        "ts": "2026-03-02T10:00:00.000Z",
+        "provider": "openai",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "outcome": "ok",
+        "status": 200,
+        **values,
+    }
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            f"insert into usage ({', '.join(row)}) values ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+
+
+def test_reprice_and_unpriced(fresh_db: Path) -> None:
+    insert_usage(fresh_db, model="acme-llm", input_tokens=1000, output_tokens=500, priced=0)
+    insert_usage(
+        fresh_db,
+        model="gpt-4o",
+        input_tokens=1000,
+        cached_input_tokens=400,
+        output_tokens=100,
+        priced=1,
+        cost_usd=0.003,
+    )
+    unpriced = json.loads(invoke(fresh_db, "pricing", "unpriced", "--json"))
+    assert [(u["model"], u["requests"]) for u in unpriced] == [("acme-llm", 1)]
+
+    # A price from March on changes nothing written until a reprice is asked for.
+    invoke(
+        fresh_db,
+        "pricing",
+        "set",
+        "acme-llm",
+        "--input",
+        "3",
+        "--output",
+        "15",
+        "--effective-from",
+        "2026-03-01",
+    )
+    assert query(fresh_db, "select cost_usd from usage where model = 'acme-llm'") == [(None,)]
+    assert "1 changed" in invoke(fresh_db, "pricing", "reprice", "--since", "2026-03-01")
+    # 1000 x 3 + 500 x 15 = 10500 per 1M
+    assert query(fresh_db, "select cost_usd, priced from usage where model = 'acme-llm'") == [
+        (0.0105, 1)
+    ]
+    # gpt-4o: 600 x 2.50 + 400 x 1.25 + 100 x 10 = 3000 per 1M: recomputed, the same
+    assert query(fresh_db, "select cost_usd from usage where model = 'gpt-4o'") == [(0.003,)]
+    assert "every request seen so far is priced" in invoke(fresh_db, "pricing", "unpriced")
+
+    # A price effective later than the rows does not apply to them.
+    invoke(
+        fresh_db,
+        "pricing",
+        "set",
+        "acme-llm",
+        "--input",
+        "30",
+        "--output",
+        "150",
+        "--effective-from",
+        "2026-04-01",
+    )
+    assert "0 changed" in invoke(fresh_db, "pricing", "reprice", "--since", "2026-01-01")
+
+
+def test_stats(fresh_db: Path) -> None:
+    new_org(fresh_db, "Acme")
+    from llm_monitor.cli import now_utc
+
+    now = now_utc()
+    insert_usage(
+        fresh_db,
+        ts=now,
+        org_id=1,
+        model="gpt-4o",
+        input_tokens=100,
+        output_tokens=10,
+        cost_usd=0.00035,
+        priced=1,
+        latency_ms=100.0,
+    )
+    insert_usage(
+        fresh_db,
+        ts=now,
+        org_id=1,
+        model="gpt-4o",
+        input_tokens=300,
+        output_tokens=30,
+        cost_usd=0.00105,
+        priced=1,
+        latency_ms=300.0,
+    )
+    insert_usage(
+        fresh_db,
+        ts=now,
+        org_id=1,
+        model="mystery",
+        input_tokens=5,
+        priced=0,
+        outcome="provider_error",
+        status=400,
+    )
+    insert_usage(
+        fresh_db,
+        ts="2020-01-01T00:00:00.000Z",
+        org_id=1,
+        model="gpt-4o",
+        input_tokens=10**6,
+        cost_usd=100.0,
+        priced=1,
+    )  # outside the period
+
+    rows = json.loads(invoke(fresh_db, "stats", "--period", "week", "--org", "Acme", "--json"))
+    by_model = {r["model"]: r for r in rows}
+    assert by_model["gpt-4o"]["requests"] == 2
+    assert by_model["gpt-4o"]["input_tokens"] == 400
+    assert by_model["gpt-4o"]["cost_usd"] == pytest.approx(0.0014)
+    assert by_model["gpt-4o"]["avg_latency_ms"] == 200.0
+    assert (by_model["mystery"]["errors"], by_model["mystery"]["unpriced"]) == (1, 1)
+    text = invoke(fresh_db, "stats", "--period", "week")
+    assert "3 requests, $0.001400 (1 requests without a price not included)" in text

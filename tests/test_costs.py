@@ -1,0 +1,142 @@
+"""Price lookup and cost: snapshots, effective dates, long-context tiers, missing rates."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from llm_monitor.costs import MissingRate, PriceBook, cost_usd, family_of
+from llm_monitor.pricing import PriceEntry, shipped_prices
+from llm_monitor.recorder import price_row
+from llm_monitor.usage import UsageRecord
+
+
+def price(model: str, **kw: object) -> PriceEntry:
+    values = {
+        "provider": "openai",
+        "model": model,
+        "input": "2",
+        "output": "8",
+        "source": "test",
+        "as_of": "2026-01-01",
+        **kw,
+    }
+    return PriceEntry.model_validate(values)
+
+
+@pytest.mark.parametrize(
+    ("model", "family"),
+    [
+        ("gpt-4o-2024-08-06", "gpt-4o"),
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("gpt-4-0613", "gpt-4"),
+        ("gpt-5.5-2026-04-23", "gpt-5.5"),
+        ("gpt-4o", None),
+        ("o3-mini", None),
+    ],
+)
+def test_family_of(model: str, family: str | None) -> None:
+    assert family_of(model) == family
+
+
+def test_snapshot_takes_its_family_price_unless_it_has_its_own() -> None:
+    book = PriceBook([price("gpt-4o"), price("gpt-4o-2024-05-13", input="5")])
+    day = dt.date(2026, 6, 1)
+    assert book.lookup("openai", "gpt-4o-2024-08-06", day).model == "gpt-4o"
+    assert book.lookup("openai", "gpt-4o-2024-05-13", day).input == Decimal("5")
+    assert book.lookup("openai", "gpt-4o-mini", day) is None
+    assert book.lookup("groq", "gpt-4o", day) is None  # prices are per provider
+
+
+def test_effective_dates() -> None:
+    book = PriceBook(
+        [
+            price("o3", input="10", effective_from="2025-01-01"),
+            price("o3", input="2", effective_from="2025-06-10"),
+        ]
+    )
+    assert book.lookup("openai", "o3", dt.date(2024, 12, 31)) is None
+    assert book.lookup("openai", "o3", dt.date(2025, 6, 9)).input == Decimal("10")
+    assert book.lookup("openai", "o3", dt.date(2025, 6, 10)).input == Decimal("2")
+
+
+def test_long_context_tier_applies_to_the_whole_request() -> None:
+    book = PriceBook(
+        [price("gpt-5.5", input="5"), price("gpt-5.5", input="10", above_input_tokens=272_000)]
+    )
+    day = dt.date(2026, 6, 1)
+    assert book.lookup("openai", "gpt-5.5", day, 272_000).input == Decimal("5")
+    assert book.lookup("openai", "gpt-5.5", day, 272_001).input == Decimal("10")
+    assert book.lookup("openai", "gpt-5.5", day, None).input == Decimal("5")
+
+
+def test_cost_prices_each_kind_of_token_at_its_own_rate() -> None:
+    entry = price(
+        "m", input="3", cached_input="0.3", cache_write="3.75", output="15", reasoning="20"
+    )
+    # (1000 - 200 - 100) x 3 + 200 x 0.3 + 100 x 3.75 + (50 - 20) x 15 + 20 x 20
+    assert cost_usd(
+        entry,
+        input_tokens=1000,
+        cached_input_tokens=200,
+        cache_write_tokens=100,
+        output_tokens=50,
+        reasoning_tokens=20,
+    ) == Decimal("0.003385")
+
+
+def test_a_missing_rate_is_never_guessed() -> None:
+    with pytest.raises(MissingRate, match="cached-input"):
+        cost_usd(price("m"), input_tokens=10, cached_input_tokens=5)
+    with pytest.raises(MissingRate, match="cache-write"):
+        cost_usd(price("m"), input_tokens=10, cache_write_tokens=5)
+    with pytest.raises(MissingRate, match="inconsistent"):
+        cost_usd(price("m"), input_tokens=10, cached_input_tokens=50)
+
+
+def record(**kw: object) -> UsageRecord:
+    values = {
+        "ts": "2026-06-01T00:00:00.000Z",
+        "org_id": 1,
+        "token_id": 1,
+        "provider": "openai",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "outcome": "ok",
+        "status": 200,
+        **kw,
+    }
+    return UsageRecord.model_validate(values)
+
+
+def test_priced_flag() -> None:
+    book = PriceBook([price("gpt-4o")])
+    priced = price_row(record(model="gpt-4o", input_tokens=10, output_tokens=1), book)
+    assert (priced["cost_usd"], priced["priced"]) == (float(Decimal("0.000028")), 1)
+    unpriced = price_row(record(model="mystery", input_tokens=10, output_tokens=1), book)
+    assert (unpriced["cost_usd"], unpriced["priced"]) == (None, 0)
+    no_rate = price_row(record(model="gpt-4o", input_tokens=10, cached_input_tokens=5), book)
+    assert (no_rate["cost_usd"], no_rate["priced"]) == (None, 0)
+    no_usage = price_row(record(model="gpt-4o", outcome="client_disconnected"), book)
+    assert (no_usage["cost_usd"], no_usage["priced"]) == (None, 0)
+    error = price_row(record(model="gpt-4o", outcome="provider_error", status=400), book)
+    assert (error["cost_usd"], error["priced"]) == (None, None)
+    listing = price_row(record(method="GET", path="/v1/models"), book)
+    assert (listing["cost_usd"], listing["priced"]) == (None, None)
+
+
+def test_shipped_prices_are_valid_and_sourced() -> None:
+    entries = shipped_prices()
+    assert len(entries) >= 15
+    assert all(e.source and e.as_of for e in entries)
+    models = {e.model for e in entries}
+    assert {
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-5",
+        "gpt-5-mini",
+        "o3-mini",
+        "text-embedding-3-small",
+    } <= models

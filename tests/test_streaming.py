@@ -1,0 +1,162 @@
+"""The stream tap and SSE splitting, for any way the network may cut a body into chunks."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import zlib
+
+import brotli
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llm_monitor.providers import RequestInfo
+from llm_monitor.providers.openai import OpenAI
+from llm_monitor.proxy import StreamTap
+from llm_monitor.sse import EventSplitter, parse_event
+from tests.replay import load_recording
+
+STREAMS = [
+    "chat_stream_parallel_tool_calls_include_usage_gpt-4o.json",
+    "chat_stream_reasoning_length_gpt-5-mini.json",
+    "chat_stream_text_include_usage_gpt-4o.json",
+    "chat_stream_tool_call_include_usage_gpt-4o-mini.json",
+    "responses_stream_function_call_gpt-5.5.json",
+    "responses_stream_reasoning_gpt-5.json",
+    "responses_stream_text_gpt-5.5.json",
+]
+BODIES = {
+    name: load_recording(f"openai/{name}")["response"]["body_text"].encode() for name in STREAMS
+}
+ENCODE = {
+    "identity": lambda b: b,
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+    "zstd": lambda b: zstandard.ZstdCompressor().compress(b),
+}
+DECODE = {
+    "identity": lambda b: b,
+    "gzip": gzip.decompress,
+    "deflate": zlib.decompress,
+    "br": brotli.decompress,
+    "zstd": lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b),
+}
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    edges = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(edges) if b > a]
+
+
+def run_tap(tap: StreamTap, chunks: list[bytes]) -> bytes:
+    """Feed chunks as mitmproxy does; check the tap never ends the response early."""
+    out = []
+    for chunk in chunks:
+        result = tap(chunk)
+        pieces = [result] if isinstance(result, bytes) else result
+        assert b"" not in pieces, "b'' before the end would end the client's response"
+        out.extend(pieces)
+    end = tap(b"")
+    out.append(end if isinstance(end, bytes) else b"".join(end))
+    return b"".join(out)
+
+
+def tap_for(encoding: str, injected: bool = False) -> StreamTap:
+    reader = OpenAI().stream_reader(RequestInfo(streamed=True, usage_injected=injected))
+    return StreamTap(reader, encoding)
+
+
+@pytest.mark.parametrize("name", STREAMS)
+@pytest.mark.parametrize("encoding", sorted(ENCODE))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(points=st.lists(st.integers(min_value=0), max_size=60))
+def test_any_split_passes_bytes_unchanged_and_finds_the_same_usage(
+    name: str, encoding: str, points: list[int]
+) -> None:
+    body = BODIES[name]
+    wire = ENCODE[encoding](body)
+    whole = tap_for(encoding)
+    run_tap(whole, [wire])
+
+    tap = tap_for(encoding)
+    assert run_tap(tap, cut(wire, points)) == wire
+    assert whole.reader.usage is not None
+    assert tap.reader.usage == whole.reader.usage
+    assert tap.reader.response_model == whole.reader.response_model
+    assert tap.reader.complete
+
+
+@pytest.mark.parametrize("name", [n for n in STREAMS if n.startswith("chat_")])
+@pytest.mark.parametrize("encoding", sorted(ENCODE))
+@settings(max_examples=40, deadline=None)
+@given(points=st.lists(st.integers(min_value=0), max_size=60))
+def test_injected_usage_is_removed_the_same_way_for_any_split(
+    name: str, encoding: str, points: list[int]
+) -> None:
+    body = BODIES[name]
+    wire = ENCODE[encoding](body)
+    tap = tap_for(encoding, injected=True)
+    out = DECODE[encoding](run_tap(tap, cut(wire, points)))
+    assert b'"usage"' not in out
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert out.count(b"\n\ndata: ") == body.count(b"\n\ndata: ") - 1  # one event fewer
+    assert tap.reader.usage is not None and tap.reader.usage.input_tokens > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=2000), points=st.lists(st.integers(min_value=0), max_size=20))
+def test_garbage_never_raises_and_passes_unchanged(data: bytes, points: list[int]) -> None:
+    for encoding in ("identity", "gzip"):
+        assert run_tap(tap_for(encoding), cut(data, points)) == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=2000), points=st.lists(st.integers(min_value=0), max_size=20))
+def test_garbage_in_an_injected_stream_never_raises(data: bytes, points: list[int]) -> None:
+    out = run_tap(tap_for("identity", injected=True), cut(data, points))
+    assert isinstance(out, bytes)
+
+
+def variants(body: bytes) -> dict[str, bytes]:
+    return {
+        "lf": body,
+        "crlf": body.replace(b"\n", b"\r\n"),
+        "cr": body.replace(b"\n", b"\r"),
+        "comments": b": keep-alive\n\n" + body.replace(b"\n\ndata:", b"\n\n: ping\n\ndata:"),
+    }
+
+
+@pytest.mark.parametrize("variant", ["lf", "crlf", "cr", "comments"])
+@settings(max_examples=60, deadline=None)
+@given(points=st.lists(st.integers(min_value=0), max_size=80))
+def test_splitter_gives_the_same_events_for_any_split(variant: str, points: list[int]) -> None:
+    body = variants(BODIES["chat_stream_text_include_usage_gpt-4o.json"])[variant]
+    reference = EventSplitter()
+    # A lone CR at the end may be half a CRLF: only the end of the stream settles it.
+    whole = [*reference.feed(body), reference.flush()]
+    splitter = EventSplitter()
+    pieces = [event for chunk in cut(body, points) for event in splitter.feed(chunk)]
+    pieces.append(splitter.flush())
+    assert pieces == whole
+    assert b"".join(pieces) == body
+    data = [e.data for e in map(parse_event, pieces) if e is not None]
+    assert data[-1] == "[DONE]" and len(data) == body.count(b"data: ")
+
+
+def test_event_parsing() -> None:
+    event = parse_event(b'event: response.completed\r\ndata: {"a":\r\ndata: 1}\r\n\r\n')
+    assert (event.name, event.data) == ("response.completed", '{"a":\n1}')
+    assert parse_event(b": comment only\n\n") is None
+    assert parse_event(b"data:no-space\n\n").data == "no-space"
+
+
+def test_a_utf8_character_split_across_chunks_survives() -> None:
+    body = 'data: {"choices":[{"delta":{"content":"caf\u00e9 \u2603"}}],"model":"m"}\n\n'.encode()
+    at = body.index("\u2603".encode()) + 1
+    splitter = EventSplitter()
+    events = splitter.feed(body[:at]) + splitter.feed(body[at:])
+    assert events == [body]
+    assert "\u2603" in parse_event(events[0]).data

@@ -1,0 +1,57 @@
+"""`llm-monitor up` runs the proxy as documented."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+
+from tests.conftest import API_KEY, invoke, new_org
+from tests.proxy import free_port, row_for, wait_for_port
+from tests.replay import ReplayServer, Reply, load_recording
+
+LLM_MONITOR = Path(sys.executable).parent / "llm-monitor"
+
+
+def test_up_runs_the_proxy(tmp_path: Path, upstream: ReplayServer) -> None:
+    db_path = tmp_path / "llm-monitor.db"
+    invoke(db_path, "init")
+    token = new_org(db_path, "Acme")
+    port = free_port()
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(LLM_MONITOR),
+                "--db",
+                str(db_path),
+                "up",
+                "--port",
+                str(port),
+                "--upstream",
+                f"http://127.0.0.1:{upstream.port}",
+                "--provider",
+                "openai",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, process, log)
+        recording = load_recording("openai/chat_json_text_gpt-4o.json")
+        reply = upstream.reply(Reply.from_recording(recording))
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1",
+            api_key=API_KEY,
+            default_headers={"X-Monitor-Token": token},
+            max_retries=0,
+        )
+        client.chat.completions.create(**recording["request"]["body"])
+        row = row_for(db_path, reply.request_id)
+    finally:
+        process.terminate()
+        process.wait(20)
+    assert (row["provider"], row["input_tokens"], row["priced"]) == ("openai", 16, 1)
+    assert f"LLM Monitor proxy on http://127.0.0.1:{port}" in log.read_text()
