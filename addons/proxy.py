@@ -111,6 +111,7 @@ class StreamTap:
     def __init__(self, reader: StreamReader, content_encoding: str) -> None:
         self.reader = reader
         self.first_chunk_at: float | None = None
+        self.last_chunk_at: float | None = None
         self.rewrites = reader.rewrites
         self.broken = False
         self._decoder = decoder_for(content_encoding)
@@ -119,8 +120,9 @@ class StreamTap:
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         if not chunk:
             return self._end()
+        self.last_chunk_at = time.time()
         if self.first_chunk_at is None:
-            self.first_chunk_at = time.time()
+            self.first_chunk_at = self.last_chunk_at
         if self.broken:
             return chunk
         try:
@@ -309,6 +311,10 @@ class Monitor:
             # The whole answer had passed (an SDK may hang up on `[DONE]` before the
             # stream's last bytes): nothing was lost.
             self._record(flow, state, outcome="ok", error=None)
+        elif (silence := self._upstream_silence(flow, state)) >= ctx.options.tcp_timeout * 0.95:
+            # mitmproxy closes idle connections and reports it as the client's doing.
+            error = f"upstream silent for {silence:.0f} s (tcp_timeout={ctx.options.tcp_timeout})"
+            self._record(flow, state, outcome="upstream_error", error=error)
         elif flow.response is not None and "client" in message.lower():
             self._record(flow, state, outcome="client_disconnected", error=message)
         else:
@@ -331,6 +337,14 @@ class Monitor:
 
     def _state(self, flow: http.HTTPFlow) -> FlowState | None:
         return flow.metadata.get(_METADATA_KEY)
+
+    @staticmethod
+    def _upstream_silence(flow: http.HTTPFlow, state: FlowState) -> float:
+        """Seconds since the upstream last sent anything (or since the request went out)."""
+        last = state.tap.last_chunk_at if state.tap else None
+        if last is None and flow.response is not None:
+            last = flow.response.timestamp_start
+        return time.time() - (last or flow.request.timestamp_end or flow.request.timestamp_start)
 
     def _provider_name(self, mode: ReverseMode) -> str:
         port = mode.listen_port(ctx.options.listen_port or None)

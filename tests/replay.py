@@ -21,7 +21,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import brotli
+import zstandard
+
 CORPUS = Path(__file__).parent / "corpus"
+ENCODERS = {
+    "identity": lambda body: body,
+    "gzip": gzip.compress,
+    "br": brotli.compress,
+    "zstd": lambda body: zstandard.ZstdCompressor().compress(body),
+}
 
 
 def load_recording(name: str) -> dict[str, Any]:
@@ -45,9 +54,12 @@ class Reply:
     body: bytes
     content_type: str = "application/json"
     seed: int | None = None  # split into random pieces sent as separate HTTP chunks
-    gzip: bool = False
+    encoding: str = "identity"  # or gzip, br, zstd: the Content-Encoding of the reply
     delay: float = 0.0  # seconds before each piece (the first included)
     cut_after: int | None = None  # close the connection after this many pieces
+    pieces: list[bytes] | None = None  # explicit pieces of an identity body, instead of a seed
+    hold_after: int | None = None  # after this many pieces, wait for `release` to be set
+    release: threading.Event = field(default_factory=threading.Event)
     request_id: str = field(default_factory=lambda: f"req_{uuid.uuid4().hex}")
     extra_headers: dict[str, str] = field(default_factory=dict)
 
@@ -100,15 +112,16 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self.server.replies.get_nowait()
         except queue.Empty:
             reply = Reply(500, b'{"error": {"message": "no reply queued", "code": "test"}}')
-        payload = gzip.compress(reply.body) if reply.gzip else reply.body
+        payload = ENCODERS[reply.encoding](reply.body)
         self.send_response(reply.status)
         self.send_header("content-type", reply.content_type)
         self.send_header("x-request-id", reply.request_id)
         for name, value in reply.extra_headers.items():
             self.send_header(name, value)
-        if reply.gzip:
-            self.send_header("content-encoding", "gzip")
-        if reply.seed is None and reply.delay == 0 and reply.cut_after is None:
+        if reply.encoding != "identity":
+            self.send_header("content-encoding", reply.encoding)
+        chunked = reply.seed is not None or reply.pieces or reply.delay or reply.cut_after
+        if not chunked:
             self.send_header("content-length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -116,8 +129,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
         self.wfile.flush()
-        pieces = split_at_random(payload, reply.seed) if reply.seed is not None else [payload]
+        if reply.pieces is not None:
+            pieces = reply.pieces
+        elif reply.seed is not None:
+            pieces = split_at_random(payload, reply.seed)
+        else:
+            pieces = [payload]
         for index, piece in enumerate(pieces):
+            if index == reply.hold_after:
+                reply.release.wait(10)
             if reply.cut_after is not None and index >= reply.cut_after:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)

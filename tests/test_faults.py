@@ -82,6 +82,23 @@ def test_upstream_down(own_db: tuple[Path, str]) -> None:
     assert (row["cost_usd"], row["priced"]) == (None, None)
 
 
+def test_upstream_stalls_past_the_timeout(own_db: tuple[Path, str], upstream: ReplayServer) -> None:
+    db_path, token = own_db
+    reply = upstream.reply(Reply.from_recording(CHAT, delay=4))  # headers, then 4 s of silence
+    with running_proxy(db_path, f"http://127.0.0.1:{upstream.port}", tcp_timeout=1) as proxy:
+        client = openai.OpenAI(
+            base_url=proxy.base_url,
+            api_key=API_KEY,
+            max_retries=0,
+            default_headers={"X-Monitor-Token": token},
+        )
+        with pytest.raises(openai.APIError):
+            client.chat.completions.create(**CHAT["request"]["body"])
+        row = row_for(db_path, reply.request_id)
+    assert (row["outcome"], row["status"]) == ("upstream_error", 200)
+    assert "upstream silent" in row["error"]
+
+
 def test_database_locked_for_two_seconds_loses_no_row(
     token: str, upstream: ReplayServer, proxy: Proxy
 ) -> None:

@@ -100,12 +100,12 @@ def assert_tokens(row: dict, expected: dict) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(JSON_COSTS))
-@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+@pytest.mark.parametrize("encoding", ["identity", "gzip", "br"])
 def test_json_response(
     name: str, encoding: str, client: openai.OpenAI, upstream: ReplayServer, proxy: Proxy
 ) -> None:
     recording = load_recording(f"openai/{name}")
-    reply = upstream.reply(Reply.from_recording(recording, gzip=encoding == "gzip"))
+    reply = upstream.reply(Reply.from_recording(recording, encoding=encoding))
 
     result = call_sdk(client, recording)
 
@@ -119,6 +119,28 @@ def test_json_response(
     assert row["latency_ms"] > 0 and row["ttft_ms"] is None
 
 
+def test_zstd_json_body_is_decoded_for_usage_and_passed_on_as_is(
+    token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """The SDK does not ask for zstd, so this one is read with httpx."""
+    recording = load_recording("openai/responses_json_cached_input_gpt-4o.json")
+    reply = upstream.reply(Reply.from_recording(recording, encoding="zstd"))
+    response = httpx.post(
+        f"{proxy.base_url}/responses",
+        json=recording["request"]["body"],
+        headers={
+            "Authorization": f"Bearer {API_KEY}",
+            "X-Monitor-Token": token,
+            "Accept-Encoding": "zstd",
+        },
+    )
+    assert response.headers["content-encoding"] == "zstd"
+    assert response.content == recording["response"]["body_text"].encode()  # httpx decoded it
+    row = row_for(proxy.db_path, reply.request_id)
+    assert_tokens(row, recording["expected_usage"])
+    assert row["cost_usd"] == float(Decimal(JSON_COSTS["responses_json_cached_input_gpt-4o.json"]))
+
+
 @pytest.mark.parametrize("name", sorted(STREAM_COSTS))
 @pytest.mark.parametrize("seed", [1, 2])
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
@@ -126,7 +148,7 @@ def test_stream_through_sdk(
     name: str, seed: int, encoding: str, client: openai.OpenAI, upstream: ReplayServer, proxy: Proxy
 ) -> None:
     recording = load_recording(f"openai/{name}")
-    reply = upstream.reply(Reply.from_recording(recording, seed=seed, gzip=encoding == "gzip"))
+    reply = upstream.reply(Reply.from_recording(recording, seed=seed, encoding=encoding))
 
     events = [event.to_dict() for event in call_sdk(client, recording)]
 
@@ -150,7 +172,7 @@ def test_stream_bytes_pass_through_unchanged(
     name: str, seed: int, encoding: str, token: str, upstream: ReplayServer, proxy: Proxy
 ) -> None:
     recording = load_recording(f"openai/{name}")
-    upstream.reply(Reply.from_recording(recording, seed=seed, gzip=encoding == "gzip"))
+    upstream.reply(Reply.from_recording(recording, seed=seed, encoding=encoding))
     headers = {"Authorization": f"Bearer {API_KEY}", "X-Monitor-Token": token}
     if name in NO_USAGE_STREAMS:  # a stream without usage: nothing to inject into the reply
         headers["Accept-Encoding"] = "identity"
@@ -205,7 +227,7 @@ def test_usage_is_injected_and_hidden(
     """A stream asked for without include_usage still gets exact usage; the client sees none."""
     recording = load_recording(f"openai/{name}")
     # The upstream answers as OpenAI does when include_usage is set: the recording.
-    reply = upstream.reply(Reply.from_recording(recording, seed=seed, gzip=encoding == "gzip"))
+    reply = upstream.reply(Reply.from_recording(recording, seed=seed, encoding=encoding))
     asked = without_include_usage(recording["request"]["body"])
 
     chunks = list(client.chat.completions.create(**asked))
@@ -227,7 +249,7 @@ def test_injected_stream_keeps_its_bytes_and_order(
 ) -> None:
     """Beyond the SDK's view: key order, blank lines and `[DONE]` are as the provider sent."""
     recording = load_recording("openai/chat_stream_text_include_usage_gpt-4o.json")
-    upstream.reply(Reply.from_recording(recording, seed=7, gzip=encoding == "gzip"))
+    upstream.reply(Reply.from_recording(recording, seed=7, encoding=encoding))
     with httpx.stream(
         "POST",
         f"{proxy.base_url}/chat/completions",
@@ -319,3 +341,105 @@ def proxy_log_mentions(proxy: Proxy, text: str, timeout: float = 5) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_stream_is_passed_on_before_the_upstream_has_finished(
+    token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """The first event reaches the client while the upstream still holds back the rest."""
+    recording = load_recording("openai/chat_stream_text_include_usage_gpt-4o.json")
+    body = recording["response"]["body_text"].encode()
+    first_event = body[: body.index(b"\n\n") + 2]
+    reply = upstream.reply(
+        Reply(
+            200,
+            body,
+            "text/event-stream",
+            hold_after=1,
+            pieces=[first_event, body[len(first_event) :]],
+        )
+    )
+
+    with httpx.stream(
+        "POST",
+        f"{proxy.base_url}/chat/completions",
+        json=recording["request"]["body"],
+        headers={"Authorization": f"Bearer {API_KEY}", "X-Monitor-Token": token},
+    ) as response:
+        pieces = response.iter_raw()
+        received = next(pieces)
+        assert received == first_event
+        assert not reply.release.is_set()  # the upstream has not sent the rest yet
+        reply.release.set()
+        received += b"".join(pieces)
+    assert received == body
+    row = row_for(proxy.db_path, reply.request_id)
+    assert row["ttft_ms"] < row["latency_ms"]
+
+
+def test_other_endpoints_pass_through_with_a_row_without_tokens(
+    client: openai.OpenAI, token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    models = {
+        "object": "list",
+        "data": [{"id": "gpt-4o", "object": "model", "created": 1, "owned_by": "system"}],
+    }
+    listing = upstream.reply(Reply(200, json.dumps(models).encode()))
+    assert [m.id for m in client.models.list()] == ["gpt-4o"]
+    row = row_for(proxy.db_path, listing.request_id)
+    assert (row["method"], row["path"], row["status"], row["outcome"]) == (
+        "GET",
+        "/v1/models",
+        200,
+        "ok",
+    )
+    assert (row["input_tokens"], row["cost_usd"], row["priced"]) == (None, None, None)
+
+    audio = bytes(range(256)) * 4000  # a binary body, streamed through untouched
+    speech = upstream.reply(Reply(200, audio, "audio/mpeg", seed=9, delay=0.0005))
+    response = client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="hi")
+    assert response.content == audio
+    row = row_for(proxy.db_path, speech.request_id)
+    assert (row["path"], row["model"], row["status"], row["input_tokens"]) == (
+        "/v1/audio/speech",
+        "gpt-4o-mini-tts",
+        200,
+        None,
+    )
+    assert row["priced"] == 0  # billed by the provider, but no usage to price: flagged
+
+
+def test_legacy_completions_stream_gets_usage_injected(
+    client: openai.OpenAI, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """/v1/completions takes include_usage too (a hand-made body in OpenAI's shape)."""
+    chunk = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": "gpt-3.5-turbo-instruct",
+        "choices": [{"text": "Hi", "index": 0, "logprobs": None, "finish_reason": None}],
+        "usage": None,
+    }
+    usage = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": "gpt-3.5-turbo-instruct",
+        "choices": [],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+    body = "".join(f"data: {json.dumps(c, separators=(',', ':'))}\n\n" for c in (chunk, usage))
+    reply = upstream.reply(
+        Reply(200, (body + "data: [DONE]\n\n").encode(), "text/event-stream", seed=10)
+    )
+
+    events = list(
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi", stream=True)
+    )
+
+    assert upstream.take_received().json()["stream_options"] == {"include_usage": True}
+    assert [e.to_dict() for e in events] == [{k: v for k, v in chunk.items() if k != "usage"}]
+    row = row_for(proxy.db_path, reply.request_id)
+    assert (row["input_tokens"], row["output_tokens"], row["total_tokens"]) == (5, 1, 6)
+    assert row["priced"] == 0  # gpt-3.5-turbo-instruct is not in the shipped table
