@@ -396,7 +396,14 @@ def test_other_endpoints_pass_through_with_a_row_without_tokens(
     assert (row["input_tokens"], row["cost_usd"], row["priced"]) == (None, None, None)
 
     audio = bytes(range(256)) * 4000  # a binary body, streamed through untouched
-    speech = upstream.reply(Reply(200, audio, "audio/mpeg", seed=9, delay=0.0005))
+    speech = upstream.reply(
+        Reply(
+            200,
+            audio,
+            "audio/mpeg",
+            pieces=[audio[i : i + 16384] for i in range(0, len(audio), 16384)],
+        )
+    )
     response = client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="hi")
     assert response.content == audio
     row = row_for(proxy.db_path, speech.request_id)
