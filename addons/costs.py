@@ -68,27 +68,33 @@ def cost_usd(
     input_tokens: int | None,
     cached_input_tokens: int | None = None,
     cache_write_tokens: int | None = None,
+    cache_write_1h_tokens: int | None = None,
     output_tokens: int | None = None,
     reasoning_tokens: int | None = None,
 ) -> Decimal:
     """Cost of one request; each kind of token at its own rate.
 
-    input_tokens includes cached and cache-write tokens; output_tokens includes reasoning.
+    input_tokens includes cached and cache-write tokens; cache_write_tokens includes the
+    one-hour writes; output_tokens includes reasoning.
     """
     cached = cached_input_tokens or 0
-    cache_write = cache_write_tokens or 0
+    cache_write_1h = cache_write_1h_tokens or 0
+    cache_write = (cache_write_tokens or 0) - cache_write_1h
     output = output_tokens or 0
     reasoning = reasoning_tokens or 0
     uncached = (input_tokens or 0) - cached - cache_write
-    if uncached < 0 or output < reasoning:
+    if uncached < 0 or output < reasoning or cache_write < 0:
         raise MissingRate("token figures are inconsistent (a part exceeds its whole)")
     if cached and price.cached_input is None:
         raise MissingRate(f"no cached-input rate for {price.model}")
     if cache_write and price.cache_write is None:
         raise MissingRate(f"no cache-write rate for {price.model}")
+    if cache_write_1h and price.cache_write_1h is None:
+        raise MissingRate(f"no one-hour cache-write rate for {price.model}")
     total = uncached * price.input
     total += cached * (price.cached_input or 0)
     total += cache_write * (price.cache_write or 0)
+    total += cache_write_1h * (price.cache_write_1h or 0)
     if price.reasoning is None:
         total += output * price.output
     else:

@@ -105,6 +105,14 @@ def m001_core_tables(db: Database) -> None:
     db["usage"].create_index(["priced"])
 
 
+@migrations()
+def m002_cache_write_1h_and_billable(db: Database) -> None:
+    """Anthropic bills one-hour cache writes at their own rate; count_tokens is free."""
+    db["usage"].add_column("cache_write_1h_tokens", int)
+    db["usage"].add_column("billable", int, not_null_default=1)
+    db["prices"].add_column("cache_write_1h", str)
+
+
 def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = True) -> Database:
     """Open (creating if need be) the database with the pragmas every writer relies on.
 

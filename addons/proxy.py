@@ -71,18 +71,32 @@ def parse_user(value: str | None) -> str | None:
     return value.strip()
 
 
-def parse_provider_names(values: Sequence[str]) -> dict[int, str]:
-    """`monitor_providers`: PORT:NAME pairs, given as repeated values or comma-separated."""
-    names: dict[int, str] = {}
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """What `monitor_providers` says about one listener."""
+
+    provider: str
+    inject_usage: bool = True
+
+
+def parse_listeners(values: Sequence[str]) -> dict[int, Listener]:
+    """`monitor_providers`: PORT:NAME[:noinject], repeated or separated by commas."""
+    listeners: dict[int, Listener] = {}
     for value in values:
-        for pair in filter(None, (p.strip() for p in value.split(","))):
-            port, sep, name = pair.partition(":")
-            if not sep or not port.isdigit() or not re.fullmatch(r"[a-z0-9_.-]+", name):
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            port, _, rest = item.partition(":")
+            name, _, flag = rest.partition(":")
+            if (
+                not port.isdigit()
+                or not re.fullmatch(r"[a-z0-9_.-]+", name)
+                or flag not in ("", "noinject")
+            ):
                 raise exceptions.OptionsError(
-                    f"monitor_providers: {pair!r} is not PORT:NAME (e.g. 8084:groq)"
+                    f"monitor_providers: {item!r} is not PORT:NAME or PORT:NAME:noinject "
+                    "(e.g. 8084:groq)"
                 )
-            names[int(port)] = name
-    return names
+            listeners[int(port)] = Listener(name, inject_usage=flag != "noinject")
+    return listeners
 
 
 def stored_path(request: http.Request) -> str:
@@ -155,6 +169,7 @@ class FlowState:
 
     provider_name: str
     provider: Provider
+    inject_usage: bool
     owner: TokenOwner
     user: str | None
     tags: str | None
@@ -167,7 +182,7 @@ class Monitor:
     def __init__(self) -> None:
         self.recorder: Recorder | None = None
         self.tokens: TokenIndex | None = None
-        self.provider_by_port: dict[int, str] = {}
+        self.listeners: dict[int, Listener] = {}
         self._inflight: dict[str, http.HTTPFlow] = {}
         self._warned_unknown_listener: set[str] = set()
 
@@ -184,8 +199,9 @@ class Monitor:
             "monitor_providers",
             Sequence[str],
             [],
-            "PORT:NAME pairs naming the provider behind a listener, e.g. 8084:groq,8085:vllm. "
-            "Needed for upstreams that are not a known provider host.",
+            "PORT:NAME pairs naming the provider behind a listener, e.g. 8084:groq,8085:vllm; "
+            "needed for upstreams that are not a known provider host. PORT:NAME:noinject "
+            "turns usage injection off for that listener (for APIs without include_usage).",
         )
         loader.add_option(
             "monitor_token_refresh",
@@ -199,7 +215,11 @@ class Monitor:
             # A rejected request must not even open a connection to the provider.
             ctx.options.connection_strategy = "lazy"
         if "monitor_providers" in updated:
-            self.provider_by_port = parse_provider_names(ctx.options.monitor_providers)
+            self.listeners = parse_listeners(ctx.options.monitor_providers)
+        if "flow_detail" in updated and ctx.options.flow_detail > 0:
+            # mitmdump's flow lines print URLs (Gemini's ?key=) and, above 1, headers
+            # (Authorization): keys must never reach a log. The addon logs its own line.
+            ctx.options.flow_detail = 0
         if "monitor_token_refresh" in updated and ctx.options.monitor_token_refresh <= 0:
             raise exceptions.OptionsError("monitor_token_refresh must be positive")
         if {"monitor_db", "monitor_token_refresh"} & updated:
@@ -237,8 +257,8 @@ class Monitor:
         mode = flow.client_conn.proxy_mode
         if not isinstance(mode, ReverseMode) or self.tokens is None:
             return
-        provider_name = self._provider_name(mode)
-        provider = provider_named(provider_name)
+        listener = self._listener(mode)
+        provider = provider_named(listener.provider)
         headers = flow.request.headers
         token, user, tags = (headers.pop(h, None) for h in (TOKEN_HEADER, USER_HEADER, TAGS_HEADER))
         owner = self.tokens.owner(token)
@@ -251,7 +271,14 @@ class Monitor:
             self._reject(flow, provider, 401, f"{message} (LLM Monitor).", "invalid_monitor_token")
             return
         try:
-            state = FlowState(provider_name, provider, owner, parse_user(user), parse_tags(tags))
+            state = FlowState(
+                listener.provider,
+                provider,
+                listener.inject_usage and ctx.options.monitor_inject_usage,
+                owner,
+                parse_user(user),
+                parse_tags(tags),
+            )
         except BadMonitorHeader as e:
             self._reject(flow, provider, 400, f"{e} (LLM Monitor).", "invalid_monitor_header")
             return
@@ -264,19 +291,22 @@ class Monitor:
             return
         try:
             state.info = state.provider.inspect_request(
-                flow.request, inject_usage=ctx.options.monitor_inject_usage
+                flow.request, inject_usage=state.inject_usage
             )
         except Exception as e:  # an odd body is the provider's to judge, not ours
             logger.warning("llm-monitor: could not read request body (%s)", e)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
-        if state is None or flow.response is None:
-            return
+        if state is None or flow.response is None or flow.response.status_code >= 400:
+            return  # error bodies are small: buffered, so the error code can be read
         content_type = flow.response.headers.get("content-type", "").lower()
         encoding = flow.response.headers.get("content-encoding", "")
-        if "text/event-stream" in content_type and is_supported(encoding):
-            state.tap = StreamTap(state.provider.stream_reader(state.info), encoding)
+        reader = None
+        if is_supported(encoding):
+            reader = state.provider.stream_reader(state.info, content_type)
+        if reader is not None:
+            state.tap = StreamTap(reader, encoding)
             flow.response.stream = state.tap
         elif "json" not in content_type:
             flow.response.stream = True  # files, audio, images: no usage to read, don't buffer
@@ -294,7 +324,7 @@ class Monitor:
         usage, response_model, error = None, None, None
         if response.stream is not True and response.raw_content is not None:
             body = response.get_content(strict=False) or b""
-            usage, response_model = state.provider.usage_from_body(body)
+            usage, response_model = state.provider.usage_from_body(body, state.info)
             if response.status_code >= 400:
                 error = state.provider.error_code(body) or f"HTTP {response.status_code}"
         outcome = "provider_error" if response.status_code >= 400 else "ok"
@@ -346,13 +376,13 @@ class Monitor:
             last = flow.response.timestamp_start
         return time.time() - (last or flow.request.timestamp_end or flow.request.timestamp_start)
 
-    def _provider_name(self, mode: ReverseMode) -> str:
+    def _listener(self, mode: ReverseMode) -> Listener:
         port = mode.listen_port(ctx.options.listen_port or None)
-        if port in self.provider_by_port:
-            return self.provider_by_port[port]
+        if port in self.listeners:
+            return self.listeners[port]
         host = mode.address[0]
         if host in KNOWN_HOSTS:
-            return KNOWN_HOSTS[host]
+            return Listener(KNOWN_HOSTS[host])
         if mode.data not in self._warned_unknown_listener:
             self._warned_unknown_listener.add(mode.data)
             logger.warning(
@@ -363,7 +393,7 @@ class Monitor:
                 host,
                 port,
             )
-        return host
+        return Listener(host)
 
     def _reject(
         self, flow: http.HTTPFlow, provider: Provider, status: int, message: str, code: str
@@ -393,28 +423,40 @@ class Monitor:
         started = request.timestamp_start
         ended = (response.timestamp_end if response is not None else None) or time.time()
         first = state.tap.first_chunk_at if state.tap else None
-        self.recorder.submit(
-            UsageRecord(
-                ts=utc_timestamp(started),
-                org_id=state.owner.org_id,
-                token_id=state.owner.token_id,
-                provider=state.provider_name,
-                method=request.method,
-                path=stored_path(request),
-                model=state.info.model,
-                response_model=response_model,
-                status=response.status_code if response is not None else None,
-                outcome=outcome,
-                streamed=state.tap is not None,
-                usage_injected=state.info.usage_injected,
-                latency_ms=round((ended - started) * 1000, 3),
-                ttft_ms=round((first - started) * 1000, 3) if first else None,
-                request_id=_request_id(response),
-                user=state.user,
-                tags=state.tags,
-                error=error,
-                **UsageRecord.usage_fields(usage),
-            )
+        record = UsageRecord(
+            ts=utc_timestamp(started),
+            org_id=state.owner.org_id,
+            token_id=state.owner.token_id,
+            provider=state.provider_name,
+            method=request.method,
+            path=stored_path(request),
+            model=state.info.model,
+            response_model=response_model,
+            status=response.status_code if response is not None else None,
+            outcome=outcome,
+            streamed=state.tap is not None,
+            usage_injected=state.info.usage_injected,
+            billable=state.info.billable,
+            latency_ms=round((ended - started) * 1000, 3),
+            ttft_ms=round((first - started) * 1000, 3) if first else None,
+            request_id=_request_id(response),
+            user=state.user,
+            tags=state.tags,
+            error=error,
+            **UsageRecord.usage_fields(usage),
+        )
+        self.recorder.submit(record)
+        logger.info(
+            "%s %s %s %s -> %s %s: %s in, %s out tokens, %.0f ms",
+            record.provider,
+            record.method,
+            record.path,
+            record.billed_model or "-",
+            record.status if record.status is not None else "-",
+            record.outcome,
+            record.input_tokens if record.input_tokens is not None else "-",
+            record.output_tokens if record.output_tokens is not None else "-",
+            record.latency_ms,
         )
 
 

@@ -66,6 +66,7 @@ def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:
                     input_tokens=record.input_tokens,
                     cached_input_tokens=record.cached_input_tokens,
                     cache_write_tokens=record.cache_write_tokens,
+                    cache_write_1h_tokens=record.cache_write_1h_tokens,
                     output_tokens=record.output_tokens,
                     reasoning_tokens=record.reasoning_tokens,
                 )
@@ -74,7 +75,7 @@ def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:
             else:
                 row["cost_usd"] = float(cost)
                 row["priced"] = 1
-    elif model and record.outcome != "provider_error" and record.outcome != "upstream_error":
+    elif record.billable and model and record.outcome not in ("provider_error", "upstream_error"):
         row["priced"] = 0
     return row
 

@@ -30,6 +30,7 @@ class PriceEntry(BaseModel):
     output: Rate
     cached_input: Rate | None = None
     cache_write: Rate | None = None
+    cache_write_1h: Rate | None = None  # Anthropic's one-hour cache writes
     reasoning: Rate | None = None  # unset: reasoning tokens are billed as output
     # A long-context tier: these rates apply to the whole request when the prompt has more
     # than this many input tokens (OpenAI's gpt-5.5 above 272K, Gemini above 200K).

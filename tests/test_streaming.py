@@ -65,7 +65,9 @@ def run_tap(tap: StreamTap, chunks: list[bytes]) -> bytes:
 
 
 def tap_for(encoding: str, injected: bool = False) -> StreamTap:
-    reader = OpenAI().stream_reader(RequestInfo(streamed=True, usage_injected=injected))
+    reader = OpenAI().stream_reader(
+        RequestInfo(streamed=True, usage_injected=injected), "text/event-stream"
+    )
     return StreamTap(reader, encoding)
 
 

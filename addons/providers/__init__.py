@@ -6,7 +6,9 @@ The proxy knows a listener's provider from its upstream host, or from the
 
 from __future__ import annotations
 
+from llm_monitor.providers.anthropic import Anthropic
 from llm_monitor.providers.base import Provider, RequestInfo, StreamReader
+from llm_monitor.providers.gemini import Gemini
 from llm_monitor.providers.openai import OpenAI
 
 __all__ = ["KNOWN_HOSTS", "Provider", "RequestInfo", "StreamReader", "provider_named"]
@@ -18,7 +20,13 @@ KNOWN_HOSTS = {
     "api.x.ai": "xai",
 }
 
-_PARSERS: dict[str, Provider] = {"openai": OpenAI()}
+# xAI's API is OpenAI-compatible, quirks included in the OpenAI module.
+_PARSERS: dict[str, Provider] = {
+    "openai": OpenAI(),
+    "anthropic": Anthropic(),
+    "gemini": Gemini(),
+    "xai": OpenAI(),
+}
 
 
 def provider_named(name: str) -> Provider:

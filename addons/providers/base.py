@@ -8,6 +8,7 @@ errors look. Everything else (auth, timing, recording) is the same for all of th
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -15,6 +16,8 @@ from mitmproxy import http
 
 from llm_monitor.sse import Event, EventSplitter, parse_event
 from llm_monitor.usage import TokenUsage
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -24,6 +27,7 @@ class RequestInfo:
     model: str | None = None
     streamed: bool = False
     usage_injected: bool = False
+    billable: bool = True  # False for calls the provider does not charge for (count_tokens)
 
 
 class StreamReader(Protocol):
@@ -49,13 +53,17 @@ class Provider(Protocol):
 
     def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo: ...
 
-    def usage_from_body(self, body: bytes) -> tuple[TokenUsage | None, str | None]:
+    def usage_from_body(
+        self, body: bytes, info: RequestInfo
+    ) -> tuple[TokenUsage | None, str | None]:
         """Usage and the answering model from a whole (decoded) JSON response body."""
         ...
 
     def error_code(self, body: bytes) -> str | None: ...
 
-    def stream_reader(self, info: RequestInfo) -> StreamReader: ...
+    def stream_reader(self, info: RequestInfo, content_type: str) -> StreamReader | None:
+        """A reader for a successful response to stream through, or None to buffer it."""
+        ...
 
     def rejection(self, status: int, message: str, code: str) -> bytes:
         """A JSON error body in this provider's own shape, so its SDK shows `message`."""
@@ -87,16 +95,21 @@ class SSEReader:
         raise NotImplementedError
 
     def feed(self, data: bytes) -> bytes:
-        kept = []
-        for raw in self._splitter.feed(data):
-            event = parse_event(raw)
-            kept.append(raw if event is None else self.on_event(raw, event))
+        kept = [self._read(raw) for raw in self._splitter.feed(data)]
         return b"".join(kept) if self.rewrites else data
 
     def finish(self) -> bytes:
         rest = self._splitter.flush()
-        if rest:
-            event = parse_event(rest)
-            if event is not None:
-                rest = self.on_event(rest, event)
+        rest = self._read(rest) if rest else rest
         return rest if self.rewrites else b""
+
+    def _read(self, raw: bytes) -> bytes:
+        """One event through `on_event`; an event it cannot read is passed on as it came."""
+        event = parse_event(raw)
+        if event is None:
+            return raw
+        try:
+            return self.on_event(raw, event)
+        except Exception as e:
+            logger.warning("llm-monitor: unreadable stream event passed on as is (%r)", e)
+            return raw

@@ -34,14 +34,28 @@ def _details(usage: dict[str, Any], key: str, field: str) -> int | None:
 
 
 def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
-    """OpenAI's usage object in the table's meaning (already the same: parts, not sums)."""
+    """OpenAI's usage object in the table's meaning (already the same: parts, not sums).
+
+    Some OpenAI-compatible APIs (xAI's) count reasoning outside `completion_tokens`; their
+    `total_tokens` then equals prompt + completion + reasoning, and output gets the sum.
+    """
     if "prompt_tokens" in usage or "completion_tokens" in usage:
+        prompt = as_count(usage.get("prompt_tokens"))
+        completion = as_count(usage.get("completion_tokens"))
+        reasoning = _details(usage, "completion_tokens_details", "reasoning_tokens")
+        total = as_count(usage.get("total_tokens"))
+        if (
+            reasoning
+            and None not in (prompt, completion)
+            and total == prompt + completion + reasoning
+        ):
+            completion += reasoning
         return TokenUsage(
-            input_tokens=as_count(usage.get("prompt_tokens")),
+            input_tokens=prompt,
             cached_input_tokens=_details(usage, "prompt_tokens_details", "cached_tokens"),
-            output_tokens=as_count(usage.get("completion_tokens")),
-            reasoning_tokens=_details(usage, "completion_tokens_details", "reasoning_tokens"),
-            total_tokens=as_count(usage.get("total_tokens")),
+            output_tokens=completion,
+            reasoning_tokens=reasoning,
+            total_tokens=total,
             raw=usage,
         )
     return TokenUsage(
@@ -55,11 +69,15 @@ def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
 
 
 def _usage_and_model(obj: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """The usage object and model of a response body or stream event, wherever they sit."""
+    """The usage object and model of a response body or stream event, wherever they sit:
+    top level, in a Responses event's `response`, or under Groq's `x_groq`."""
     if not isinstance(obj, dict):
         return None, None
     holder = obj.get("response") if isinstance(obj.get("response"), dict) else obj
     usage = holder.get("usage")
+    vendor = holder.get("x_groq")
+    if usage is None and isinstance(vendor, dict):
+        usage = vendor.get("usage")
     model = holder.get("model")
     return (usage if isinstance(usage, dict) else None), (model if isinstance(model, str) else None)
 
@@ -141,14 +159,18 @@ class OpenAI:
                 info.usage_injected = True
         return info
 
-    def usage_from_body(self, body: bytes) -> tuple[TokenUsage | None, str | None]:
+    def usage_from_body(
+        self, body: bytes, info: RequestInfo
+    ) -> tuple[TokenUsage | None, str | None]:
         usage, model = _usage_and_model(load_json(body))
         return (normalise_usage(usage) if usage is not None else None), model
 
     def error_code(self, body: bytes) -> str | None:
         return error_code_of(load_json(body))
 
-    def stream_reader(self, info: RequestInfo) -> OpenAIStreamReader:
+    def stream_reader(self, info: RequestInfo, content_type: str) -> OpenAIStreamReader | None:
+        if "text/event-stream" not in content_type:
+            return None
         return OpenAIStreamReader(usage_injected=info.usage_injected)
 
     def rejection(self, status: int, message: str, code: str) -> bytes:

@@ -1,0 +1,117 @@
+"""Anthropic's Messages API.
+
+Quirks that live here:
+- `usage.input_tokens` excludes cache reads and writes (they are added on top); the table's
+  `input_tokens` is their sum. One-hour cache writes are billed at their own rate and
+  reported in `usage.cache_creation.ephemeral_1h_input_tokens`.
+- In a stream, `message_start` carries the input and cache figures and `message_delta`
+  carries cumulative usage that may repeat or revise them: the latest value of each field
+  wins, never a sum. `ping` events, and no `[DONE]`: `message_stop` ends the stream.
+- Thinking tokens are billed as output and included in `output_tokens`; no separate count.
+- `/v1/messages/count_tokens` answers with `input_tokens` but is not billed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mitmproxy import http
+
+from llm_monitor.providers.base import RequestInfo, SSEReader, load_json
+from llm_monitor.sse import Event
+from llm_monitor.usage import TokenUsage, as_count
+
+
+def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
+    uncached = as_count(usage.get("input_tokens"))
+    cache_read = as_count(usage.get("cache_read_input_tokens"))
+    cache_write = as_count(usage.get("cache_creation_input_tokens"))
+    split = usage.get("cache_creation")
+    one_hour = as_count(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else None
+    parts = [uncached, cache_read, cache_write]
+    return TokenUsage(
+        input_tokens=sum(p or 0 for p in parts) if any(p is not None for p in parts) else None,
+        cached_input_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        cache_write_1h_tokens=one_hour,
+        output_tokens=as_count(usage.get("output_tokens")),
+        raw=usage,
+    )
+
+
+def error_code_of(obj: Any) -> str | None:
+    """`error.type` of `{"type": "error", "error": {"type": ..., "message": ...}}`."""
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("type"), str):
+        return error["type"][:200]
+    return None
+
+
+class AnthropicStreamReader(SSEReader):
+    def __init__(self) -> None:
+        super().__init__()
+        self._usage: dict[str, Any] = {}
+
+    def on_event(self, raw: bytes, event: Event) -> bytes:
+        if event.name not in ("message_start", "message_delta", "message_stop", "error"):
+            return raw  # content deltas and pings carry no usage
+        obj = load_json(event.data)
+        if not isinstance(obj, dict):
+            return raw
+        if event.name == "message_start" and isinstance(obj.get("message"), dict):
+            message = obj["message"]
+            if isinstance(message.get("model"), str):
+                self.response_model = message["model"]
+            self._merge(message.get("usage"))
+        elif event.name == "message_delta":
+            self._merge(obj.get("usage"))
+        elif event.name == "message_stop":
+            self.complete = True
+        elif event.name == "error":
+            self.error = error_code_of(obj) or "stream error"
+        return raw
+
+    def _merge(self, usage: Any) -> None:
+        """Cumulative figures: each field's latest value replaces the one before."""
+        if isinstance(usage, dict):
+            self._usage.update({k: v for k, v in usage.items() if v is not None})
+            self.usage = normalise_usage(dict(self._usage))
+
+
+class Anthropic:
+    name = "anthropic"
+
+    def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
+        path = request.path.split("?")[0]
+        body = load_json(request.get_content(strict=False) or b"")
+        if not isinstance(body, dict):
+            return RequestInfo(billable=not path.endswith("/count_tokens"))
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        return RequestInfo(
+            model=model,
+            streamed=body.get("stream") is True,
+            billable=not path.endswith("/count_tokens"),
+        )
+
+    def usage_from_body(
+        self, body: bytes, info: RequestInfo
+    ) -> tuple[TokenUsage | None, str | None]:
+        obj = load_json(body)
+        if not isinstance(obj, dict) or not info.billable:
+            return None, None
+        usage = obj.get("usage")
+        model = obj.get("model") if isinstance(obj.get("model"), str) else None
+        return (normalise_usage(usage) if isinstance(usage, dict) else None), model
+
+    def error_code(self, body: bytes) -> str | None:
+        return error_code_of(load_json(body))
+
+    def stream_reader(self, info: RequestInfo, content_type: str) -> AnthropicStreamReader | None:
+        return AnthropicStreamReader() if "text/event-stream" in content_type else None
+
+    def rejection(self, status: int, message: str, code: str) -> bytes:
+        error_type = "authentication_error" if status == 401 else "invalid_request_error"
+        return json.dumps(
+            {"type": "error", "error": {"type": error_type, "message": message, "code": code}}
+        ).encode()

@@ -1,0 +1,221 @@
+"""Google's Gemini API (generativelanguage.googleapis.com).
+
+Quirks that live here:
+- the model is in the URL (`/v1beta/models/{model}:generateContent`), the answering model
+  in the response's `modelVersion`;
+- `usageMetadata.promptTokenCount` includes `cachedContentTokenCount`; thinking is billed as
+  output but counted apart, in `thoughtsTokenCount`, and `candidatesTokenCount` may be
+  missing; the table's `output_tokens` is candidates + thoughts; tool-use prompt tokens are
+  billed as input;
+- `streamGenerateContent?alt=sse` is SSE with CRLF line endings; without `alt=sse` it is
+  one JSON array whose elements arrive in pieces (`JsonArrayReader`); every element carries
+  cumulative usage, so the last one wins;
+- `countTokens` is not billed; embeddings carry no usage;
+- credentials may come as `?key=` in the query string (never stored: see `stored_path`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, ClassVar
+
+from mitmproxy import http
+
+from llm_monitor.providers.base import RequestInfo, SSEReader, load_json
+from llm_monitor.sse import Event
+from llm_monitor.usage import TokenUsage, as_count
+
+_MODEL_METHOD = re.compile(r"/(?:models|tunedModels)/([^/:]+):([A-Za-z]+)$")
+_FREE_METHODS = frozenset({"countTokens"})
+_STRUCTURAL = re.compile(rb'[\\"\[\]{}]')
+
+
+def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
+    prompt = as_count(usage.get("promptTokenCount"))
+    tool_prompt = as_count(usage.get("toolUsePromptTokenCount"))
+    candidates = as_count(usage.get("candidatesTokenCount"))
+    thoughts = as_count(usage.get("thoughtsTokenCount"))
+    has_input = prompt is not None or tool_prompt is not None
+    has_output = candidates is not None or thoughts is not None
+    return TokenUsage(
+        input_tokens=(prompt or 0) + (tool_prompt or 0) if has_input else None,
+        cached_input_tokens=as_count(usage.get("cachedContentTokenCount")),
+        output_tokens=(candidates or 0) + (thoughts or 0) if has_output else None,
+        reasoning_tokens=thoughts,
+        total_tokens=as_count(usage.get("totalTokenCount")),
+        raw=usage,
+    )
+
+
+def usage_and_model(obj: Any) -> tuple[TokenUsage | None, str | None]:
+    if not isinstance(obj, dict):
+        return None, None
+    usage = obj.get("usageMetadata")
+    model = obj.get("modelVersion")
+    return (
+        normalise_usage(usage) if isinstance(usage, dict) else None,
+        model if isinstance(model, str) else None,
+    )
+
+
+def has_finished(obj: Any) -> bool:
+    candidates = obj.get("candidates") if isinstance(obj, dict) else None
+    return isinstance(candidates, list) and any(
+        isinstance(c, dict) and c.get("finishReason") for c in candidates
+    )
+
+
+def error_code_of(obj: Any) -> str | None:
+    """The ErrorInfo `reason` (API_KEY_INVALID), else the `status` (INVALID_ARGUMENT)."""
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(error, dict):
+        return None
+    for detail in error.get("details") or []:
+        if isinstance(detail, dict) and isinstance(detail.get("reason"), str):
+            return detail["reason"][:200]
+    status = error.get("status")
+    return status[:200] if isinstance(status, str) else None
+
+
+class _ResponseReader:
+    """What both stream shapes do with each whole response object they find."""
+
+    usage: TokenUsage | None
+    response_model: str | None
+    error: str | None
+    complete: bool
+
+    def take(self, obj: Any) -> None:
+        usage, model = usage_and_model(obj)
+        if usage is not None:
+            self.usage = usage
+        if model is not None:
+            self.response_model = model
+        if isinstance(obj, dict) and "error" in obj:
+            self.error = error_code_of(obj) or "stream error"
+        if has_finished(obj):
+            self.complete = True
+
+
+class GeminiSSEReader(SSEReader, _ResponseReader):
+    def on_event(self, raw: bytes, event: Event) -> bytes:
+        self.take(load_json(event.data))
+        return raw
+
+
+class JsonArrayReader(_ResponseReader):
+    """Finds the elements of a streamed top-level JSON array, whatever the chunk boundaries.
+
+    Only the current element is kept; structure is tracked at the few characters that
+    matter (quotes, backslashes, brackets), found with a regex rather than byte by byte.
+    """
+
+    rewrites: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.usage = None
+        self.response_model = None
+        self.error = None
+        self.complete = False
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False  # a backslash ended the last chunk: skip the next byte
+        self._element = bytearray()
+        self._collecting = False
+
+    def feed(self, data: bytes) -> bytes:
+        i, start = 0, 0
+        if self._escaped and data:
+            self._escaped, i = False, 1
+        while (match := _STRUCTURAL.search(data, i)) is not None:
+            j, char = match.start(), data[match.start()]
+            i = j + 1
+            if self._in_string:
+                if char == 0x5C:  # backslash: the next byte is escaped
+                    if j + 1 >= len(data):
+                        self._escaped = True
+                    i = j + 2
+                elif char == 0x22:
+                    self._in_string = False
+            elif char == 0x22:
+                self._in_string = True
+            elif char in b"[{":
+                self._depth += 1
+                if self._depth == 2 and not self._collecting:
+                    self._collecting, start = True, j
+            elif char in b"]}":
+                self._depth -= 1
+                if self._depth == 1 and self._collecting:
+                    self._element += data[start : j + 1]
+                    self.take(load_json(bytes(self._element)))
+                    self._element.clear()
+                    self._collecting = False
+                elif self._depth == 0:
+                    self.complete = True
+        if self._collecting:
+            self._element += data[start:]
+        return data
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class Gemini:
+    name = "gemini"
+
+    def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
+        match = _MODEL_METHOD.search(request.path.split("?")[0])
+        if match is None:
+            return RequestInfo()
+        model, method = match.groups()
+        return RequestInfo(
+            model=model,
+            streamed=method == "streamGenerateContent",
+            billable=method not in _FREE_METHODS,
+        )
+
+    def usage_from_body(
+        self, body: bytes, info: RequestInfo
+    ) -> tuple[TokenUsage | None, str | None]:
+        if not info.billable:
+            return None, None
+        obj = load_json(body)
+        if isinstance(obj, list):  # a streamGenerateContent answer that was not streamed
+            reader = JsonArrayReader()
+            reader.feed(body)
+            return reader.usage, reader.response_model
+        return usage_and_model(obj)
+
+    def error_code(self, body: bytes) -> str | None:
+        obj = load_json(body)
+        if isinstance(obj, list) and obj:
+            obj = obj[0]
+        return error_code_of(obj)
+
+    def stream_reader(
+        self, info: RequestInfo, content_type: str
+    ) -> SSEReader | JsonArrayReader | None:
+        if "text/event-stream" in content_type:
+            return GeminiSSEReader()
+        if info.streamed and "json" in content_type:
+            return JsonArrayReader()
+        return None
+
+    def rejection(self, status: int, message: str, code: str) -> bytes:
+        return json.dumps(
+            {
+                "error": {
+                    "code": status,
+                    "message": message,
+                    "status": "UNAUTHENTICATED" if status == 401 else "INVALID_ARGUMENT",
+                    "details": [
+                        {
+                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                            "reason": code.upper(),
+                            "domain": "llm-monitor",
+                        }
+                    ],
+                }
+            }
+        ).encode()
