@@ -505,50 +505,73 @@ def stats(ctx: click.Context, period: str, org_name: str | None, as_json: bool) 
 # Running and recovering.
 
 
+DEFAULT_LISTENERS = {
+    "openai": ("https://api.openai.com", 8080),
+    "anthropic": ("https://api.anthropic.com", 8081),
+    "gemini": ("https://generativelanguage.googleapis.com", 8082),
+    "xai": ("https://api.x.ai", 8083),
+}
+
+
+def parse_listen(value: str) -> tuple[str, str, int]:
+    """`NAME=UPSTREAM@PORT`, e.g. `groq=https://api.groq.com/openai@8084`."""
+    name, sep, rest = value.partition("=")
+    upstream, at, port = rest.rpartition("@")
+    if not sep or not at or not port.isdigit() or not name.strip() or not upstream:
+        raise click.BadParameter(
+            f"{value!r} is not NAME=UPSTREAM@PORT (e.g. groq=https://api.groq.com/openai@8084)",
+            param_hint="--listen",
+        )
+    return name.strip().lower(), upstream, int(port)
+
+
 @cli.command()
-@click.option("--port", default=DEFAULT_PORT, show_default=True, help="Port of the proxy.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
-    "--upstream",
-    default="https://api.openai.com",
-    show_default=True,
-    help="The provider the proxy forwards to.",
+    "--listen",
+    "listen",
+    multiple=True,
+    metavar="NAME=UPSTREAM@PORT",
+    help="Add a listener (repeatable), e.g. groq=https://api.groq.com/openai@8084; "
+    "a NAME of the defaults replaces that default.",
 )
 @click.option(
-    "--provider",
-    help="Provider name for an upstream that is not a known host (e.g. groq); "
-    "names without a parser of their own are read as OpenAI-compatible.",
+    "--no-defaults", is_flag=True, help="Do not start the four default provider listeners."
 )
 @click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def up(
     ctx: click.Context,
-    port: int,
     host: str,
-    upstream: str,
-    provider: str | None,
+    listen: tuple[str, ...],
+    no_defaults: bool,
     mitmdump_args: tuple[str, ...],
 ) -> None:
-    """Run the proxy: mitmdump with the monitor addon, in reverse mode to the provider.
+    """Run the proxy: mitmdump with the monitor addon, one listener per provider.
 
-    Arguments after `--` go to mitmdump, e.g. `llm-monitor up -- --set flow_detail=0`.
+    By default: OpenAI on 8080, Anthropic on 8081, Gemini on 8082 and xAI on 8083.
+    Names other than openai, anthropic, gemini and xai are read as OpenAI-compatible.
+    Arguments after `--` go to mitmdump, e.g. `llm-monitor up -- --set tcp_timeout=900`.
     """
+    listeners = {} if no_defaults else dict(DEFAULT_LISTENERS)
+    for value in listen:
+        name, upstream, port = parse_listen(value)
+        listeners[name] = (upstream, port)
+    if not listeners:
+        raise click.UsageError("no listener: give --listen or drop --no-defaults")
+    ports = [port for _, port in listeners.values()]
+    if len(set(ports)) != len(ports):
+        raise click.BadParameter("two listeners on one port", param_hint="--listen")
     search_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     mitmdump = shutil.which("mitmdump", path=search_path)
     if mitmdump is None:
         raise click.ClickException("mitmdump not found: is llm-monitor installed with pip?")
-    args = [
-        mitmdump,
-        "-s",
-        monitor_script.__file__,
-        "--mode",
-        f"reverse:{upstream}@{host}:{port}",
-        "--set",
-        f"monitor_db={ctx.obj['db_path']}",
-    ]
-    if provider:
-        args += ["--set", f"monitor_providers={port}:{provider}"]
-    click.echo(f"LLM Monitor proxy on http://{host}:{port} -> {upstream}", err=True)
+    args = [mitmdump, "-s", monitor_script.__file__]
+    for name, (upstream, port) in listeners.items():
+        args += ["--mode", f"reverse:{upstream}@{host}:{port}"]
+        click.echo(f"{name:>10}: http://{host}:{port} -> {upstream}", err=True)
+    names = ",".join(f"{port}:{name}" for name, (_, port) in listeners.items())
+    args += ["--set", f"monitor_db={ctx.obj['db_path']}", "--set", f"monitor_providers={names}"]
     os.execv(mitmdump, [*args, *mitmdump_args])
 
 

@@ -39,14 +39,21 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
 
 @dataclass
 class Proxy:
-    port: int
+    ports: dict[str, int]  # provider name -> listening port, the first one the default
     process: subprocess.Popen
     db_path: Path
     log_path: Path
 
     @property
+    def port(self) -> int:
+        return next(iter(self.ports.values()))
+
+    @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def url(self, provider: str) -> str:
+        return f"http://127.0.0.1:{self.ports[provider]}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -64,21 +71,19 @@ class Proxy:
 
 @contextlib.contextmanager
 def running_proxy(
-    db_path: Path, upstream: str, *, provider: str = "openai", **options: Any
+    db_path: Path, upstream: str, *, providers: tuple[str, ...] = ("openai",), **options: Any
 ) -> Iterator[Proxy]:
-    port = free_port()
-    log_path = db_path.parent / f"mitmdump-{port}.log"
-    args = [
-        str(MITMDUMP),
-        "-s",
-        str(ADDON),
-        "--mode",
-        f"reverse:{upstream}@127.0.0.1:{port}",
-        "--set",
-        f"monitor_db={db_path}",
-        "--set",
-        f"monitor_providers={port}:{provider}",
-    ]
+    """mitmdump with one reverse-mode listener per provider name, all to `upstream`.
+
+    A name may carry mitmproxy's per-listener flag, as in `groq:noinject`.
+    """
+    ports = {name.split(":")[0]: free_port() for name in providers}
+    log_path = db_path.parent / f"mitmdump-{next(iter(ports.values()))}.log"
+    args = [str(MITMDUMP), "-s", str(ADDON)]
+    for port in ports.values():
+        args += ["--mode", f"reverse:{upstream}@127.0.0.1:{port}"]
+    names = ",".join(f"{port}:{name}" for name, port in zip(providers, ports.values(), strict=True))
+    args += ["--set", f"monitor_db={db_path}", "--set", f"monitor_providers={names}"]
     for name, value in options.items():
         args += ["--set", f"{name}={str(value).lower() if isinstance(value, bool) else value}"]
     with log_path.open("wb") as log:
@@ -89,9 +94,10 @@ def running_proxy(
             cwd=db_path.parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    proxy = Proxy(port, process, db_path, log_path)
+    proxy = Proxy(ports, process, db_path, log_path)
     try:
-        wait_for_port(port, process, log_path)
+        for port in ports.values():
+            wait_for_port(port, process, log_path)
         yield proxy
     finally:
         proxy.terminate()

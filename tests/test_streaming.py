@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import json
 import zlib
 
 import brotli
@@ -12,7 +13,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_monitor.providers import RequestInfo
+from llm_monitor.providers import RequestInfo, provider_named
 from llm_monitor.providers.openai import OpenAI
 from llm_monitor.proxy import StreamTap
 from llm_monitor.sse import EventSplitter, parse_event
@@ -162,3 +163,91 @@ def test_a_utf8_character_split_across_chunks_survives() -> None:
     events = splitter.feed(body[:at]) + splitter.feed(body[at:])
     assert events == [body]
     assert "\u2603" in parse_event(events[0]).data
+
+
+# Every provider's recorded streams: (provider, file, the request info its path implies).
+ALL_STREAMS = [
+    *(("openai", f"openai/{name}") for name in STREAMS),
+    ("anthropic", "anthropic/messages_stream_cache_read_and_write_claude-sonnet-4.json"),
+    ("anthropic", "anthropic/messages_stream_text_claude-sonnet-4-5.json"),
+    ("anthropic", "anthropic/messages_stream_thinking_claude-sonnet-4.json"),
+    ("anthropic", "anthropic/messages_stream_tool_use_claude-haiku-4-5.json"),
+    ("gemini", "gemini/stream_json_array_thinking_gemini-flash-latest.json"),
+    ("gemini", "gemini/stream_sse_cumulative_usage_gemini-2.5-flash.json"),
+    ("gemini", "gemini/stream_sse_function_call_gemini-2.5-flash.json"),
+    ("gemini", "gemini/stream_sse_thinking_no_candidates_count_gemini-2.5-flash.json"),
+]
+
+
+def provider_tap(provider: str, recording: dict, encoding: str) -> StreamTap:
+    response = recording["response"]
+    info = RequestInfo(streamed=True)
+    reader = provider_named(provider).stream_reader(info, response["headers"]["content-type"])
+    assert reader is not None
+    return StreamTap(reader, encoding)
+
+
+@pytest.mark.parametrize(("provider", "name"), ALL_STREAMS)
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(points=st.lists(st.integers(min_value=0), max_size=80))
+def test_every_provider_stream_any_split(
+    provider: str, name: str, encoding: str, points: list[int]
+) -> None:
+    """For any split, the bytes passed on are the input and the usage found is the same."""
+    recording = load_recording(name)
+    wire = ENCODE[encoding](recording["response"]["body_text"].encode())
+    whole = provider_tap(provider, recording, encoding)
+    assert run_tap(whole, [wire]) == wire
+    tap = provider_tap(provider, recording, encoding)
+    assert run_tap(tap, cut(wire, points)) == wire
+    assert whole.reader.usage is not None
+    assert tap.reader.usage == whole.reader.usage
+    assert tap.reader.usage.raw == whole.reader.usage.raw
+    assert tap.reader.response_model == recording["expected_usage"]["model"]
+    assert tap.reader.complete
+
+
+def test_anthropic_takes_the_latest_figures_never_a_sum() -> None:
+    recording = load_recording(
+        "anthropic/messages_stream_cache_read_and_write_claude-sonnet-4.json"
+    )
+    tap = provider_tap("anthropic", recording, "identity")
+    run_tap(tap, [recording["response"]["body_text"].encode()])
+    usage = tap.reader.usage
+    # message_start said 3 / 2399 / 0; message_delta revised them to 17 / 23258 / 16242.
+    assert (usage.cache_write_tokens, usage.cached_input_tokens) == (23258, 16242)
+    assert usage.input_tokens == 17 + 23258 + 16242
+    assert usage.output_tokens == 515
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=3000), points=st.lists(st.integers(min_value=0), max_size=20))
+def test_json_array_reader_never_raises_on_garbage(data: bytes, points: list[int]) -> None:
+    reader = provider_named("gemini").stream_reader(RequestInfo(streamed=True), "application/json")
+    out = run_tap(StreamTap(reader, "identity"), cut(data, points))
+    assert out == data
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=40), min_size=1, max_size=5),
+    points=st.lists(st.integers(min_value=0), max_size=40),
+)
+def test_json_array_reader_copes_with_any_string_content(
+    texts: list[str], points: list[int]
+) -> None:
+    """Quotes, backslashes and brackets inside strings never confuse the element finder."""
+    elements = [
+        {
+            "candidates": [{"content": {"parts": [{"text": t}]}}],
+            "usageMetadata": {"promptTokenCount": 7, "candidatesTokenCount": i},
+            "modelVersion": "m",
+        }
+        for i, t in enumerate(texts)
+    ]
+    body = ("[" + ",\r\n".join(json.dumps(e, indent=2) for e in elements) + "]").encode()
+    reader = provider_named("gemini").stream_reader(RequestInfo(streamed=True), "application/json")
+    assert run_tap(StreamTap(reader, "identity"), cut(body, points)) == body
+    assert reader.usage.output_tokens == len(texts) - 1
+    assert reader.complete

@@ -28,12 +28,9 @@ def test_up_runs_the_proxy(tmp_path: Path, upstream: ReplayServer) -> None:
                 "--db",
                 str(db_path),
                 "up",
-                "--port",
-                str(port),
-                "--upstream",
-                f"http://127.0.0.1:{upstream.port}",
-                "--provider",
-                "openai",
+                "--no-defaults",
+                "--listen",
+                f"openai=http://127.0.0.1:{upstream.port}@{port}",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -54,4 +51,21 @@ def test_up_runs_the_proxy(tmp_path: Path, upstream: ReplayServer) -> None:
         process.terminate()
         process.wait(20)
     assert (row["provider"], row["input_tokens"], row["priced"]) == ("openai", 16, 1)
-    assert f"LLM Monitor proxy on http://127.0.0.1:{port}" in log.read_text()
+    assert f"openai: http://127.0.0.1:{port} -> http://127.0.0.1:{upstream.port}" in log.read_text()
+
+
+def test_up_refuses_bad_listeners(tmp_path: Path) -> None:
+    for args in (
+        ["--listen", "nonsense"],
+        ["--no-defaults"],
+        ["--listen", "a=http://x@9000", "--listen", "b=http://y@9000"],
+    ):
+        result = subprocess.run(
+            [str(LLM_MONITOR), "--db", str(tmp_path / "x.db"), "up", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2, result
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("Error:")
