@@ -52,6 +52,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(f"database error: {e}") from None
         except PriceFileError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:
+            raise click.ClickException(f"{e.filename or 'file'}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise click.ClickException("input is not UTF-8 text") from None
+        except (OverflowError, RecursionError, ValueError) as e:
+            raise click.ClickException(f"bad input: {e}") from None
 
     return wrapper
 
@@ -131,7 +137,7 @@ def orgs_create(ctx: click.Context, name: str, email: str, token_name: str, as_j
     if "@" not in email:
         raise click.BadParameter(f"{email!r} is not an email address", param_hint="--email")
     db = get_db(ctx)
-    with db.conn:
+    with db.atomic():
         if db["orgs"].count_where("name = ?", [name]):
             raise click.ClickException(f"organisation {name!r} already exists")
         org_id = db["orgs"].insert({"name": name, "email": email, "created_at": now_utc()}).last_pk
@@ -208,7 +214,7 @@ def tokens() -> None:
 def tokens_create(ctx: click.Context, org_name: str, label: str | None, as_json: bool) -> None:
     """Create a monitor token and print it (shown only this once; stored as SHA-256)."""
     db = get_db(ctx)
-    with db.conn:
+    with db.atomic():
         token_id, token = create_token(db, find_org(db, org_name), label)
     if as_json:
         click.echo(json.dumps({"token_id": token_id, "org": org_name, "token": token}))
@@ -264,7 +270,7 @@ def tokens_revoke(ctx: click.Context, id_or_token: str) -> None:
     if row["revoked_at"]:
         click.echo(f"token {row['id']} was already revoked at {row['revoked_at']}")
         return
-    with db.conn:
+    with db.atomic():
         db["monitor_tokens"].update(row["id"], {"revoked_at": now_utc()})
     click.echo(f"revoked token {row['id']}")
 
@@ -274,7 +280,7 @@ def tokens_revoke(ctx: click.Context, id_or_token: str) -> None:
 
 def upsert_prices(db: Database, entries: Iterable[PriceEntry]) -> int:
     rows = [e.model_dump(mode="json") for e in entries]
-    with db.conn:
+    with db.atomic():
         db["prices"].upsert_all(
             rows, pk=("provider", "model", "effective_from", "above_input_tokens"), alter=False
         )
@@ -443,7 +449,7 @@ def pricing_reprice(ctx: click.Context, since: dt.datetime) -> None:
         if (priced["cost_usd"], priced["priced"]) != (row["cost_usd"], row["priced"]):
             changed += 1
         updates.append((priced["cost_usd"], priced["priced"], row["id"]))
-    with db.conn:
+    with db.atomic():
         db.conn.executemany("update usage set cost_usd = ?, priced = ? where id = ?", updates)
     click.echo(f"repriced {len(updates)} rows since {since.date()}; {changed} changed")
 

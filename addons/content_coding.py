@@ -38,7 +38,12 @@ class _ZlibDecoder:
         self._obj = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header, detected
 
     def decode(self, data: bytes) -> bytes:
-        return self._obj.decompress(data)
+        out = self._obj.decompress(data)
+        while self._obj.eof and self._obj.unused_data:  # a gzip body may hold several members
+            rest = self._obj.unused_data
+            self._obj = zlib.decompressobj(wbits=47)
+            out += self._obj.decompress(rest)
+        return out
 
 
 class _BrotliDecoder:
@@ -51,7 +56,7 @@ class _BrotliDecoder:
 
 class _ZstdDecoder:
     def __init__(self) -> None:
-        self._obj = zstandard.ZstdDecompressor().decompressobj()
+        self._obj = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
 
     def decode(self, data: bytes) -> bytes:
         return self._obj.decompress(data)

@@ -34,7 +34,7 @@ class PriceBook:
         for entry in entries:
             self._history.setdefault((entry.provider, entry.model), []).append(entry)
         for history in self._history.values():
-            history.sort(key=lambda e: (e.effective_from, e.above_input_tokens))
+            history.sort(key=lambda e: e.effective_from)
 
     def __len__(self) -> int:
         return sum(len(h) for h in self._history.values())
@@ -49,12 +49,14 @@ class PriceBook:
             history = self._history.get((provider, name))
             if not history:
                 continue
-            index = bisect.bisect_right([e.effective_from for e in history], on)
-            if not index:
+            # Each tier has its own history: the latest entry of each in force on `on`.
+            in_force: dict[int, PriceEntry] = {}
+            for entry in history[: bisect.bisect_right([e.effective_from for e in history], on)]:
+                in_force[entry.above_input_tokens] = entry
+            if 0 not in in_force:
                 continue
-            in_force = [e for e in history if e.effective_from == history[index - 1].effective_from]
-            tiers = [e for e in in_force if e.above_input_tokens < (input_tokens or 0)]
-            return tiers[-1] if tiers else in_force[0]
+            tier = max(t for t in in_force if t == 0 or t < (input_tokens or 0))
+            return in_force[tier]
         return None
 
 
@@ -82,7 +84,7 @@ def cost_usd(
     cache_write = (cache_write_tokens or 0) - cache_write_1h
     output = output_tokens or 0
     reasoning = reasoning_tokens or 0
-    uncached = (input_tokens or 0) - cached - cache_write
+    uncached = (input_tokens or 0) - cached - (cache_write_tokens or 0)
     if uncached < 0 or output < reasoning or cache_write < 0:
         raise MissingRate("token figures are inconsistent (a part exceeds its whole)")
     if cached and price.cached_input is None:

@@ -7,6 +7,7 @@ chunks are passed on as they arrive (read on the side), and rows go to the recor
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -37,6 +38,9 @@ _TAG = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 _METADATA_KEY = "llm_monitor"
 # Query parameters that carry credentials (Gemini's `?key=`): never stored.
 SECRET_QUERY_PARAMS = frozenset({"key", "api-key", "api_key"})
+# Bodies larger than this are decoded and parsed off the event loop (a 2048 x 1536 float
+# embeddings response is 42 MB and takes about a second to parse).
+LARGE_BODY = 256 * 1024
 
 
 class BadMonitorHeader(ValueError):
@@ -108,6 +112,24 @@ def stored_path(request: http.Request) -> str:
         (k, v) for k, v in request.query.items(multi=True) if k.lower() not in SECRET_QUERY_PARAMS
     ]
     return f"{path}?{urlencode(kept)}" if kept else path
+
+
+def is_json(content_type: str) -> bool:
+    """application/json or a +json type; not NDJSON/JSON Lines, which stream."""
+    media_type = content_type.split(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def read_body(
+    provider: Provider, info: RequestInfo, response: http.Response
+) -> tuple[TokenUsage | None, str | None, str | None]:
+    """Usage, answering model and error code of a whole buffered response."""
+    body = response.get_content(strict=False) or b""
+    usage, model = provider.usage_from_body(body, info)
+    error = None
+    if response.status_code >= 400:
+        error = provider.error_code(body) or f"HTTP {response.status_code}"
+    return usage, model, error
 
 
 def utc_timestamp(epoch: float) -> str:
@@ -204,10 +226,10 @@ class Monitor:
             "turns usage injection off for that listener (for APIs without include_usage).",
         )
         loader.add_option(
-            "monitor_token_refresh",
-            float,
-            1.0,
-            "Seconds between reloads of the monitor tokens (a revoked token stops within it).",
+            "monitor_token_refresh_ms",
+            int,
+            1000,
+            "Milliseconds between reloads of the monitor tokens (a revoked token stops within it).",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -220,10 +242,11 @@ class Monitor:
             # mitmdump's flow lines print URLs (Gemini's ?key=) and, above 1, headers
             # (Authorization): keys must never reach a log. The addon logs its own line.
             ctx.options.flow_detail = 0
-        if "monitor_token_refresh" in updated and ctx.options.monitor_token_refresh <= 0:
-            raise exceptions.OptionsError("monitor_token_refresh must be positive")
-        if {"monitor_db", "monitor_token_refresh"} & updated:
-            self._open(ctx.options.monitor_db, ctx.options.monitor_token_refresh)
+        refresh_ms = ctx.options.monitor_token_refresh_ms
+        if "monitor_token_refresh_ms" in updated and not 10 <= refresh_ms <= 60_000:
+            raise exceptions.OptionsError("monitor_token_refresh_ms must be from 10 to 60000")
+        if {"monitor_db", "monitor_token_refresh_ms"} & updated:
+            self._open(ctx.options.monitor_db, refresh_ms / 1000)
 
     def _open(self, db_path: str, refresh: float) -> None:
         try:
@@ -308,10 +331,14 @@ class Monitor:
         if reader is not None:
             state.tap = StreamTap(reader, encoding)
             flow.response.stream = state.tap
-        elif "json" not in content_type:
+            if reader.rewrites and "content-length" in flow.response.headers:
+                del flow.response.headers["content-length"]  # the length changes
+                if flow.response.http_version == "HTTP/1.1":
+                    flow.response.headers["transfer-encoding"] = "chunked"
+        elif not is_json(content_type):
             flow.response.stream = True  # files, audio, images: no usage to read, don't buffer
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
         if state is None or state.recorded or flow.response is None:
             return
@@ -323,10 +350,12 @@ class Monitor:
             return
         usage, response_model, error = None, None, None
         if response.stream is not True and response.raw_content is not None:
-            body = response.get_content(strict=False) or b""
-            usage, response_model = state.provider.usage_from_body(body, state.info)
-            if response.status_code >= 400:
-                error = state.provider.error_code(body) or f"HTTP {response.status_code}"
+            if len(response.raw_content) > LARGE_BODY:  # decoding and parsing take a while
+                usage, response_model, error = await asyncio.to_thread(
+                    read_body, state.provider, state.info, response
+                )
+            else:
+                usage, response_model, error = read_body(state.provider, state.info, response)
         outcome = "provider_error" if response.status_code >= 400 else "ok"
         self._record(
             flow, state, outcome=outcome, error=error, usage=usage, response_model=response_model
@@ -345,7 +374,7 @@ class Monitor:
             # mitmproxy closes idle connections and reports it as the client's doing.
             error = f"upstream silent for {silence:.0f} s (tcp_timeout={ctx.options.tcp_timeout})"
             self._record(flow, state, outcome="upstream_error", error=error)
-        elif flow.response is not None and "client" in message.lower():
+        elif "client disconnected" in message.lower():
             self._record(flow, state, outcome="client_disconnected", error=message)
         else:
             self._record(flow, state, outcome="upstream_error", error=message)

@@ -90,7 +90,7 @@ def write_rows(db: Database, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row["token_id"] is not None:
             last_used[row["token_id"]] = max(row["ts"], last_used.get(row["token_id"], ""))
-    with db.conn:
+    with db.atomic():
         db["usage"].insert_all(rows)
         db.conn.executemany(
             "update monitor_tokens set last_used_at = ? where id = ? "
@@ -178,6 +178,8 @@ class Recorder:
                             len(self._pending),
                         )
                     backoff = min(max(backoff * 2, 0.05), self.max_backoff)
+                except Exception:  # a row SQLite cannot take: find it, spool it, go on
+                    self._isolate(db, book)
             elif db is None:
                 backoff = min(max(backoff * 2, 0.05), self.max_backoff)
             if stopping and (not self._pending or time.monotonic() >= (self._deadline or 0)):
@@ -186,6 +188,24 @@ class Recorder:
             self._spool(self._pending)
         if db is not None:
             db.conn.close()
+
+    def _isolate(self, db: Database, book: PriceBook) -> None:
+        """Write the next batch row by row; rows that fail for a reason other than the
+        database (an absurd value, a bug) are spooled and logged instead of blocking all."""
+        batch = self._pending[: self.batch_size]
+        done = 0
+        for record in batch:
+            try:
+                write_rows(db, [self._priced(record, book)])
+            except sqlite3.Error:
+                break  # the database itself: retry later as usual
+            except Exception as e:
+                logger.error("llm-monitor: usage row could not be written (%r); spooling it", e)
+                self._spool([record])
+            else:
+                self.written += 1
+            done += 1
+        del self._pending[:done]
 
     def _collect(self, backoff: float) -> bool:
         """Move queued records to pending; True once the stop sentinel has been seen."""

@@ -7,7 +7,12 @@ that made them up, so that a caller can pass them on unchanged or drop one.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# SSE lines end in CRLF, LF or CR, and nothing else: str.splitlines() would also split on
+# U+2028 and friends, which JSON leaves unescaped inside strings.
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +62,7 @@ def parse_event(raw: bytes) -> Event | None:
     """The name and data of a raw event; None for an event that has no data (comments)."""
     name: str | None = None
     data: list[str] = []
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    for line in _LINE_END.split(raw.decode("utf-8", errors="replace")):
         if not line or line.startswith(":"):
             continue
         field, _, value = line.partition(":")

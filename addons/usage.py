@@ -8,11 +8,12 @@ object so that a mapping later found wrong can be recomputed.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +28,12 @@ class TokenUsage:
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+MAX_COUNT = 2**63 - 1  # SQLite's INTEGER
+
+
 def as_count(value: Any) -> int | None:
     """A token count from untrusted JSON: a non-negative int, else None (never a guess)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
         return None
     return value
 
@@ -71,6 +75,14 @@ class UsageRecord(BaseModel):
     tags: str | None = None
     error: str | None = None
     raw_usage: str | None = None
+
+    @field_validator("ts")
+    @classmethod
+    def _utc_iso(cls, value: str) -> str:
+        if not value.endswith("Z"):
+            raise ValueError("ts must be UTC ISO-8601 ending in Z")
+        dt.datetime.fromisoformat(value[:-1])  # raises ValueError for anything else
+        return value
 
     @property
     def billed_model(self) -> str | None:

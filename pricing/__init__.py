@@ -34,7 +34,7 @@ class PriceEntry(BaseModel):
     reasoning: Rate | None = None  # unset: reasoning tokens are billed as output
     # A long-context tier: these rates apply to the whole request when the prompt has more
     # than this many input tokens (OpenAI's gpt-5.5 above 272K, Gemini above 200K).
-    above_input_tokens: int = Field(default=0, ge=0)
+    above_input_tokens: int = Field(default=0, ge=0, le=2**63 - 1)
     effective_from: dt.date = dt.date(2000, 1, 1)
     source: str = Field(min_length=1)
     as_of: dt.date
@@ -50,6 +50,8 @@ def parse_price_file(text: str, *, origin: str = "price file") -> list[PriceEntr
         data = json.loads(text, parse_float=Decimal)
     except json.JSONDecodeError as e:
         raise PriceFileError(f"{origin}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise PriceFileError(f"{origin}: not valid JSON: nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("prices"), list):
         raise PriceFileError(f'{origin}: expected an object with a "prices" list')
     entries = []
@@ -85,6 +87,8 @@ def load_price_file(path: str | Path) -> list[PriceEntry]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise PriceFileError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise PriceFileError(f"{path}: not a UTF-8 text file") from None
     return parse_price_file(text, origin=str(path))
 
 

@@ -56,12 +56,14 @@ class Reply:
     seed: int | None = None  # split into random pieces sent as separate HTTP chunks
     encoding: str = "identity"  # or gzip, br, zstd: the Content-Encoding of the reply
     delay: float = 0.0  # seconds before each piece (the first included)
+    header_delay: float = 0.0  # seconds before the status line
     cut_after: int | None = None  # close the connection after this many pieces
     pieces: list[bytes] | None = None  # explicit pieces of an identity body, instead of a seed
     hold_after: int | None = None  # after this many pieces, wait for `release` to be set
     release: threading.Event = field(default_factory=threading.Event)
     request_id: str = field(default_factory=lambda: f"req_{uuid.uuid4().hex}")
     extra_headers: dict[str, str] = field(default_factory=dict)
+    sent: bytes = b""  # the body as it went on the wire (encoded), once sent
 
     @classmethod
     def from_recording(cls, recording: dict[str, Any], **kwargs: Any) -> Reply:
@@ -112,7 +114,8 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self.server.replies.get_nowait()
         except queue.Empty:
             reply = Reply(500, b'{"error": {"message": "no reply queued", "code": "test"}}')
-        payload = ENCODERS[reply.encoding](reply.body)
+        payload = reply.sent = ENCODERS[reply.encoding](reply.body)
+        time.sleep(reply.header_delay)
         self.send_response(reply.status)
         self.send_header("content-type", reply.content_type)
         self.send_header("x-request-id", reply.request_id)

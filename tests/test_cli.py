@@ -186,6 +186,38 @@ def test_bad_price_file_names_entry_and_field(
     assert invoke(fresh_db, "pricing", "export") == before  # nothing half-imported
 
 
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        (b"\xff\xfe not utf-8", ["pricing", "import"], "not a UTF-8 text file"),
+        (b"[" * 100_000, ["pricing", "import"], "nested too deeply"),
+        (
+            b'{"prices": [{"provider": "o", "model": "m", "input": 1, "output": 1, "source": "s",'
+            b' "as_of": "2026-01-01", "above_input_tokens": 100000000000000000000000}]}',
+            ["pricing", "import"],
+            "field 'above_input_tokens'",
+        ),
+        (b"\xff\xfe", ["import-spool"], "not UTF-8"),
+        (
+            b'{"ts": "yesterday", "org_id": 1, "token_id": 1, "provider": "openai", '
+            b'"method": "POST", "path": "/", "outcome": "ok"}\n',
+            ["import-spool"],
+            "not a usage row",
+        ),
+    ],
+)
+def test_bad_files_give_one_line_errors(
+    fresh_db: Path, tmp_path: Path, content: bytes, args: list[str], message: str
+) -> None:
+    path = tmp_path / "input"
+    path.write_bytes(content)
+    assert message in fails(fresh_db, *args, str(path))
+
+
+def test_absurd_token_id(fresh_db: Path) -> None:
+    assert "Error" in fails(fresh_db, "tokens", "revoke", "9" * 40)
+
+
 def insert_usage(db_path: Path, **values: object) -> None:
     row = {
         "ts": "2026-03-02T10:00:00.000Z",

@@ -72,6 +72,48 @@ def test_long_context_tier_applies_to_the_whole_request() -> None:
     assert book.lookup("openai", "gpt-5.5", day, None).input == Decimal("5")
 
 
+def test_each_tier_has_its_own_history() -> None:
+    """A new long-context rate alone changes neither the base rate nor older tiers."""
+    book = PriceBook(
+        [
+            price("m", input="5", effective_from="2026-01-01"),
+            price("m", input="10", above_input_tokens=200_000, effective_from="2026-01-01"),
+            price("m", input="12", above_input_tokens=200_000, effective_from="2026-03-01"),
+            price("m", input="4", effective_from="2026-05-01"),
+        ]
+    )
+    assert book.lookup("openai", "m", dt.date(2026, 4, 1), 1_000).input == Decimal("5")
+    assert book.lookup("openai", "m", dt.date(2026, 4, 1), 300_000).input == Decimal("12")
+    assert book.lookup("openai", "m", dt.date(2026, 2, 1), 300_000).input == Decimal("10")
+    assert book.lookup("openai", "m", dt.date(2026, 6, 1), 1_000).input == Decimal("4")
+    assert book.lookup("openai", "m", dt.date(2026, 6, 1), 300_000).input == Decimal("12")
+    only_tier = PriceBook([price("t", input="9", above_input_tokens=10)])
+    assert only_tier.lookup("openai", "t", dt.date(2026, 6, 1), 50) is None  # no base: unpriced
+
+
+def test_one_hour_cache_writes_have_their_own_rate() -> None:
+    entry = price(
+        "c", input="3", cached_input="0.3", cache_write="3.75", cache_write_1h="6", output="15"
+    )
+    # (1000 - 100 - 300) x 3 + 100 x 0.3 + (300 - 200) x 3.75 + 200 x 6 + 10 x 15
+    #   = 1800 + 30 + 375 + 1200 + 150
+    assert cost_usd(
+        entry,
+        input_tokens=1000,
+        cached_input_tokens=100,
+        cache_write_tokens=300,
+        cache_write_1h_tokens=200,
+        output_tokens=10,
+    ) == Decimal("0.003555")
+    with pytest.raises(MissingRate, match="one-hour"):
+        cost_usd(
+            price("c", cache_write="3.75"),
+            input_tokens=10,
+            cache_write_tokens=5,
+            cache_write_1h_tokens=5,
+        )
+
+
 def test_cost_prices_each_kind_of_token_at_its_own_rate() -> None:
     entry = price(
         "m", input="3", cached_input="0.3", cache_write="3.75", output="15", reasoning="20"

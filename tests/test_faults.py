@@ -52,6 +52,23 @@ def test_client_disconnect_mid_stream_still_gets_a_row(
     assert (row["input_tokens"], row["cost_usd"], row["priced"]) == (None, None, 0)
 
 
+def test_client_gives_up_before_the_response_still_gets_a_row(
+    token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """The provider did the work (and bills it) even if the client stopped waiting."""
+    upstream.reply(Reply.from_recording(CHAT, header_delay=1.5))
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{proxy.base_url}/chat/completions",
+            json=CHAT["request"]["body"],
+            headers={**headers(token), "X-Monitor-User": "impatient"},
+            timeout=0.3,
+        )
+    [row] = wait_for_rows(proxy.db_path, "user = ?", ("impatient",))
+    assert (row["outcome"], row["model"], row["status"]) == ("client_disconnected", "gpt-4o", None)
+    assert (row["cost_usd"], row["priced"]) == (None, 0)
+
+
 def test_upstream_reset_mid_stream(token: str, upstream: ReplayServer, proxy: Proxy) -> None:
     reply = upstream.reply(Reply.from_recording(STREAM, seed=12, cut_after=10))
     client = openai.OpenAI(
@@ -132,7 +149,9 @@ def test_sigterm_with_requests_in_flight_loses_no_row(
     own_db: tuple[Path, str], upstream: ReplayServer
 ) -> None:
     db_path, token = own_db
-    with running_proxy(db_path, f"http://127.0.0.1:{upstream.port}") as proxy:
+    with running_proxy(
+        db_path, f"http://127.0.0.1:{upstream.port}", monitor_token_refresh_ms=500
+    ) as proxy:
         done = [upstream.reply(Reply.from_recording(CHAT)) for _ in range(5)]
         with httpx.Client(headers=headers(token)) as http:
             for _ in done:

@@ -172,10 +172,8 @@ def test_stream_bytes_pass_through_unchanged(
     name: str, seed: int, encoding: str, token: str, upstream: ReplayServer, proxy: Proxy
 ) -> None:
     recording = load_recording(f"openai/{name}")
-    upstream.reply(Reply.from_recording(recording, seed=seed, encoding=encoding))
+    reply = upstream.reply(Reply.from_recording(recording, seed=seed, encoding=encoding))
     headers = {"Authorization": f"Bearer {API_KEY}", "X-Monitor-Token": token}
-    if name in NO_USAGE_STREAMS:  # a stream without usage: nothing to inject into the reply
-        headers["Accept-Encoding"] = "identity"
 
     with httpx.stream(
         "POST",
@@ -188,7 +186,9 @@ def test_stream_bytes_pass_through_unchanged(
 
     body = recording["response"]["body_text"].encode()
     assert wire_encoding == encoding
-    assert (httpx_decode(received, encoding)) == body
+    assert httpx_decode(received, encoding) == body
+    if name not in NO_USAGE_STREAMS:  # not rewritten: the very bytes the upstream sent
+        assert received == reply.sent
 
 
 def httpx_decode(data: bytes, encoding: str) -> bytes:
@@ -219,7 +219,7 @@ def stream_as_asked_without_usage(body_text: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", INJECTABLE)
-@pytest.mark.parametrize("seed", [5, 6])
+@pytest.mark.parametrize("seed", [None, 5, 6])  # None: one piece, Content-Length framed
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
 def test_usage_is_injected_and_hidden(
     name: str, seed: int, encoding: str, client: openai.OpenAI, upstream: ReplayServer, proxy: Proxy
@@ -450,3 +450,54 @@ def test_legacy_completions_stream_gets_usage_injected(
     row = row_for(proxy.db_path, reply.request_id)
     assert (row["input_tokens"], row["output_tokens"], row["total_tokens"]) == (5, 1, 6)
     assert row["priced"] == 0  # gpt-3.5-turbo-instruct is not in the shipped table
+
+
+def test_lone_surrogate_in_the_prompt_still_gets_usage_injected(
+    token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """JavaScript clients can send "\\ud83d" alone; the rewritten body must keep it as is."""
+    recording = load_recording("openai/chat_stream_text_include_usage_gpt-4o.json")
+    reply = upstream.reply(Reply.from_recording(recording, seed=12))
+    raw = (
+        b'{"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "\\ud83d"}]}'
+    )
+    with httpx.stream(
+        "POST",
+        f"{proxy.base_url}/chat/completions",
+        content=raw,
+        headers={
+            "Authorization": f"Bearer {API_KEY}",
+            "X-Monitor-Token": token,
+            "Content-Type": "application/json",
+        },
+    ) as response:
+        b"".join(response.iter_bytes())
+    forwarded = upstream.take_received()
+    assert forwarded.json()["stream_options"] == {"include_usage": True}
+    assert b'"\\ud83d"' in forwarded.body
+    row = row_for(proxy.db_path, reply.request_id)
+    assert (row["model"], row["usage_injected"], row["input_tokens"]) == ("gpt-4o", 1, 16)
+
+
+def test_large_json_body_is_read(
+    client: openai.OpenAI, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """Over 256 KB a body is decoded and parsed off the event loop; the row is the same."""
+    body = {
+        "object": "list",
+        "model": "text-embedding-3-small",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": [0.0123456789] * 1536}
+            for i in range(40)
+        ],
+        "usage": {"prompt_tokens": 400, "total_tokens": 400},
+    }
+    reply = upstream.reply(Reply(200, json.dumps(body).encode(), encoding="gzip"))
+    result = client.embeddings.create(
+        model="text-embedding-3-small", input=["x"] * 40, encoding_format="float"
+    )
+    assert len(result.data) == 40
+    assert len(reply.body) > 256 * 1024
+    row = row_for(proxy.db_path, reply.request_id)
+    assert (row["input_tokens"], row["output_tokens"], row["priced"]) == (400, None, 1)
+    assert row["cost_usd"] == float(Decimal("0.000008"))  # 400 x 0.02 per 1M

@@ -138,7 +138,8 @@ class OpenAI:
     name = "openai"
 
     def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
-        if request.method != "POST" or "json" not in request.headers.get("content-type", ""):
+        content_type = request.headers.get("content-type", "").lower()
+        if request.method != "POST" or "json" not in content_type:
             return RequestInfo()
         body = load_json(request.get_content(strict=False) or b"")
         if not isinstance(body, dict):
@@ -155,7 +156,8 @@ class OpenAI:
             if options.get("include_usage") is not True:
                 options["include_usage"] = True
                 body["stream_options"] = options
-                request.content = json.dumps(body, ensure_ascii=False).encode()
+                # ASCII escapes survive lone surrogates ("\ud83d") that UTF-8 cannot encode.
+                request.content = json.dumps(body).encode()
                 info.usage_injected = True
         return info
 

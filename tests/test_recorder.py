@@ -1,0 +1,111 @@
+"""The recorder alone, on real SQLite files: batches, atomicity, bad rows, spooling."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from llm_monitor.database import open_db
+from llm_monitor.recorder import Recorder, spool_path_for, write_rows
+from llm_monitor.usage import UsageRecord
+from tests.conftest import invoke, new_org
+
+
+def record(**kw: object) -> UsageRecord:
+    values = {
+        "ts": "2026-06-01T00:00:00.000Z",
+        "org_id": 1,
+        "token_id": 1,
+        "provider": "openai",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "outcome": "ok",
+        "status": 200,
+        "model": "gpt-4o",
+        "input_tokens": 10,
+        "output_tokens": 1,
+        **kw,
+    }
+    return UsageRecord.model_validate(values)
+
+
+@pytest.fixture
+def db_with_token(fresh_db: Path) -> Path:
+    new_org(fresh_db, "Acme")
+    return fresh_db
+
+
+def count(db_path: Path) -> int:
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute("select count(*) from usage").fetchone()[0]
+
+
+def test_rows_and_last_used_are_one_transaction(db_with_token: Path) -> None:
+    """If the token update fails, no row stays behind to be inserted twice on retry."""
+    db = open_db(db_with_token)
+    db.execute(
+        "create trigger no_update before update on monitor_tokens "
+        "begin select raise(abort, 'simulated lock'); end"
+    )
+    row = {**record().model_dump(), "cost_usd": None, "priced": None}
+    with pytest.raises(sqlite3.IntegrityError):
+        write_rows(db, [row])
+    assert count(db_with_token) == 0
+    db.execute("drop trigger no_update")
+    write_rows(db, [row])
+    assert count(db_with_token) == 1
+    [(last_used,)] = db.execute("select last_used_at from monitor_tokens").fetchall()
+    assert last_used == row["ts"]
+
+
+def test_recorder_writes_everything_on_close(db_with_token: Path) -> None:
+    recorder = Recorder(db_with_token, batch_size=7)
+    recorder.start()
+    for i in range(100):
+        recorder.submit(record(input_tokens=i))
+    recorder.close()
+    assert count(db_with_token) == 100
+    with sqlite3.connect(db_with_token) as conn:
+        assert conn.execute(
+            "select sum(input_tokens), count(distinct cost_usd) from usage"
+        ).fetchone() == (sum(range(100)), 100)
+
+
+def test_a_row_sqlite_cannot_take_is_spooled_and_the_rest_written(db_with_token: Path) -> None:
+    recorder = Recorder(db_with_token)
+    recorder.start()
+    recorder.submit(record(input_tokens=1))
+    recorder.submit(record(input_tokens=10**20, output_tokens=None))  # beyond SQLite's INTEGER
+    recorder.submit(record(input_tokens=3))
+    recorder.close()
+    with sqlite3.connect(db_with_token) as conn:
+        written = [r[0] for r in conn.execute("select input_tokens from usage order by id")]
+    assert written == [1, 3]
+    spooled = spool_path_for(db_with_token).read_text().splitlines()
+    assert [json.loads(line)["input_tokens"] for line in spooled] == [10**20]
+
+
+def test_unwritable_database_at_shutdown_spools_and_import_spool_loads(
+    db_with_token: Path,
+) -> None:
+    locker = sqlite3.connect(db_with_token, isolation_level=None)
+    locker.execute("begin exclusive")
+    recorder = Recorder(db_with_token)
+    recorder.start()
+    for i in range(5):
+        recorder.submit(record(input_tokens=100 + i))
+    recorder.close(timeout=0.5)
+    locker.execute("rollback")
+    locker.close()
+    spool = spool_path_for(db_with_token)
+    assert len(spool.read_text().splitlines()) == 5
+    assert count(db_with_token) == 0
+
+    assert "imported 5 rows" in invoke(db_with_token, "import-spool", str(spool))
+    assert count(db_with_token) == 5
+    assert not spool.exists()
+    with sqlite3.connect(db_with_token) as conn:  # priced on import, like any other row
+        assert conn.execute("select count(*) from usage where priced = 1").fetchone() == (5,)
