@@ -577,7 +577,14 @@ def up(
         args += ["--mode", f"reverse:{upstream}@{host}:{port}"]
         click.echo(f"{name:>10}: http://{host}:{port} -> {upstream}", err=True)
     names = ",".join(f"{port}:{name}" for name, (_, port) in listeners.items())
-    args += ["--set", f"monitor_db={ctx.obj['db_path']}", "--set", f"monitor_providers={names}"]
+    args += [
+        "--set",
+        f"monitor_db={ctx.obj['db_path']}",
+        "--set",
+        f"monitor_providers={names}",
+        "--set",
+        "monitor_log_requests=true",
+    ]
     os.execv(mitmdump, [*args, *mitmdump_args])
 
 

@@ -7,7 +7,6 @@ chunks are passed on as they arrive (read on the side), and rows go to the recor
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
@@ -38,9 +37,6 @@ _TAG = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 _METADATA_KEY = "llm_monitor"
 # Query parameters that carry credentials (Gemini's `?key=`): never stored.
 SECRET_QUERY_PARAMS = frozenset({"key", "api-key", "api_key"})
-# Bodies larger than this are decoded and parsed off the event loop (a 2048 x 1536 float
-# embeddings response is 42 MB and takes about a second to parse).
-LARGE_BODY = 256 * 1024
 
 
 class BadMonitorHeader(ValueError):
@@ -226,6 +222,13 @@ class Monitor:
             "turns usage injection off for that listener (for APIs without include_usage).",
         )
         loader.add_option(
+            "monitor_log_requests",
+            bool,
+            False,
+            "Log one line per request (provider, path, model, status, tokens, latency; never "
+            "credentials). mitmdump's own flow lines are off, since they would print keys.",
+        )
+        loader.add_option(
             "monitor_token_refresh_ms",
             int,
             1000,
@@ -338,7 +341,7 @@ class Monitor:
         elif not is_json(content_type):
             flow.response.stream = True  # files, audio, images: no usage to read, don't buffer
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
         if state is None or state.recorded or flow.response is None:
             return
@@ -350,12 +353,7 @@ class Monitor:
             return
         usage, response_model, error = None, None, None
         if response.stream is not True and response.raw_content is not None:
-            if len(response.raw_content) > LARGE_BODY:  # decoding and parsing take a while
-                usage, response_model, error = await asyncio.to_thread(
-                    read_body, state.provider, state.info, response
-                )
-            else:
-                usage, response_model, error = read_body(state.provider, state.info, response)
+            usage, response_model, error = read_body(state.provider, state.info, response)
         outcome = "provider_error" if response.status_code >= 400 else "ok"
         self._record(
             flow, state, outcome=outcome, error=error, usage=usage, response_model=response_model
@@ -475,6 +473,11 @@ class Monitor:
             **UsageRecord.usage_fields(usage),
         )
         self.recorder.submit(record)
+        if ctx.options.monitor_log_requests:
+            self._log(record)
+
+    @staticmethod
+    def _log(record: UsageRecord) -> None:
         logger.info(
             "%s %s %s %s -> %s %s: %s in, %s out tokens, %.0f ms",
             record.provider,

@@ -85,13 +85,25 @@ def _day(ts: str) -> dt.date:
 
 
 def write_rows(db: Database, rows: list[dict[str, Any]]) -> None:
-    """One transaction: the rows, and the last-used time of the tokens they name."""
+    """One transaction: the rows, and the last-used time of the tokens they name.
+
+    One prepared INSERT run with executemany on the sqlite-utils connection: insert_all
+    looks the table up and splits the batch on every call, Python work that holds the GIL
+    the proxy's event loop needs (measured: scripts/benchmark.py).
+    """
+    if not rows:
+        return
+    columns = list(rows[0])
     last_used: dict[int, str] = {}
     for row in rows:
         if row["token_id"] is not None:
             last_used[row["token_id"]] = max(row["ts"], last_used.get(row["token_id"], ""))
     with db.atomic():
-        db["usage"].insert_all(rows)
+        db.conn.executemany(
+            f"insert into usage ({', '.join(f'[{c}]' for c in columns)}) "
+            f"values ({', '.join('?' * len(columns))})",
+            [tuple(row[c] for c in columns) for row in rows],
+        )
         db.conn.executemany(
             "update monitor_tokens set last_used_at = ? where id = ? "
             "and (last_used_at is null or last_used_at < ?)",
@@ -108,8 +120,8 @@ class Recorder:
         self,
         db_path: str | Path,
         *,
-        batch_size: int = 500,
-        max_delay: float = 0.05,
+        batch_size: int = 1000,
+        max_delay: float = 0.2,
         max_backoff: float = 1.0,
     ) -> None:
         self.db_path = Path(db_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 
 import pytest
@@ -182,3 +183,19 @@ def test_shipped_prices_are_valid_and_sourced() -> None:
         "o3-mini",
         "text-embedding-3-small",
     } <= models
+
+
+def test_large_body_usage_is_read_from_its_tail_only_when_unambiguous() -> None:
+    from llm_monitor.providers.base import RequestInfo
+    from llm_monitor.providers.openai import OpenAI
+
+    padding = [{"embedding": "x" * 100_000}]
+    top = json.dumps({"data": padding, "model": "m-1", "usage": {"prompt_tokens": 3}}).encode()
+    usage, model = OpenAI().usage_from_body(top, RequestInfo())
+    assert (usage.input_tokens, model) == (3, "m-1")
+    # `usage` nested in the last value is not the response's: the whole body is parsed.
+    nested = json.dumps({"data": padding, "meta": {"usage": {"prompt_tokens": 9}}}).encode()
+    assert OpenAI().usage_from_body(nested, RequestInfo()) == (None, None)
+    # usage first, then other keys: found by the whole parse all the same.
+    early = json.dumps({"usage": {"prompt_tokens": 5}, "data": padding, "model": "m"}).encode()
+    assert OpenAI().usage_from_body(early, RequestInfo())[0].input_tokens == 5

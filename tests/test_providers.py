@@ -40,7 +40,10 @@ TOKEN_FIELDS = [
 @pytest.fixture(scope="module")
 def providers_proxy(shared_db: Path, upstream: ReplayServer, token: str) -> Iterator[Proxy]:
     with running_proxy(
-        shared_db, f"http://127.0.0.1:{upstream.port}", providers=LISTENERS
+        shared_db,
+        f"http://127.0.0.1:{upstream.port}",
+        providers=LISTENERS,
+        monitor_log_requests=True,
     ) as proxy:
         yield proxy
 

@@ -13,6 +13,7 @@ Quirks that live here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -80,6 +81,38 @@ def _usage_and_model(obj: Any) -> tuple[dict[str, Any] | None, str | None]:
         usage = vendor.get("usage")
     model = holder.get("model")
     return (usage if isinstance(usage, dict) else None), (model if isinstance(model, str) else None)
+
+
+# A float embeddings response can be 40 MB; parsing it whole holds the GIL, and so the
+# proxy's event loop, for about a second. OpenAI ends such bodies with `"model": ...,
+# "usage": {...}}`: read just that tail.
+LARGE_BODY = 64 * 1024
+_DECODER = json.JSONDecoder()
+
+
+def _usage_at_the_end(body: bytes) -> tuple[TokenUsage, str | None] | None:
+    """Usage (and model) when they are the body's last top-level keys, else None."""
+    tail = body[-4096:].decode("utf-8", errors="replace")
+    start = tail.rfind('"usage"')
+    if start < 0:
+        return None
+    try:
+        colon = tail.index(":", start)
+        usage, end = _DECODER.raw_decode(tail, tail.index("{", colon))
+    except ValueError:
+        return None
+    # Only the closing brace of the whole body may follow: then `usage` is at the top level.
+    if tail[end:].strip() != "}" or not isinstance(usage, dict):
+        return None
+    model = None
+    head = tail[:start].rstrip()
+    key = head.rfind('"model"')
+    if head.endswith(",") and key >= 0:
+        with contextlib.suppress(ValueError):
+            value, value_end = _DECODER.raw_decode(head, head.index('"', head.index(":", key)))
+            if isinstance(value, str) and head[value_end:].strip() == ",":
+                model = value
+    return normalise_usage(usage), model
 
 
 def error_code_of(obj: Any) -> str | None:
@@ -164,6 +197,8 @@ class OpenAI:
     def usage_from_body(
         self, body: bytes, info: RequestInfo
     ) -> tuple[TokenUsage | None, str | None]:
+        if len(body) > LARGE_BODY and (found := _usage_at_the_end(body)) is not None:
+            return found
         usage, model = _usage_and_model(load_json(body))
         return (normalise_usage(usage) if usage is not None else None), model
 
