@@ -7,7 +7,6 @@ chunks are passed on as they arrive (read on the side), and rows go to the recor
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import re
@@ -129,7 +128,10 @@ def read_body(
 
 
 def utc_timestamp(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """`2026-11-23T20:15:45.542Z`: sortable, and understood by SQLite's date functions."""
+    seconds = int(epoch)
+    milliseconds = int((epoch - seconds) * 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{milliseconds:03d}Z"
 
 
 class StreamTap:
@@ -450,7 +452,9 @@ class Monitor:
         started = request.timestamp_start
         ended = (response.timestamp_end if response is not None else None) or time.time()
         first = state.tap.first_chunk_at if state.tap else None
-        record = UsageRecord(
+        # Built from this module's own typed values: constructed without re-validating them
+        # on the event loop (a spooled row is validated when it is imported).
+        record = UsageRecord.model_construct(
             ts=utc_timestamp(started),
             org_id=state.owner.org_id,
             token_id=state.owner.token_id,

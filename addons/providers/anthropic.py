@@ -19,7 +19,7 @@ from typing import Any
 from mitmproxy import http
 
 from llm_monitor.providers.base import RequestInfo, SSEReader, load_json
-from llm_monitor.sse import Event
+from llm_monitor.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
 
@@ -53,8 +53,14 @@ class AnthropicStreamReader(SSEReader):
         super().__init__()
         self._usage: dict[str, Any] = {}
 
-    def on_event(self, raw: bytes, event: Event) -> bytes:
-        if event.name not in ("message_start", "message_delta", "message_stop", "error"):
+    def on_event(self, raw: bytes) -> bytes:
+        event = parse_event(raw)
+        if event is None or event.name not in (
+            "message_start",
+            "message_delta",
+            "message_stop",
+            "error",
+        ):
             return raw  # content deltas and pings carry no usage
         obj = load_json(event.data)
         if not isinstance(obj, dict):

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol
 
 from mitmproxy import http
 
-from llm_monitor.sse import Event, EventSplitter, parse_event
+from llm_monitor.sse import EventSplitter
 from llm_monitor.usage import TokenUsage
 
 logger = logging.getLogger(__name__)
@@ -90,8 +90,9 @@ class SSEReader:
         self.complete = False
         self._splitter = EventSplitter()
 
-    def on_event(self, raw: bytes, event: Event) -> bytes:
-        """Inspect one event; return the bytes to pass on in its place (b"" drops it)."""
+    def on_event(self, raw: bytes) -> bytes:
+        """Inspect one raw event (`parse_event` reads it); return the bytes to pass on in its
+        place (b"" drops it)."""
         raise NotImplementedError
 
     def feed(self, data: bytes) -> bytes:
@@ -105,11 +106,8 @@ class SSEReader:
 
     def _read(self, raw: bytes) -> bytes:
         """One event through `on_event`; an event it cannot read is passed on as it came."""
-        event = parse_event(raw)
-        if event is None:
-            return raw
         try:
-            return self.on_event(raw, event)
+            return self.on_event(raw)
         except Exception as e:
             logger.warning("llm-monitor: unreadable stream event passed on as is (%r)", e)
             return raw

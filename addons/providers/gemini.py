@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from mitmproxy import http
 
 from llm_monitor.providers.base import RequestInfo, SSEReader, load_json
-from llm_monitor.sse import Event
+from llm_monitor.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
 _MODEL_METHOD = re.compile(r"/(?:models|tunedModels)/([^/:]+):([A-Za-z]+)$")
@@ -99,8 +99,10 @@ class _ResponseReader:
 
 
 class GeminiSSEReader(SSEReader, _ResponseReader):
-    def on_event(self, raw: bytes, event: Event) -> bytes:
-        self.take(load_json(event.data))
+    def on_event(self, raw: bytes) -> bytes:
+        event = parse_event(raw)
+        if event is not None:
+            self.take(load_json(event.data))
         return raw
 
 

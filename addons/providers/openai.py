@@ -15,18 +15,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import Any
 
 from mitmproxy import http
 
 from llm_monitor.providers.base import RequestInfo, SSEReader, load_json
-from llm_monitor.sse import Event
+from llm_monitor.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
 # Endpoints whose streams accept `stream_options.include_usage`.
 INJECTABLE_SUFFIXES = ("/chat/completions", "/completions")
 _USAGE_NULL = (b',"usage":null', b', "usage": null')
 _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# What makes an event worth parsing once the model is known: a usage object, an error, the
+# end of the stream. Everything else is content, passed on as it came.
+_WORTH_PARSING = re.compile(
+    rb'"usage"\s*:\s*\{|"error"|\[DONE\]'
+    rb"|^event: ?(?:error|response\.(?:completed|incomplete|failed))",
+    re.MULTILINE,
+)
 
 
 def _details(usage: dict[str, Any], key: str, field: str) -> int | None:
@@ -135,13 +143,17 @@ class OpenAIStreamReader(SSEReader):
         self.usage_injected = usage_injected
         self.rewrites = usage_injected
 
-    def on_event(self, raw: bytes, event: Event) -> bytes:
+    def on_event(self, raw: bytes) -> bytes:
+        if self.response_model is not None and not _WORTH_PARSING.search(raw):
+            # The common case, a content delta: passed on unparsed.
+            return _without_usage_null(raw) if self.usage_injected else raw
+        event = parse_event(raw)
+        if event is None:
+            return raw
         if event.data == "[DONE]" or event.name in _RESPONSES_FINAL:
             self.complete = True
-        if event.data == "[DONE]" or (
-            self.response_model is not None and b"usage" not in raw and b"error" not in raw
-        ):
-            return raw  # the common case: a content delta, passed on without parsing
+        if event.data == "[DONE]":
+            return raw
         obj = load_json(event.data)
         usage, model = _usage_and_model(obj)
         if model and self.response_model is None:
