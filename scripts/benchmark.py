@@ -37,30 +37,54 @@ CHAT_BODY = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]}
 ).encode()
 STREAM_BODY = json.dumps(
-    {"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
-     "messages": [{"role": "user", "content": "Say hi"}]}
+    {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "Say hi"}],
+    }
 ).encode()
 
 
 # The upstream: a minimal HTTP/1.1 server, fast enough not to be what is measured.
 
 JSON_REPLY = json.dumps(
-    {"id": "chatcmpl-b", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"},
-                  "finish_reason": "stop"}],
-     "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12,
-               "prompt_tokens_details": {"cached_tokens": 0},
-               "completion_tokens_details": {"reasoning_tokens": 0}}}
+    {
+        "id": "chatcmpl-b",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hi!"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 9,
+            "completion_tokens": 3,
+            "total_tokens": 12,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        },
+    }
 ).encode()
 
 
 def sse_event(content: str | None, usage: bool = False) -> bytes:
-    chunk = {"id": "chatcmpl-b", "object": "chat.completion.chunk", "created": 1,
-             "model": "gpt-4o-mini",
-             "choices": [] if usage else [{"index": 0, "delta": {"content": content},
-                                          "finish_reason": None}],
-             "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
-             if usage else None}
+    chunk = {
+        "id": "chatcmpl-b",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": []
+        if usage
+        else [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+        if usage
+        else None,
+    }
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
 
@@ -68,8 +92,7 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def serve_upstream(port: int, first_event_ms: float, events: int,
-                         interval_ms: float) -> None:
+async def serve_upstream(port: int, first_event_ms: float, events: int, interval_ms: float) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -82,8 +105,10 @@ async def serve_upstream(port: int, first_event_ms: float, events: int,
                         length = int(line[15:])
                 body = await reader.readexactly(length) if length else b""
                 if b'"stream": true' in body or b'"stream":true' in body:
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                                 b"x-request-id: req_b\r\ntransfer-encoding: chunked\r\n\r\n")
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                        b"x-request-id: req_b\r\ntransfer-encoding: chunked\r\n\r\n"
+                    )
                     await writer.drain()
                     await asyncio.sleep(first_event_ms / 1000)
                     for i in range(events):
@@ -91,12 +116,15 @@ async def serve_upstream(port: int, first_event_ms: float, events: int,
                             await asyncio.sleep(interval_ms / 1000)
                         writer.write(chunk(sse_event("tok")))
                         await writer.drain()
-                    writer.write(chunk(sse_event(None, usage=True) + b"data: [DONE]\n\n")
-                                 + b"0\r\n\r\n")
+                    writer.write(
+                        chunk(sse_event(None, usage=True) + b"data: [DONE]\n\n") + b"0\r\n\r\n"
+                    )
                 else:
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                                 b"x-request-id: req_b\r\ncontent-length: %d\r\n\r\n%s"
-                                 % (len(JSON_REPLY), JSON_REPLY))
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        b"x-request-id: req_b\r\ncontent-length: %d\r\n\r\n%s"
+                        % (len(JSON_REPLY), JSON_REPLY)
+                    )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -118,8 +146,9 @@ class Timing:
     errors: int = 0
 
 
-async def one_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      request: bytes, timing: Timing) -> None:
+async def one_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes, timing: Timing
+) -> None:
     started = time.perf_counter()
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
@@ -146,8 +175,15 @@ async def one_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     timing.ttft.append(first - started)
 
 
-async def load(port: int, requests: int, concurrency: int, body: bytes, token: str,
-               path: str = "/v1/chat/completions", timeout: float = 600) -> Timing:
+async def load(
+    port: int,
+    requests: int,
+    concurrency: int,
+    body: bytes,
+    token: str,
+    path: str = "/v1/chat/completions",
+    timeout: float = 600,
+) -> Timing:
     request = (
         f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nauthorization: Bearer sk-bench\r\n"
         f"x-monitor-token: {token}\r\ncontent-type: application/json\r\n"
@@ -194,10 +230,24 @@ def rss_kb(pid: int, field_name: str = "VmRSS") -> int:
     return 0
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Keep the proxy on its own core, away from the load generator and the upstream, so
+    that what is measured is the proxy and not who got the CPU (2 cores here)."""
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(pid, cpus)
+
+
+PROXY_CPU = {1}
+OTHER_CPUS = {0}
+
+
 @contextlib.contextmanager
-def process(args: list[str], port: int, log: Path) -> Iterator[subprocess.Popen]:
+def process(
+    args: list[str], port: int, log: Path, cpus: set[int] = OTHER_CPUS
+) -> Iterator[subprocess.Popen]:
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    pin(proc.pid, cpus)
     try:
         wait_for_port(port)
         yield proc
@@ -213,14 +263,28 @@ def process(args: list[str], port: int, log: Path) -> Iterator[subprocess.Popen]
 def mitmdump_args(upstream: int, port: int, addon: bool, db: Path, kind: str) -> list[str]:
     """Both mitmdumps alike: lazy connections, no flow lines. Bare mitmdump would buffer a
     stream whole; for SSE it is told to stream (as the addon does), or it is no baseline."""
-    args = [str(BIN / "mitmdump"), "--mode", f"reverse:http://127.0.0.1:{upstream}@127.0.0.1:{port}",
-            "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
-            "--set", "termlog_verbosity=warn"]
+    args = [
+        str(BIN / "mitmdump"),
+        "--mode",
+        f"reverse:http://127.0.0.1:{upstream}@127.0.0.1:{port}",
+        "--set",
+        "connection_strategy=lazy",
+        "--set",
+        "flow_detail=0",
+        "--set",
+        "termlog_verbosity=warn",
+    ]
     if kind == "sse" and not addon:
         args += ["--set", "stream_large_bodies=1"]
     if addon:
-        args += ["-s", str(ROOT / "addons" / "monitor.py"), "--set", f"monitor_db={db}",
-                 "--set", f"monitor_providers={port}:openai"]
+        args += [
+            "-s",
+            str(ROOT / "addons" / "monitor.py"),
+            "--set",
+            f"monitor_db={db}",
+            "--set",
+            f"monitor_providers={port}:openai",
+        ]
     return args
 
 
@@ -229,8 +293,21 @@ def new_db(workdir: Path) -> tuple[Path, str]:
     db = workdir / "bench.db"
     llm_monitor = str(BIN / "llm-monitor")
     subprocess.run([llm_monitor, "--db", str(db), "init"], check=True, capture_output=True)
-    out = subprocess.run([llm_monitor, "--db", str(db), "orgs", "create", "Bench", "--email",
-                          "bench@example.com", "--json"], check=True, capture_output=True)
+    out = subprocess.run(
+        [
+            llm_monitor,
+            "--db",
+            str(db),
+            "orgs",
+            "create",
+            "Bench",
+            "--email",
+            "bench@example.com",
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return db, json.loads(out.stdout)["token"]
 
 
@@ -259,6 +336,7 @@ class Result:
     rss_end_mb: float | None = None
     rss_peak_mb: float | None = None
     rows: int | None = None
+    round: int = 0
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -266,8 +344,16 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def measure(path: str, kind: str, port: int, requests: int, concurrency: int, token: str,
-            pid: int | None = None, warmup: int = 200) -> Result:
+def measure(
+    path: str,
+    kind: str,
+    port: int,
+    requests: int,
+    concurrency: int,
+    token: str,
+    pid: int | None = None,
+    warmup: int = 200,
+) -> Result:
     body = STREAM_BODY if kind == "sse" else CHAT_BODY
     asyncio.run(load(port, warmup, min(concurrency, warmup), body, token))
     rss_start = rss_kb(pid) / 1024 if pid else None
@@ -275,8 +361,12 @@ def measure(path: str, kind: str, port: int, requests: int, concurrency: int, to
     timing = asyncio.run(load(port, requests, concurrency, body, token))
     seconds = time.perf_counter() - started
     return Result(
-        path=path, kind=kind, requests=requests, concurrency=concurrency,
-        seconds=round(seconds, 2), req_per_s=round(requests / seconds, 1),
+        path=path,
+        kind=kind,
+        requests=requests,
+        concurrency=concurrency,
+        seconds=round(seconds, 2),
+        req_per_s=round(requests / seconds, 1),
         p50_ms=round(quantile(timing.latency, 0.50), 2),
         p95_ms=round(quantile(timing.latency, 0.95), 2),
         p99_ms=round(quantile(timing.latency, 0.99), 2),
@@ -288,61 +378,111 @@ def measure(path: str, kind: str, port: int, requests: int, concurrency: int, to
     )
 
 
-def run_paths(kinds: list[str], paths: list[str], requests: int, concurrency: int,
-              first_event_ms: float, workdir: Path) -> list[Result]:
+def run_paths(
+    kinds: list[str],
+    paths: list[str],
+    requests: int,
+    concurrency: int,
+    first_event_ms: float,
+    rounds: int,
+    workdir: Path,
+) -> list[Result]:
+    """Each round measures every path once; bare and addon swap order from round to round,
+    so that drift on the machine does not favour one of them."""
     results = []
     upstream_port = free_port()
-    upstream_args = [sys.executable, __file__, "serve-upstream", "--port", str(upstream_port),
-                     "--first-event-ms", str(first_event_ms)]
+    upstream_args = [
+        sys.executable,
+        __file__,
+        "serve-upstream",
+        "--port",
+        str(upstream_port),
+        "--first-event-ms",
+        str(first_event_ms),
+    ]
     with process(upstream_args, upstream_port, workdir / "upstream.log"):
-        for kind in kinds:
-            if "direct" in paths:
-                results.append(measure("direct", kind, upstream_port, requests, concurrency, "-"))
-            for path in ("bare", "addon"):
-                if path not in paths:
-                    continue
-                port = free_port()
-                db, token = new_db(workdir / f"{path}-{kind}") if path == "addon" else (None, "-")
-                args = mitmdump_args(upstream_port, port, path == "addon",
-                                     db or workdir / "unused.db", kind)
-                with process(args, port, workdir / f"mitmdump-{path}-{kind}.log") as proc:
-                    result = measure(path, kind, port, requests, concurrency, token, proc.pid)
-                if db is not None:
-                    result.rows = count_rows(db)
-                results.append(result)
+        for round_ in range(rounds):
+            for kind in kinds:
+                if "direct" in paths:
+                    result = measure("direct", kind, upstream_port, requests, concurrency, "-")
+                    result.round = round_
+                    results.append(result)
+                order = ("bare", "addon") if round_ % 2 == 0 else ("addon", "bare")
+                for path in (p for p in order if p in paths):
+                    port = free_port()
+                    run_dir = workdir / f"{path}-{kind}-{round_}"
+                    db, token = new_db(run_dir) if path == "addon" else (None, "-")
+                    args = mitmdump_args(
+                        upstream_port, port, path == "addon", db or workdir / "unused.db", kind
+                    )
+                    with process(args, port, workdir / f"{run_dir.name}.log", PROXY_CPU) as proc:
+                        result = measure(path, kind, port, requests, concurrency, token, proc.pid)
+                    if db is not None:
+                        result.rows = count_rows(db)
+                    result.round = round_
+                    results.append(result)
     return results
 
 
 def print_table(results: list[Result]) -> None:
-    columns = ["path", "kind", "requests", "concurrency", "req_per_s", "p50_ms", "p95_ms",
-               "p99_ms", "ttft_p50_ms", "errors", "rss_start_mb", "rss_peak_mb", "rows"]
-    rows = [[getattr(r, c) if getattr(r, c) is not None else "" for c in columns]
-            for r in results]
-    widths = [max(len(str(x)) for x in [c, *(row[i] for row in rows)])
-              for i, c in enumerate(columns)]
+    columns = [
+        "path",
+        "kind",
+        "requests",
+        "concurrency",
+        "req_per_s",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "ttft_p50_ms",
+        "errors",
+        "rss_start_mb",
+        "rss_peak_mb",
+        "rows",
+    ]
+    rows = [[getattr(r, c) if getattr(r, c) is not None else "" for c in columns] for r in results]
+    widths = [
+        max(len(str(x)) for x in [c, *(row[i] for row in rows)]) for i, c in enumerate(columns)
+    ]
     click.echo("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
         click.echo("  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
 
 
 def ratios(results: list[Result]) -> list[dict[str, object]]:
-    """Per kind: the addon against bare mitmdump, and both against direct."""
+    """Per kind, the median over rounds of: the addon against bare mitmdump, and both
+    against direct."""
     out = []
     for kind in sorted({r.kind for r in results}):
-        by = {r.path: r for r in results if r.kind == kind}
-        entry: dict[str, object] = {"kind": kind}
-        if "bare" in by and "addon" in by:
-            entry["addon_throughput_vs_bare"] = round(by["addon"].req_per_s / by["bare"].req_per_s, 3)
-            entry["addon_p50_added_vs_bare_ms"] = round(by["addon"].p50_ms - by["bare"].p50_ms, 2)
+        rounds = sorted({r.round for r in results if r.kind == kind})
+        per_round = [
+            {r.path: r for r in results if r.kind == kind and r.round == n} for n in rounds
+        ]
+        entry: dict[str, object] = {"kind": kind, "rounds": len(rounds)}
+
+        def median(values: list[float]) -> float:
+            return round(statistics.median(values), 3)
+
+        if all("bare" in by and "addon" in by for by in per_round):
+            entry["addon_throughput_vs_bare"] = median(
+                [by["addon"].req_per_s / by["bare"].req_per_s for by in per_round]
+            )
+            entry["addon_p50_added_vs_bare_ms"] = median(
+                [by["addon"].p50_ms - by["bare"].p50_ms for by in per_round]
+            )
             if kind == "sse":
-                entry["addon_ttft_p50_added_vs_bare_ms"] = round(
-                    by["addon"].ttft_p50_ms - by["bare"].ttft_p50_ms, 2)
-            entry["rows_recorded_vs_sent"] = f"{by['addon'].rows}/{by['addon'].requests + 200}"
-        if "direct" in by:
+                entry["addon_ttft_p50_added_vs_bare_ms"] = median(
+                    [by["addon"].ttft_p50_ms - by["bare"].ttft_p50_ms for by in per_round]
+                )
+            entry["rows_recorded_vs_sent"] = " ".join(
+                f"{by['addon'].rows}/{by['addon'].requests + 200}" for by in per_round
+            )
+        if all("direct" in by for by in per_round):
             for path in ("bare", "addon"):
-                if path in by:
-                    entry[f"{path}_p50_added_vs_direct_ms"] = round(
-                        by[path].p50_ms - by["direct"].p50_ms, 2)
+                if all(path in by for by in per_round):
+                    entry[f"{path}_p50_added_vs_direct_ms"] = median(
+                        [by[path].p50_ms - by["direct"].p50_ms for by in per_round]
+                    )
         out.append(entry)
     return out
 
@@ -350,34 +490,80 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
 @click.group(invoke_without_command=True)
 @click.option("--requests", default=5000, show_default=True, help="Requests per path and kind.")
 @click.option("--concurrency", default=10, show_default=True, help="Keep-alive connections.")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(["json", "sse"]),
-              help="Response kinds (default: both).")
-@click.option("--only", "paths", multiple=True, type=click.Choice(["direct", "bare", "addon"]),
-              help="Paths to measure (default: all three).")
-@click.option("--first-event-ms", default=20.0, show_default=True,
-              help="The upstream's delay before a stream's first event.")
-@click.option("--out", type=click.Path(dir_okay=False), default="benchmark.json",
-              show_default=True, help="Where to write the figures as JSON.")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["json", "sse"]),
+    help="Response kinds (default: both).",
+)
+@click.option(
+    "--only",
+    "paths",
+    multiple=True,
+    type=click.Choice(["direct", "bare", "addon"]),
+    help="Paths to measure (default: all three).",
+)
+@click.option(
+    "--first-event-ms",
+    default=20.0,
+    show_default=True,
+    help="The upstream's delay before a stream's first event.",
+)
+@click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    help="Measure each path this many times; ratios are medians over rounds.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="benchmark.json",
+    show_default=True,
+    help="Where to write the figures as JSON.",
+)
 @click.pass_context
-def main(ctx: click.Context, requests: int, concurrency: int, kinds: tuple[str, ...],
-         paths: tuple[str, ...], first_event_ms: float, out: str) -> None:
+def main(
+    ctx: click.Context,
+    requests: int,
+    concurrency: int,
+    kinds: tuple[str, ...],
+    paths: tuple[str, ...],
+    first_event_ms: float,
+    rounds: int,
+    out: str,
+) -> None:
     """Measure the proxy: direct vs bare mitmdump vs mitmdump with the monitor addon."""
     if ctx.invoked_subcommand is not None:
         return
+    pin(os.getpid(), OTHER_CPUS)
     with tempfile.TemporaryDirectory() as tmp:
-        results = run_paths(list(kinds or ("json", "sse")), list(paths or ("direct", "bare", "addon")),
-                            requests, concurrency, first_event_ms, Path(tmp))
+        results = run_paths(
+            list(kinds or ("json", "sse")),
+            list(paths or ("direct", "bare", "addon")),
+            requests,
+            concurrency,
+            first_event_ms,
+            rounds,
+            Path(tmp),
+        )
     print_table(results)
     summary = ratios(results)
     click.echo()
     for entry in summary:
         click.echo(json.dumps(entry))
-    Path(out).write_text(json.dumps({
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "results": [asdict(r) for r in results],
-        "ratios": summary,
-    }, indent=2))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                "results": [asdict(r) for r in results],
+                "ratios": summary,
+            },
+            indent=2,
+        )
+    )
     click.echo(f"\nwritten to {out}")
 
 
@@ -386,8 +572,9 @@ def main(ctx: click.Context, requests: int, concurrency: int, kinds: tuple[str, 
 @click.option("--first-event-ms", default=20.0)
 @click.option("--events", default=20)
 @click.option("--interval-ms", default=0.0)
-def serve_upstream_command(port: int, first_event_ms: float, events: int,
-                           interval_ms: float) -> None:
+def serve_upstream_command(
+    port: int, first_event_ms: float, events: int, interval_ms: float
+) -> None:
     """(internal) Run the fast upstream."""
     asyncio.run(serve_upstream(port, first_event_ms, events, interval_ms))
 
