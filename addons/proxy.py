@@ -231,6 +231,12 @@ class Monitor:
             "credentials). mitmdump's own flow lines are off, since they would print keys.",
         )
         loader.add_option(
+            "monitor_flush_ms",
+            int,
+            200,
+            "Milliseconds the recorder gathers rows into one transaction before writing them.",
+        )
+        loader.add_option(
             "monitor_token_refresh_ms",
             int,
             1000,
@@ -250,16 +256,18 @@ class Monitor:
         refresh_ms = ctx.options.monitor_token_refresh_ms
         if "monitor_token_refresh_ms" in updated and not 10 <= refresh_ms <= 60_000:
             raise exceptions.OptionsError("monitor_token_refresh_ms must be from 10 to 60000")
-        if {"monitor_db", "monitor_token_refresh_ms"} & updated:
-            self._open(ctx.options.monitor_db, refresh_ms / 1000)
+        if "monitor_flush_ms" in updated and not 1 <= ctx.options.monitor_flush_ms <= 10_000:
+            raise exceptions.OptionsError("monitor_flush_ms must be from 1 to 10000")
+        if {"monitor_db", "monitor_token_refresh_ms", "monitor_flush_ms"} & updated:
+            self._open(ctx.options.monitor_db, refresh_ms / 1000, ctx.options.monitor_flush_ms)
 
-    def _open(self, db_path: str, refresh: float) -> None:
+    def _open(self, db_path: str, refresh: float, flush_ms: int) -> None:
         try:
             open_db(db_path).conn.close()  # creates or upgrades the schema before any traffic
         except Exception as e:
             raise exceptions.OptionsError(f"monitor_db: cannot open {db_path}: {e}") from None
         self._close()
-        self.recorder = Recorder(db_path)
+        self.recorder = Recorder(db_path, max_delay=flush_ms / 1000)
         self.recorder.start()
         self.tokens = TokenIndex(db_path, refresh_seconds=refresh)
         self.tokens.start()

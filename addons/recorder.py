@@ -220,22 +220,29 @@ class Recorder:
         del self._pending[:done]
 
     def _collect(self, backoff: float) -> bool:
-        """Move queued records to pending; True once the stop sentinel has been seen."""
-        wait = backoff if self._pending else self.max_delay
-        try:
-            item = self._queue.get(timeout=wait or self.max_delay)
-        except queue.Empty:
-            return False
+        """Move queued records to pending; True once the stop sentinel has been seen.
+
+        Idle, it waits for a first record and then up to `max_delay` for more, so that a
+        trickle of requests still makes batches; with rows left over it only drains what is
+        queued; during an outage it waits `backoff` (collecting all the while).
+        """
+        now = time.monotonic()
+        deadline = now + backoff if self._pending else now + self.max_delay
+        first = not self._pending
         stop = False
-        while True:
+        while len(self._pending) < self.batch_size:
+            timeout = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
             if item is _STOP:
-                stop = True
+                stop, deadline = True, 0.0  # drain the rest without waiting
             else:
                 self._pending.append(item)
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return stop
+                if first:  # the batch's clock starts with its first record
+                    first, deadline = False, time.monotonic() + self.max_delay
+        return stop
 
     def _connect(self) -> tuple[Database | None, PriceBook, int | None]:
         try:

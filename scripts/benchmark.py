@@ -579,5 +579,62 @@ def serve_upstream_command(
     asyncio.run(serve_upstream(port, first_event_ms, events, interval_ms))
 
 
+@main.command("recorder")
+@click.option("--rows", default=100_000, show_default=True)
+def recorder_command(rows: int) -> None:
+    """The recorder alone: rows per second priced and written into SQLite."""
+    from llm_monitor.proxy import utc_timestamp
+    from llm_monitor.recorder import Recorder
+    from llm_monitor.usage import UsageRecord
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db, _ = new_db(Path(tmp))
+        now = time.time()
+        records = [
+            UsageRecord.model_construct(
+                ts=utc_timestamp(now + i / 1000),
+                org_id=1,
+                token_id=1,
+                provider="openai",
+                method="POST",
+                path="/v1/chat/completions",
+                model="gpt-4o",
+                response_model="gpt-4o-2024-08-06",
+                status=200,
+                outcome="ok",
+                streamed=i % 3 == 0,
+                usage_injected=False,
+                billable=True,
+                input_tokens=100 + i % 900,
+                cached_input_tokens=(i % 5) * 10,
+                cache_write_tokens=None,
+                cache_write_1h_tokens=None,
+                output_tokens=20 + i % 300,
+                reasoning_tokens=0,
+                total_tokens=None,
+                latency_ms=12.3,
+                ttft_ms=None,
+                request_id=f"req_{i}",
+                user=None,
+                tags=None,
+                error=None,
+                raw_usage=None,
+            )
+            for i in range(rows)
+        ]
+        recorder = Recorder(db)
+        recorder.start()
+        started = time.perf_counter()
+        for record in records:
+            recorder.submit(record)
+        recorder.close(timeout=600)
+        seconds = time.perf_counter() - started
+        written = count_rows(db)
+    click.echo(
+        f"recorder: {rows} rows in {seconds:.2f} s = {rows / seconds:,.0f} rows/s "
+        f"({written} written)"
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -84,6 +84,7 @@ def running_proxy(
         args += ["--mode", f"reverse:{upstream}@127.0.0.1:{port}"]
     names = ",".join(f"{port}:{name}" for name, port in zip(providers, ports.values(), strict=True))
     args += ["--set", f"monitor_db={db_path}", "--set", f"monitor_providers={names}"]
+    args += ["--set", "monitor_flush_ms=20"]  # rows land sooner; tests wait for them
     for name, value in options.items():
         args += ["--set", f"{name}={str(value).lower() if isinstance(value, bool) else value}"]
     with log_path.open("wb") as log:
