@@ -130,6 +130,7 @@ class Recorder:
         self.max_backoff = max_backoff
         self.written = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closing = threading.Event()
         self._pending: list[UsageRecord] = []
         self._thread: threading.Thread | None = None
         self._deadline: float | None = None
@@ -149,6 +150,7 @@ class Recorder:
             return
         self._deadline = time.monotonic() + timeout
         self._queue.put(_STOP)
+        self._closing.set()  # no more batching delays: write what there is
         self._thread.join(timeout + 5)
         self._thread = None
 
@@ -222,26 +224,32 @@ class Recorder:
     def _collect(self, backoff: float) -> bool:
         """Move queued records to pending; True once the stop sentinel has been seen.
 
-        Idle, it waits for a first record and then up to `max_delay` for more, so that a
-        trickle of requests still makes batches; with rows left over it only drains what is
-        queued; during an outage it waits `backoff` (collecting all the while).
+        Idle, it waits for a first record, then sleeps `max_delay` and takes everything that
+        came meanwhile: one wake-up and one transaction per batch, not one per request.
+        With rows left over it only drains what is queued; during an outage it sleeps
+        `backoff` first.
         """
-        now = time.monotonic()
-        deadline = now + backoff if self._pending else now + self.max_delay
-        first = not self._pending
+        if not self._pending:
+            try:
+                first = self._queue.get(timeout=self.max_delay)
+            except queue.Empty:
+                return False
+            if first is _STOP:
+                return True
+            self._pending.append(first)
+            self._closing.wait(self.max_delay)
+        elif backoff:
+            self._closing.wait(backoff)
         stop = False
         while len(self._pending) < self.batch_size:
-            timeout = deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
-                stop, deadline = True, 0.0  # drain the rest without waiting
+                stop = True
             else:
                 self._pending.append(item)
-                if first:  # the batch's clock starts with its first record
-                    first, deadline = False, time.monotonic() + self.max_delay
         return stop
 
     def _connect(self) -> tuple[Database | None, PriceBook, int | None]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from typing import Any
 
 from mitmproxy import http
@@ -28,13 +27,22 @@ from llm_monitor.usage import TokenUsage, as_count
 INJECTABLE_SUFFIXES = ("/chat/completions", "/completions")
 _USAGE_NULL = (b',"usage":null', b', "usage": null')
 _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
-# What makes an event worth parsing once the model is known: a usage object, an error, the
-# end of the stream. Everything else is content, passed on as it came.
-_WORTH_PARSING = re.compile(
-    rb'"usage"\s*:\s*\{|"error"|\[DONE\]'
-    rb"|^event: ?(?:error|response\.(?:completed|incomplete|failed))",
-    re.MULTILINE,
+_FINAL_MARKERS = (
+    b"[DONE]",
+    b'"error"',
+    b"response.completed",
+    b"response.incomplete",
+    b"response.failed",
 )
+
+
+def _worth_parsing(raw: bytes) -> bool:
+    """Once the model is known, only a usage object, an error or the stream's end matter;
+    everything else is content, passed on as it came. Plain substring tests: this runs for
+    every event of every stream."""
+    if b'"usage"' in raw and b'"usage":null' not in raw:
+        return True
+    return any(marker in raw for marker in _FINAL_MARKERS)
 
 
 def _details(usage: dict[str, Any], key: str, field: str) -> int | None:
@@ -144,7 +152,7 @@ class OpenAIStreamReader(SSEReader):
         self.rewrites = usage_injected
 
     def on_event(self, raw: bytes) -> bytes:
-        if self.response_model is not None and not _WORTH_PARSING.search(raw):
+        if self.response_model is not None and not _worth_parsing(raw):
             # The common case, a content delta: passed on unparsed.
             return _without_usage_null(raw) if self.usage_injected else raw
         event = parse_event(raw)
