@@ -357,9 +357,14 @@ class Monitor:
             return
         response = flow.response
         if state.tap is not None:
-            error = state.tap.reader.error
-            outcome = "provider_error" if error or response.status_code >= 400 else "ok"
-            self._record(flow, state, outcome=outcome, error=error)
+            reader = state.tap.reader
+            if reader.error or response.status_code >= 400:
+                self._record(flow, state, outcome="provider_error", error=reader.error)
+            elif not reader.complete and not state.tap.broken:
+                error = "stream ended before its final event"
+                self._record(flow, state, outcome="upstream_error", error=error)
+            else:
+                self._record(flow, state, outcome="ok", error=None)
             return
         usage, response_model, error = None, None, None
         if response.stream is not True and response.raw_content is not None:

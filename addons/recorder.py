@@ -44,8 +44,9 @@ def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:
     """The record as a `usage` row with `cost_usd` and `priced` filled in.
 
     priced = 1: cost known. priced = 0: the request was billable but its cost is unknown
-    (no price for the model, no rate for a kind of token, or usage never reported).
-    priced = NULL: nothing to bill (an error response, an endpoint without a model).
+    (no price for the model, no rate for a kind of token, or a 2xx answer whose usage was
+    never seen). priced = NULL: nothing to bill (an error status, no answer at all, an
+    endpoint without a model, a free call).
     """
     row = record.model_dump()
     row["cost_usd"] = None
@@ -75,9 +76,17 @@ def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:
             else:
                 row["cost_usd"] = float(cost)
                 row["priced"] = 1
-    elif record.billable and model and record.outcome not in ("provider_error", "upstream_error"):
+    elif record.billable and model and _may_have_been_billed(record):
         row["priced"] = 0
     return row
+
+
+def _may_have_been_billed(record: UsageRecord) -> bool:
+    """A request the provider may have worked on: not refused with an error status, and
+    not one that never reached it (the upstream could not be reached at all)."""
+    if record.status is not None:
+        return record.status < 300
+    return record.outcome != "upstream_error"
 
 
 def _day(ts: str) -> dt.date:

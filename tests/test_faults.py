@@ -193,3 +193,58 @@ def test_sigterm_with_requests_in_flight_loses_no_row(
         "upstream_error",
         "proxy_shutdown",
     }
+
+
+@pytest.mark.parametrize(
+    ("label", "reply", "outcome"),
+    [
+        ("malformed JSON", Reply(200, b'{"id": "x", "usage": {"prompt_tokens": 1'), "ok"),
+        (
+            "truncated SSE",
+            Reply(200, STREAM["response"]["body_text"].encode()[:700], "text/event-stream", seed=3),
+            "upstream_error",
+        ),
+        ("HTML error page", Reply(502, b"<html>Bad gateway</html>", "text/html"), "provider_error"),
+    ],
+)
+def test_odd_upstream_bodies_pass_through_and_get_a_row(
+    label: str, reply: Reply, outcome: str, token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    upstream.reply(reply)
+    response = httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        json=STREAM["request"]["body"] if "SSE" in label else CHAT["request"]["body"],
+        headers=headers(token),
+    )
+    assert response.status_code == reply.status
+    assert response.content == reply.body  # passed on as it came, whatever it is
+    row = row_for(proxy.db_path, reply.request_id)
+    assert (row["status"], row["outcome"], row["input_tokens"]) == (reply.status, outcome, None)
+    assert row["priced"] == (None if reply.status >= 300 else 0)  # 2xx: billable, unknown
+
+
+def test_client_disconnect_while_sending_the_body(
+    token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """A request cut off mid-body never reaches the provider, and nothing breaks."""
+    import socket
+
+    connections = upstream.connections
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n"
+            b"X-Monitor-Token: " + token.encode() + b'\r\n\r\n{"model": "gpt'
+        )
+    time.sleep(0.5)
+    assert upstream.received.empty() and upstream.connections == connections
+    reply = upstream.reply(Reply.from_recording(CHAT))  # and the proxy still serves
+    assert (
+        httpx.post(
+            f"{proxy.base_url}/chat/completions",
+            json=CHAT["request"]["body"],
+            headers=headers(token),
+        ).status_code
+        == 200
+    )
+    row_for(proxy.db_path, reply.request_id)
