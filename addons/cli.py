@@ -9,6 +9,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -30,7 +31,7 @@ from llm_monitor.pricing import (
 )
 from llm_monitor.recorder import load_price_book, price_row, write_rows
 from llm_monitor.tokens import display_prefix, hash_token, new_token
-from llm_monitor.usage import UsageRecord
+from llm_monitor.usage import UsageRecord, utc_timestamp
 
 DEFAULT_DB = "llm-monitor.db"
 DEFAULT_PORT = 8080
@@ -38,7 +39,7 @@ PERIODS = {"day": 1, "week": 7, "month": 30}
 
 
 def now_utc() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return utc_timestamp(time.time())
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import addonmanager, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from llm_monitor.content_coding import decoder_for, encoder_for, is_supported
@@ -23,7 +23,7 @@ from llm_monitor.database import open_db
 from llm_monitor.providers import KNOWN_HOSTS, Provider, RequestInfo, StreamReader, provider_named
 from llm_monitor.recorder import Recorder
 from llm_monitor.tokens import TokenIndex, TokenOwner
-from llm_monitor.usage import TokenUsage, UsageRecord
+from llm_monitor.usage import TokenUsage, UsageRecord, utc_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -127,13 +127,6 @@ def read_body(
     return usage, model, error
 
 
-def utc_timestamp(epoch: float) -> str:
-    """`2026-11-23T20:15:45.542Z`: sortable, and understood by SQLite's date functions."""
-    seconds = int(epoch)
-    milliseconds = int((epoch - seconds) * 1000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{milliseconds:03d}Z"
-
-
 class StreamTap:
     """`flow.response.stream`: pass each chunk on as it arrives and read usage on the side.
 
@@ -206,7 +199,7 @@ class Monitor:
         self._inflight: dict[str, http.HTTPFlow] = {}
         self._warned_unknown_listener: set[str] = set()
 
-    def load(self, loader) -> None:
+    def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("monitor_db", str, "llm-monitor.db", "SQLite file to record usage in.")
         loader.add_option(
             "monitor_inject_usage",

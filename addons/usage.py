@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,13 @@ class TokenUsage:
 
 
 MAX_COUNT = 2**63 - 1  # SQLite's INTEGER
+
+
+def utc_timestamp(epoch: float) -> str:
+    """`2026-11-23T20:15:45.542Z`: sortable, and understood by SQLite's date functions."""
+    seconds = int(epoch)
+    milliseconds = int((epoch - seconds) * 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{milliseconds:03d}Z"
 
 
 def as_count(value: Any) -> int | None:

@@ -583,9 +583,8 @@ def serve_upstream_command(
 @click.option("--rows", default=100_000, show_default=True)
 def recorder_command(rows: int) -> None:
     """The recorder alone: rows per second priced and written into SQLite."""
-    from llm_monitor.proxy import utc_timestamp
     from llm_monitor.recorder import Recorder
-    from llm_monitor.usage import UsageRecord
+    from llm_monitor.usage import UsageRecord, utc_timestamp
 
     with tempfile.TemporaryDirectory() as tmp:
         db, _ = new_db(Path(tmp))
