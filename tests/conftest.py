@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from llm_monitor.cli import cli
+from llm_monitor.usage import UsageRecord
 from tests.proxy import Proxy, running_proxy
 from tests.replay import ReplayServer
 
@@ -28,6 +29,22 @@ def new_org(db_path: Path, name: str) -> str:
     return json.loads(
         invoke(db_path, "orgs", "create", name, "--email", "ops@x.example", "--json")
     )["token"]
+
+
+def usage_record(**fields: object) -> UsageRecord:
+    """A valid usage row with plain defaults; tests name only what they are about."""
+    values = {
+        "ts": "2026-06-01T00:00:00.000Z",
+        "org_id": 1,
+        "token_id": 1,
+        "provider": "openai",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "outcome": "ok",
+        "status": 200,
+        **fields,
+    }
+    return UsageRecord.model_validate(values)
 
 
 @pytest.fixture

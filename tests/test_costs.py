@@ -11,7 +11,7 @@ import pytest
 from llm_monitor.costs import MissingRate, PriceBook, cost_usd, family_of
 from llm_monitor.pricing import PriceEntry, shipped_prices
 from llm_monitor.recorder import price_row
-from llm_monitor.usage import UsageRecord
+from tests.conftest import usage_record as record
 
 
 def price(model: str, **kw: object) -> PriceEntry:
@@ -137,21 +137,6 @@ def test_a_missing_rate_is_never_guessed() -> None:
         cost_usd(price("m"), input_tokens=10, cache_write_tokens=5)
     with pytest.raises(MissingRate, match="inconsistent"):
         cost_usd(price("m"), input_tokens=10, cached_input_tokens=50)
-
-
-def record(**kw: object) -> UsageRecord:
-    values = {
-        "ts": "2026-06-01T00:00:00.000Z",
-        "org_id": 1,
-        "token_id": 1,
-        "provider": "openai",
-        "method": "POST",
-        "path": "/v1/chat/completions",
-        "outcome": "ok",
-        "status": 200,
-        **kw,
-    }
-    return UsageRecord.model_validate(values)
 
 
 def test_priced_flag() -> None:

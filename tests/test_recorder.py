@@ -11,25 +11,11 @@ import pytest
 from llm_monitor.database import open_db
 from llm_monitor.recorder import Recorder, spool_path_for, write_rows
 from llm_monitor.usage import UsageRecord
-from tests.conftest import invoke, new_org
+from tests.conftest import invoke, new_org, usage_record
 
 
 def record(**kw: object) -> UsageRecord:
-    values = {
-        "ts": "2026-06-01T00:00:00.000Z",
-        "org_id": 1,
-        "token_id": 1,
-        "provider": "openai",
-        "method": "POST",
-        "path": "/v1/chat/completions",
-        "outcome": "ok",
-        "status": 200,
-        "model": "gpt-4o",
-        "input_tokens": 10,
-        "output_tokens": 1,
-        **kw,
-    }
-    return UsageRecord.model_validate(values)
+    return usage_record(**{"model": "gpt-4o", "input_tokens": 10, "output_tokens": 1, **kw})
 
 
 @pytest.fixture
