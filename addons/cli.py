@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from mitmproxy.net import server_spec
 from pydantic import ValidationError
 from sqlite_utils import Database
 from tabulate import tabulate
@@ -521,14 +522,22 @@ DEFAULT_LISTENERS = {
 
 
 def parse_listen(value: str) -> tuple[str, str, int]:
-    """`NAME=UPSTREAM@PORT`, e.g. `groq=https://api.groq.com/openai@8084`."""
+    """`NAME=UPSTREAM@PORT`, e.g. `groq=https://api.groq.com@8084`."""
     name, sep, rest = value.partition("=")
     upstream, at, port = rest.rpartition("@")
     if not sep or not at or not port.isdigit() or not name.strip() or not upstream:
         raise click.BadParameter(
-            f"{value!r} is not NAME=UPSTREAM@PORT (e.g. groq=https://api.groq.com/openai@8084)",
+            f"{value!r} is not NAME=UPSTREAM@PORT (e.g. groq=https://api.groq.com@8084)",
             param_hint="--listen",
         )
+    try:
+        server_spec.parse(upstream, default_scheme="https")
+    except ValueError:
+        raise click.BadParameter(
+            f"{upstream!r}: an upstream is scheme://host[:port], without a path (put the "
+            "path, e.g. /openai/v1, in the client's base URL)",
+            param_hint="--listen",
+        ) from None
     return name.strip().lower(), upstream, int(port)
 
 
@@ -539,7 +548,7 @@ def parse_listen(value: str) -> tuple[str, str, int]:
     "listen",
     multiple=True,
     metavar="NAME=UPSTREAM@PORT",
-    help="Add a listener (repeatable), e.g. groq=https://api.groq.com/openai@8084; "
+    help="Add a listener (repeatable), e.g. groq=https://api.groq.com@8084; "
     "a NAME of the defaults replaces that default.",
 )
 @click.option(

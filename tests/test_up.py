@@ -57,6 +57,7 @@ def test_up_runs_the_proxy(tmp_path: Path, upstream: ReplayServer) -> None:
 def test_up_refuses_bad_listeners(tmp_path: Path) -> None:
     for args in (
         ["--listen", "nonsense"],
+        ["--listen", "groq=https://api.groq.com/openai@8084"],
         ["--no-defaults"],
         ["--listen", "a=http://x@9000", "--listen", "b=http://y@9000"],
     ):
