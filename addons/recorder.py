@@ -282,14 +282,25 @@ class Recorder:
         return row
 
     def _spool(self, records: Iterable[UsageRecord]) -> None:
+        """Rows the database would not take, as JSONL next to it; loud if even that fails."""
         path = spool_path_for(self.db_path)
         records = list(records)
-        with path.open("a", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record.model_dump()) + "\n")
+        try:
+            with path.open("a", encoding="utf-8") as f:
+                for record in records:
+                    f.write(json.dumps(record.model_dump()) + "\n")
+        except OSError as e:
+            logger.critical(
+                "llm-monitor: %d usage rows LOST: neither %s nor %s could be written (%s)",
+                len(records),
+                self.db_path,
+                path,
+                e,
+            )
+            return
         logger.error(
-            "llm-monitor: database unwritable at shutdown: %d usage rows saved to %s; "
-            "load them with `llm-monitor import-spool %s`",
+            "llm-monitor: %d usage rows could not be written to the database and were saved "
+            "to %s; load them with `llm-monitor import-spool %s`",
             len(records),
             path,
             path,
