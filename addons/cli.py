@@ -22,6 +22,7 @@ from sqlite_utils import Database
 from tabulate import tabulate
 
 from llm_monitor import monitor as monitor_script
+from llm_monitor import workers as workers_module
 from llm_monitor.database import open_db
 from llm_monitor.pricing import (
     PriceEntry,
@@ -554,6 +555,13 @@ def parse_listen(value: str) -> tuple[str, str, int]:
 @click.option(
     "--no-defaults", is_flag=True, help="Do not start the four default provider listeners."
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="mitmdump processes behind HAProxy (apt-get install haproxy), for more than one core.",
+)
 @click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def up(
@@ -561,6 +569,7 @@ def up(
     host: str,
     listen: tuple[str, ...],
     no_defaults: bool,
+    workers: int,
     mitmdump_args: tuple[str, ...],
 ) -> None:
     """Run the proxy: mitmdump with the monitor addon, one listener per provider.
@@ -582,20 +591,27 @@ def up(
     mitmdump = shutil.which("mitmdump", path=search_path)
     if mitmdump is None:
         raise click.ClickException("mitmdump not found: is llm-monitor installed with pip?")
-    args = [mitmdump, "-s", monitor_script.__file__]
+    db_path = ctx.obj["db_path"]
+    get_db(ctx).conn.close()  # it exists, and its schema is current before any worker starts
     for name, (upstream, port) in listeners.items():
-        args += ["--mode", f"reverse:{upstream}@{host}:{port}"]
         click.echo(f"{name:>10}: http://{host}:{port} -> {upstream}", err=True)
+    extra = ["--set", "monitor_log_requests=true", *mitmdump_args]
+    if workers > 1:
+        click.echo(f"{workers} workers behind HAProxy", err=True)
+        found = [workers_module.Listener(n, u, p) for n, (u, p) in listeners.items()]
+        try:
+            status = workers_module.run(
+                mitmdump, monitor_script.__file__, db_path, host, found, workers, extra
+            )
+        except RuntimeError as e:
+            raise click.ClickException(str(e)) from None
+        sys.exit(status)
+    args = [mitmdump, "-s", monitor_script.__file__]
+    for upstream, port in listeners.values():
+        args += ["--mode", f"reverse:{upstream}@{host}:{port}"]
     names = ",".join(f"{port}:{name}" for name, (_, port) in listeners.items())
-    args += [
-        "--set",
-        f"monitor_db={ctx.obj['db_path']}",
-        "--set",
-        f"monitor_providers={names}",
-        "--set",
-        "monitor_log_requests=true",
-    ]
-    os.execv(mitmdump, [*args, *mitmdump_args])
+    args += ["--set", f"monitor_db={db_path}", "--set", f"monitor_providers={names}"]
+    os.execv(mitmdump, [*args, *extra])
 
 
 @cli.command("import-spool")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import openai
+import pytest
 
 from tests.conftest import API_KEY, invoke, new_org
-from tests.proxy import free_port, row_for, wait_for_port
+from tests.proxy import free_port, row_for, wait_for_port, wait_for_rows
 from tests.replay import ReplayServer, Reply, load_recording
 
 LLM_MONITOR = Path(sys.executable).parent / "llm-monitor"
@@ -70,3 +73,64 @@ def test_up_refuses_bad_listeners(tmp_path: Path) -> None:
         assert result.returncode == 2, result
         assert "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("Error:")
+
+
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+
+
+@pytest.mark.skipif(HAPROXY is None, reason="HAProxy is not installed (apt-get install haproxy)")
+def test_up_with_two_workers_behind_haproxy(tmp_path: Path, upstream: ReplayServer) -> None:
+    db_path = tmp_path / "llm-monitor.db"
+    invoke(db_path, "init")
+    token = new_org(db_path, "Acme")
+    port = free_port()
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(LLM_MONITOR),
+                "--db",
+                str(db_path),
+                "up",
+                "--workers",
+                "2",
+                "--no-defaults",
+                "--listen",
+                f"openai=http://127.0.0.1:{upstream.port}@{port}",
+                "--",
+                "--set",
+                "monitor_flush_ms=20",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, process, log)
+        children = subprocess.run(
+            ["pgrep", "-P", str(process.pid), "-a"], capture_output=True, text=True
+        ).stdout
+        lines = children.splitlines()
+        assert sum("/mitmdump -s" in line for line in lines) == 2, children
+        assert sum("haproxy -db" in line for line in lines) == 1, children
+        recording = load_recording("openai/chat_json_text_gpt-4o.json")
+        replies = [upstream.reply(Reply.from_recording(recording)) for _ in range(20)]
+        for _ in replies:  # a new connection each time: HAProxy spreads them over the workers
+            assert (
+                httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json=recording["request"]["body"],
+                    headers={"X-Monitor-Token": token},
+                ).status_code
+                == 200
+            )
+        ids = tuple(r.request_id for r in replies)
+        found = wait_for_rows(
+            db_path, f"request_id in ({','.join('?' * len(ids))})", ids, count=len(ids)
+        )
+        assert len(found) == len(ids)
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0
+    assert "all workers stopped" in log.read_text()
+    left = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True).stdout
+    assert left == b""

@@ -1,0 +1,130 @@
+"""More than one core: N mitmdump processes behind HAProxy, all writing one database.
+
+mitmproxy cannot share a listening port between processes (no SO_REUSEPORT), so each
+worker listens on ports of its own on 127.0.0.1 and HAProxy (Debian's package) spreads
+connections over them in TCP mode: keep-alive connections stay with one worker, streams
+pass through untouched. `up --workers N` starts all of them and stops all of them together.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    upstream: str
+    port: int
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def haproxy_config(host: str, backends: dict[str, tuple[int, list[int]]]) -> str:
+    """One frontend per listener (public port), one backend with a server per worker."""
+    lines = [
+        "global",  # maxconn left to HAProxy: it follows the file-descriptor limit
+        "defaults",
+        "    mode tcp",
+        "    timeout connect 5s",
+        "    timeout client 1h",
+        "    timeout server 1h",
+    ]
+    for name, (public, internal) in backends.items():
+        lines += [f"frontend {name}", f"    bind {host}:{public}", f"    default_backend {name}"]
+        lines += [f"backend {name}", "    balance leastconn"]
+        lines += [f"    server w{i} 127.0.0.1:{port}" for i, port in enumerate(internal)]
+    return "\n".join(lines) + "\n"
+
+
+def worker_args(
+    mitmdump: str,
+    script: str,
+    db_path: str,
+    listeners: Sequence[Listener],
+    ports: list[int],
+    extra: Sequence[str],
+) -> list[str]:
+    args = [mitmdump, "-s", script]
+    for listener, port in zip(listeners, ports, strict=True):
+        args += ["--mode", f"reverse:{listener.upstream}@127.0.0.1:{port}"]
+    names = ",".join(
+        f"{port}:{listener.name}" for listener, port in zip(listeners, ports, strict=True)
+    )
+    return [*args, "--set", f"monitor_db={db_path}", "--set", f"monitor_providers={names}", *extra]
+
+
+def run(
+    mitmdump: str,
+    script: str,
+    db_path: str,
+    host: str,
+    listeners: Sequence[Listener],
+    workers: int,
+    extra: Sequence[str],
+) -> int:
+    """Start HAProxy and the workers; when any of them exits, or on SIGTERM/SIGINT, stop
+    them all (each worker writes what it has queued before it exits)."""
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    if haproxy is None:
+        raise RuntimeError("--workers needs HAProxy: apt-get install haproxy")
+    ports = [free_ports(len(listeners)) for _ in range(workers)]
+    backends = {
+        listener.name: (listener.port, [ports[w][i] for w in range(workers)])
+        for i, listener in enumerate(listeners)
+    }
+    with tempfile.TemporaryDirectory(prefix="llm-monitor-") as tmp:
+        config = Path(tmp) / "haproxy.cfg"
+        config.write_text(haproxy_config(host, backends))
+        children = [
+            subprocess.Popen(worker_args(mitmdump, script, db_path, listeners, ports[w], extra))
+            for w in range(workers)
+        ]
+        children.append(subprocess.Popen([haproxy, "-db", "-f", str(config)]))
+        status = _supervise(children)
+    print("llm-monitor: all workers stopped", file=sys.stderr)
+    return status
+
+
+def _supervise(children: list[subprocess.Popen]) -> int:
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.1)
+    for child in reversed(children):  # HAProxy first: no new connections, then the workers
+        if child.poll() is None:
+            child.terminate()
+    status = 0
+    for child in reversed(children):
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if child.returncode not in (0, -signal.SIGTERM) and not status:
+            status = child.returncode
+    return status
