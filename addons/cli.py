@@ -556,6 +556,12 @@ def parse_listen(value: str) -> tuple[str, str, int]:
     "--no-defaults", is_flag=True, help="Do not start the four default provider listeners."
 )
 @click.option(
+    "--log-requests/--no-log-requests",
+    default=True,
+    show_default=True,
+    help="One log line per request (never with credentials).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 64),
     default=1,
@@ -569,6 +575,7 @@ def up(
     host: str,
     listen: tuple[str, ...],
     no_defaults: bool,
+    log_requests: bool,
     workers: int,
     mitmdump_args: tuple[str, ...],
 ) -> None:
@@ -595,7 +602,8 @@ def up(
     get_db(ctx).conn.close()  # it exists, and its schema is current before any worker starts
     for name, (upstream, port) in listeners.items():
         click.echo(f"{name:>10}: http://{host}:{port} -> {upstream}", err=True)
-    extra = ["--set", "monitor_log_requests=true", *mitmdump_args]
+    # mitmdump takes each option once: a second --set of it disables the addon silently.
+    extra = ["--set", f"monitor_log_requests={str(log_requests).lower()}", *mitmdump_args]
     if workers > 1:
         click.echo(f"{workers} workers behind HAProxy", err=True)
         found = [workers_module.Listener(n, u, p) for n, (u, p) in listeners.items()]

@@ -579,6 +579,44 @@ def serve_upstream_command(
     asyncio.run(serve_upstream(port, first_event_ms, events, interval_ms))
 
 
+@main.command("workers")
+@click.option("--requests", default=5000, show_default=True)
+@click.option("--concurrency", default=20, show_default=True)
+@click.option("--max-workers", default=2, show_default=True)
+def workers_command(requests: int, concurrency: int, max_workers: int) -> None:
+    """`llm-monitor up --workers N` for N = 1 .. max: JSON throughput through HAProxy."""
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        upstream_port = free_port()
+        upstream_args = [sys.executable, __file__, "serve-upstream", "--port", str(upstream_port)]
+        with process(upstream_args, upstream_port, workdir / "upstream.log", {0, 1}):
+            for n in range(1, max_workers + 1):
+                db, token = new_db(workdir / f"w{n}")
+                port = free_port()
+                args = [
+                    str(BIN / "llm-monitor"),
+                    "--db",
+                    str(db),
+                    "up",
+                    "--no-defaults",
+                    "--workers",
+                    str(n),
+                    "--listen",
+                    f"openai=http://127.0.0.1:{upstream_port}@{port}",
+                    "--no-log-requests",
+                ]
+                with process(args, port, workdir / f"up-{n}.log", {0, 1}):
+                    time.sleep(1 + n)  # every worker up, not only HAProxy's port
+                    result = measure(f"workers={n}", "json", port, requests, concurrency, token)
+                time.sleep(1)
+                result.rows = count_rows(db)
+                click.echo(
+                    f"workers={n}: {result.req_per_s} req/s, {result.errors} errors, "
+                    f"p50 {result.p50_ms} ms, "
+                    f"p99 {result.p99_ms} ms, rows {result.rows}/{requests + 200}"
+                )
+
+
 @main.command("recorder")
 @click.option("--rows", default=100_000, show_default=True)
 def recorder_command(rows: int) -> None:
