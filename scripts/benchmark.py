@@ -617,6 +617,58 @@ def workers_command(requests: int, concurrency: int, max_workers: int) -> None:
                 )
 
 
+@main.command("soak")
+@click.option("--streams", default=200, show_default=True, help="Concurrent streams.")
+@click.option("--seconds", default=30.0, show_default=True, help="Length of each stream.")
+@click.option("--interval-ms", default=50.0, show_default=True, help="Between events.")
+def soak_command(streams: int, seconds: float, interval_ms: float) -> None:
+    """Many long streams at once through one proxy, bare and with the addon: memory, time
+    to first token, and every row."""
+    events = int(seconds * 1000 / interval_ms)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        upstream_port = free_port()
+        upstream_args = [
+            sys.executable,
+            __file__,
+            "serve-upstream",
+            "--port",
+            str(upstream_port),
+            "--events",
+            str(events),
+            "--interval-ms",
+            str(interval_ms),
+        ]
+        with process(upstream_args, upstream_port, workdir / "upstream.log", OTHER_CPUS):
+            for path in ("bare", "addon"):
+                db, token = new_db(workdir / path) if path == "addon" else (workdir / "x", "-")
+                port = free_port()
+                args = mitmdump_args(upstream_port, port, path == "addon", db, "sse")
+                with process(args, port, workdir / f"{path}.log", PROXY_CPU) as proc:
+                    rss_before = rss_kb(proc.pid) / 1024
+                    started = time.perf_counter()
+                    timing = asyncio.run(load(port, streams, streams, STREAM_BODY, token))
+                    took = time.perf_counter() - started
+                    rss_peak = rss_kb(proc.pid, "VmHWM") / 1024
+                click.echo(
+                    f"{path}: {streams} streams x {events} events every {interval_ms:.0f} ms in "
+                    f"{took:.1f} s, {timing.errors} errors; time to first token p50 "
+                    f"{quantile(timing.ttft, 0.5):.1f} ms, p99 {quantile(timing.ttft, 0.99):.1f} ms"
+                    f"; RSS {rss_before:.1f} MB before, {rss_peak:.1f} MB peak"
+                )
+                if path == "addon":
+                    with sqlite3.connect(db) as conn:
+                        rows = conn.execute(
+                            "select count(*), sum(outcome = 'ok'), "
+                            "sum(input_tokens = 9 and output_tokens = 3), sum(priced = 1) "
+                            "from usage"
+                        ).fetchone()
+                    click.echo(
+                        f"addon rows: {rows[0]} for {streams} streams; ok {rows[1]}, "
+                        f"exact tokens {rows[2]}, priced {rows[3]}"
+                    )
+
+
 @main.command("recorder")
 @click.option("--rows", default=100_000, show_default=True)
 def recorder_command(rows: int) -> None:
