@@ -197,6 +197,7 @@ class Monitor:
         self.tokens: TokenIndex | None = None
         self.listeners: dict[int, Listener] = {}
         self._inflight: dict[str, http.HTTPFlow] = {}
+        self._running = False
         self._warned_unknown_listener: set[str] = set()
 
     def load(self, loader: addonmanager.Loader) -> None:
@@ -251,10 +252,25 @@ class Monitor:
             raise exceptions.OptionsError("monitor_token_refresh_ms must be from 10 to 60000")
         if "monitor_flush_ms" in updated and not 1 <= ctx.options.monitor_flush_ms <= 10_000:
             raise exceptions.OptionsError("monitor_flush_ms must be from 1 to 10000")
-        if {"monitor_db", "monitor_token_refresh_ms", "monitor_flush_ms"} & updated:
-            self._open(ctx.options.monitor_db, refresh_ms / 1000, ctx.options.monitor_flush_ms)
+        # mitmproxy applies a script's --set options after its first configure: opening the
+        # database now would open the default file. It is opened in `running`, once.
+        if self._running and {"monitor_db", "monitor_token_refresh_ms", "monitor_flush_ms"} & (
+            updated
+        ):
+            self._open()
 
-    def _open(self, db_path: str, refresh: float, flush_ms: int) -> None:
+    def running(self) -> None:
+        self._running = True
+        try:
+            self._open()
+        except exceptions.OptionsError as e:
+            logger.error("llm-monitor: %s", e)
+            ctx.master.shutdown()
+
+    def _open(self) -> None:
+        db_path = ctx.options.monitor_db
+        refresh = ctx.options.monitor_token_refresh_ms / 1000
+        flush_ms = ctx.options.monitor_flush_ms
         try:
             open_db(db_path).conn.close()  # creates or upgrades the schema before any traffic
         except Exception as e:
@@ -284,10 +300,13 @@ class Monitor:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         mode = flow.client_conn.proxy_mode
-        if not isinstance(mode, ReverseMode) or self.tokens is None:
+        if not isinstance(mode, ReverseMode):
             return
         listener = self._listener(mode)
         provider = provider_named(listener.provider)
+        if self.tokens is None:  # not running yet, or the database failed: nothing passes
+            self._reject(flow, provider, 503, "LLM Monitor is not ready.", "monitor_not_ready")
+            return
         headers = flow.request.headers
         token, user, tags = (headers.pop(h, None) for h in (TOKEN_HEADER, USER_HEADER, TAGS_HEADER))
         owner = self.tokens.owner(token)

@@ -172,8 +172,15 @@ class Recorder:
         stopping = False
         while True:
             stopping = self._collect(backoff) or stopping
-            if db is None:
-                db, book, data_version = self._connect()
+            if db is None and self._pending:
+                try:
+                    db = open_db(self.db_path, migrate=False)
+                    book = load_price_book(db)
+                    data_version = db.execute("pragma data_version").fetchone()[0]
+                except sqlite3.Error as e:
+                    db = None
+                    outage_since = self._outage(outage_since, e)
+                    backoff = min(max(backoff * 2, 0.05), self.max_backoff)
             if db is not None and self._pending:
                 try:
                     version = db.execute("pragma data_version").fetchone()[0]
@@ -192,19 +199,10 @@ class Recorder:
                         outage_since = None
                     backoff = 0.0
                 except sqlite3.Error as e:
-                    if outage_since is None:
-                        outage_since = time.monotonic()
-                        logger.warning(
-                            "llm-monitor: cannot write usage (%s); holding %d rows "
-                            "in memory and retrying",
-                            e,
-                            len(self._pending),
-                        )
+                    outage_since = self._outage(outage_since, e)
                     backoff = min(max(backoff * 2, 0.05), self.max_backoff)
                 except Exception:  # a row SQLite cannot take: find it, spool it, go on
                     self._isolate(db, book)
-            elif db is None:
-                backoff = min(max(backoff * 2, 0.05), self.max_backoff)
             if stopping and (not self._pending or time.monotonic() >= (self._deadline or 0)):
                 break
         if self._pending:
@@ -261,13 +259,18 @@ class Recorder:
                 self._pending.append(item)
         return stop
 
-    def _connect(self) -> tuple[Database | None, PriceBook, int | None]:
-        try:
-            db = open_db(self.db_path, migrate=False)
-            return db, load_price_book(db), db.execute("pragma data_version").fetchone()[0]
-        except sqlite3.Error as e:
-            logger.warning("llm-monitor: cannot open %s (%s); retrying", self.db_path, e)
-            return None, PriceBook([]), None
+    def _outage(self, since: float | None, error: sqlite3.Error) -> float:
+        """Log the start of an outage once; rows wait in memory meanwhile."""
+        if since is None:
+            logger.warning(
+                "llm-monitor: cannot write usage to %s (%s); holding %d rows in memory and "
+                "retrying",
+                self.db_path,
+                error,
+                len(self._pending),
+            )
+            return time.monotonic()
+        return since
 
     def _priced(self, record: UsageRecord, book: PriceBook) -> dict[str, Any]:
         row = price_row(record, book)

@@ -37,6 +37,14 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
     raise RuntimeError(f"mitmdump did not listen on {port}:\n{log.read_text()}")
 
 
+def wait_for_log(proxy: Proxy, text: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proxy.log():
+        if proxy.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"mitmdump never logged {text!r}:\n{proxy.log()}")
+        time.sleep(0.02)
+
+
 @dataclass
 class Proxy:
     ports: dict[str, int]  # provider name -> listening port, the first one the default
@@ -99,6 +107,7 @@ def running_proxy(
     try:
         for port in ports.values():
             wait_for_port(port, process, log_path)
+        wait_for_log(proxy, "llm-monitor: recording usage in")  # the addon is ready too
         yield proxy
     finally:
         proxy.terminate()

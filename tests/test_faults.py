@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -248,3 +249,33 @@ def test_client_disconnect_while_sending_the_body(
         == 200
     )
     row_for(proxy.db_path, reply.request_id)
+
+
+def test_full_disk_holds_rows_until_space_returns(
+    own_db: tuple[Path, str], upstream: ReplayServer
+) -> None:
+    """The proxy's file-size limit is lowered below the database's size (writes fail as on
+    a full disk: EFBIG, SQLITE_FULL); traffic goes on; the rows land once it is lifted."""
+    db_path, token = own_db
+    with running_proxy(db_path, f"http://127.0.0.1:{upstream.port}") as proxy:
+        replies = [upstream.reply(Reply.from_recording(CHAT)) for _ in range(30)]
+        pid = str(proxy.process.pid)
+        subprocess.run(["prlimit", "--pid", pid, "--fsize=4096:unlimited"], check=True)
+        try:
+            with httpx.Client(headers=headers(token)) as http:
+                statuses = [
+                    http.post(
+                        f"{proxy.base_url}/chat/completions", json=CHAT["request"]["body"]
+                    ).status_code
+                    for _ in replies
+                ]
+            assert statuses == [200] * len(replies)
+            time.sleep(1)
+            assert "cannot write usage" in proxy.log()
+            ids = tuple(r.request_id for r in replies)
+            where = f"request_id in ({','.join('?' * len(ids))})"
+            assert wait_for_rows(db_path, where, ids, timeout=0) == []
+        finally:
+            subprocess.run(["prlimit", "--pid", pid, "--fsize=unlimited"], check=True)
+        found = wait_for_rows(db_path, where, ids, count=len(ids))
+    assert {r["request_id"] for r in found} == set(ids)
