@@ -117,8 +117,9 @@ def test_upstream_stalls_past_the_timeout(own_db: tuple[Path, str], upstream: Re
     assert "upstream silent" in row["error"]
 
 
-def test_database_locked_for_two_seconds_loses_no_row(
-    token: str, upstream: ReplayServer, proxy: Proxy
+@pytest.mark.parametrize("seconds", [2.0, 5.0])
+def test_database_locked_under_traffic_loses_no_row(
+    seconds: float, token: str, upstream: ReplayServer, proxy: Proxy
 ) -> None:
     """Traffic flows while another writer holds the lock; the rows land once it lets go."""
     replies = [upstream.reply(Reply.from_recording(CHAT)) for _ in range(40)]
@@ -135,7 +136,7 @@ def test_database_locked_for_two_seconds_loses_no_row(
                 ).status_code
                 for _ in replies
             ]
-        time.sleep(max(0.0, 2.0 - (time.monotonic() - locked_at)))
+        time.sleep(max(0.0, seconds - (time.monotonic() - locked_at)))
         assert statuses == [200] * len(replies)  # all served while the lock was held
         assert wait_for_rows(proxy.db_path, where, ids, timeout=0) == []  # rows are waiting
     finally:
