@@ -267,3 +267,68 @@ def test_json_array_reader_copes_with_any_string_content(
     assert run_tap(StreamTap(reader, "identity"), cut(body, points)) == body
     assert reader.usage.output_tokens == len(texts) - 1
     assert reader.complete
+
+
+RECORDED_JSON = [
+    (name.split("/")[0], load_recording(name)["response"]["body_text"].encode())
+    for name in [
+        "openai/chat_json_cached_prompt_gpt-4o.json",
+        "openai/responses_json_cached_input_gpt-4o.json",
+        "openai/error_404_model_not_found_chat.json",
+        "anthropic/messages_json_cache_read_and_write_claude-sonnet-4.json",
+        "anthropic/error_401_authentication_error.json",
+        "gemini/generate_json_implicit_cache_gemini-2.5-flash.json",
+        "gemini/error_400_api_key_invalid.json",
+    ]
+]
+
+
+def mutate(body: bytes, edits: list[tuple[int, int]]) -> bytes:
+    """Overwrite, delete or duplicate bytes at the given places."""
+    data = bytearray(body)
+    for position, value in edits:
+        if not data:
+            break
+        i = position % len(data)
+        match value % 3:
+            case 0:
+                data[i] = value % 256
+            case 1:
+                del data[i]
+            case 2:
+                data[i:i] = data[i : i + 8]
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("provider", "body"), RECORDED_JSON, ids=lambda v: str(v)[:30])
+@settings(max_examples=150, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 10**6)), max_size=12))
+def test_json_parsers_never_raise_on_mutated_bodies(
+    provider: str, body: bytes, edits: list[tuple[int, int]]
+) -> None:
+    parser = provider_named(provider)
+    mutated = mutate(body, edits)
+    for info in (RequestInfo(), RequestInfo(streamed=True)):
+        usage, model = parser.usage_from_body(mutated, info)
+        assert usage is None or all(
+            v is None or (isinstance(v, int) and v >= 0)
+            for v in (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+        )
+        assert model is None or isinstance(model, str)
+    code = parser.error_code(mutated)
+    assert code is None or isinstance(code, str)
+
+
+@pytest.mark.parametrize(("provider", "name"), ALL_STREAMS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 10**6)), max_size=12),
+    points=st.lists(st.integers(min_value=0), max_size=30),
+)
+def test_mutated_streams_pass_unchanged_and_never_raise(
+    provider: str, name: str, edits: list[tuple[int, int]], points: list[int]
+) -> None:
+    recording = load_recording(name)
+    wire = mutate(recording["response"]["body_text"].encode(), edits)
+    tap = provider_tap(provider, recording, "identity")
+    assert run_tap(tap, cut(wire, points)) == wire
