@@ -22,6 +22,7 @@ from sqlite_utils import Database
 from tabulate import tabulate
 
 from llm_monitor import monitor as monitor_script
+from llm_monitor import rollups
 from llm_monitor import workers as workers_module
 from llm_monitor.database import open_db
 from llm_monitor.pricing import (
@@ -454,6 +455,7 @@ def pricing_reprice(ctx: click.Context, since: dt.datetime) -> None:
         updates.append((priced["cost_usd"], priced["priced"], row["id"]))
     with db.atomic():
         db.conn.executemany("update usage set cost_usd = ?, priced = ? where id = ?", updates)
+        rollups.rebuild(db, since.date().isoformat())
     click.echo(f"repriced {len(updates)} rows since {since.date()}; {changed} changed")
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from llm_monitor import rollups
+
 migrations = Migrations("llm_monitor")
 
 
@@ -111,6 +113,13 @@ def m002_cache_write_1h_and_billable(db: Database) -> None:
     db["usage"].add_column("cache_write_1h_tokens", int)
     db["usage"].add_column("billable", int, not_null_default=1)
     db["prices"].add_column("cache_write_1h", str)
+
+
+@migrations()
+def m003_usage_hourly(db: Database) -> None:
+    """The hourly rollup the dashboard reads, backfilled from the rows already there."""
+    rollups.create(db)
+    rollups.rebuild(db)
 
 
 def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = True) -> Database:

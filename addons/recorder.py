@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from llm_monitor import rollups
 from llm_monitor.costs import MissingRate, PriceBook, cost_usd
 from llm_monitor.database import open_db
 from llm_monitor.pricing import PriceEntry
@@ -113,6 +114,7 @@ def write_rows(db: Database, rows: list[dict[str, Any]]) -> None:
             f"values ({', '.join('?' * len(columns))})",
             [tuple(row[c] for c in columns) for row in rows],
         )
+        rollups.add(db, rows)
         db.conn.executemany(
             "update monitor_tokens set last_used_at = ? where id = ? "
             "and (last_used_at is null or last_used_at < ?)",
