@@ -134,11 +134,13 @@ class Recorder:
         batch_size: int = 1000,
         max_delay: float = 0.2,
         max_backoff: float = 1.0,
+        max_pending: int = 200_000,
     ) -> None:
         self.db_path = Path(db_path)
         self.batch_size = batch_size
         self.max_delay = max_delay
         self.max_backoff = max_backoff
+        self.max_pending = max_pending  # rows held in memory during an outage, at most
         self.written = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closing = threading.Event()
@@ -174,6 +176,9 @@ class Recorder:
         stopping = False
         while True:
             stopping = self._collect(backoff) or stopping
+            if len(self._pending) > self.max_pending:  # a long outage: keep memory bounded
+                self._spool(self._pending)
+                self._pending.clear()
             if db is None and self._pending:
                 try:
                     db = open_db(self.db_path, migrate=False)
@@ -203,6 +208,11 @@ class Recorder:
                 except sqlite3.Error as e:
                     outage_since = self._outage(outage_since, e)
                     backoff = min(max(backoff * 2, 0.05), self.max_backoff)
+                    if not isinstance(e, sqlite3.OperationalError) or "locked" not in str(e):
+                        # A connection that met a read-only or failing file stays that way:
+                        # start afresh (a lock, on the other hand, just passes).
+                        db.conn.close()
+                        db = None
                 except Exception:  # a row SQLite cannot take: find it, spool it, go on
                     self._isolate(db, book)
             if stopping and (not self._pending or time.monotonic() >= (self._deadline or 0)):

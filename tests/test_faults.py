@@ -280,3 +280,33 @@ def test_full_disk_holds_rows_until_space_returns(
             subprocess.run(["prlimit", "--pid", pid, "--fsize=unlimited"], check=True)
         found = wait_for_rows(db_path, where, ids, count=len(ids))
     assert {r["request_id"] for r in found} == set(ids)
+
+
+def test_read_only_database_holds_rows_until_writable(
+    own_db: tuple[Path, str], upstream: ReplayServer
+) -> None:
+    """The database made immutable (chattr +i: read-only even for root) under traffic."""
+    db_path, token = own_db
+    with running_proxy(db_path, f"http://127.0.0.1:{upstream.port}") as proxy:
+        files = [str(db_path), f"{db_path}-wal"]
+        if subprocess.run(["chattr", "+i", *files], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        replies = [upstream.reply(Reply.from_recording(CHAT)) for _ in range(20)]
+        ids = tuple(r.request_id for r in replies)
+        where = f"request_id in ({','.join('?' * len(ids))})"
+        try:
+            with httpx.Client(headers=headers(token)) as http:
+                statuses = [
+                    http.post(
+                        f"{proxy.base_url}/chat/completions", json=CHAT["request"]["body"]
+                    ).status_code
+                    for _ in replies
+                ]
+            assert statuses == [200] * len(replies)
+            time.sleep(1)
+            assert "cannot write usage" in proxy.log()
+            assert wait_for_rows(db_path, where, ids, timeout=0) == []
+        finally:
+            subprocess.run(["chattr", "-i", *files], check=True)
+        found = wait_for_rows(db_path, where, ids, count=len(ids))
+    assert {r["request_id"] for r in found} == set(ids)

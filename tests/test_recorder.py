@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,22 @@ def test_unwritable_database_at_shutdown_spools_and_import_spool_loads(
     assert not spool.exists()
     with sqlite3.connect(db_with_token) as conn:  # priced on import, like any other row
         assert conn.execute("select count(*) from usage where priced = 1").fetchone() == (5,)
+
+
+def test_a_long_outage_spills_to_the_spool_instead_of_growing(db_with_token: Path) -> None:
+    locker = sqlite3.connect(db_with_token, isolation_level=None)
+    locker.execute("begin exclusive")
+    recorder = Recorder(db_with_token, max_pending=10, max_delay=0.01)
+    recorder.start()
+    for i in range(25):
+        recorder.submit(record(input_tokens=i))
+        time.sleep(0.01)
+    time.sleep(0.5)
+    spool = spool_path_for(db_with_token)
+    spilled = len(spool.read_text().splitlines())
+    assert spilled >= 10  # spilled while the outage went on, not only at shutdown
+    locker.execute("rollback")
+    locker.close()
+    recorder.close()
+    spilled = len(spool.read_text().splitlines())
+    assert count(db_with_token) + spilled == 25  # every row in one place or the other
