@@ -198,7 +198,9 @@ class Monitor:
         self.listeners: dict[int, Listener] = {}
         self._inflight: dict[str, http.HTTPFlow] = {}
         self._running = False
-        self._warned_unknown_listener: set[str] = set()
+        self._listener_by_spec: dict[str, Listener] = {}
+        self.inject_usage = True
+        self.log_requests = False
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("monitor_db", str, "llm-monitor.db", "SQLite file to record usage in.")
@@ -243,6 +245,10 @@ class Monitor:
             ctx.options.connection_strategy = "lazy"
         if "monitor_providers" in updated:
             self.listeners = parse_listeners(ctx.options.monitor_providers)
+            self._listener_by_spec.clear()
+        # Read per request: kept as attributes, since option look-ups are not free.
+        self.inject_usage = ctx.options.monitor_inject_usage
+        self.log_requests = ctx.options.monitor_log_requests
         if "flow_detail" in updated and ctx.options.flow_detail > 0:
             # mitmdump's flow lines print URLs (Gemini's ?key=) and, above 1, headers
             # (Authorization): keys must never reach a log. The addon logs its own line.
@@ -322,7 +328,7 @@ class Monitor:
             state = FlowState(
                 listener.provider,
                 provider,
-                listener.inject_usage and ctx.options.monitor_inject_usage,
+                listener.inject_usage and self.inject_usage,
                 owner,
                 parse_user(user),
                 parse_tags(tags),
@@ -431,22 +437,26 @@ class Monitor:
         return time.time() - (last or flow.request.timestamp_end or flow.request.timestamp_start)
 
     def _listener(self, mode: ReverseMode) -> Listener:
+        """The listener's provider, worked out once per listener (this runs per request)."""
+        listener = self._listener_by_spec.get(mode.full_spec)
+        if listener is None:
+            listener = self._listener_by_spec[mode.full_spec] = self._find_listener(mode)
+        return listener
+
+    def _find_listener(self, mode: ReverseMode) -> Listener:
         port = mode.listen_port(ctx.options.listen_port or None)
         if port in self.listeners:
             return self.listeners[port]
         host = mode.address[0]
         if host in KNOWN_HOSTS:
             return Listener(KNOWN_HOSTS[host])
-        if mode.data not in self._warned_unknown_listener:
-            self._warned_unknown_listener.add(mode.data)
-            logger.warning(
-                "llm-monitor: listener for %s is not a known provider; reading it as "
-                "OpenAI-compatible under the name %r (name it with "
-                "--set monitor_providers=%s:NAME)",
-                mode.data,
-                host,
-                port,
-            )
+        logger.warning(
+            "llm-monitor: listener for %s is not a known provider; reading it as "
+            "OpenAI-compatible under the name %r (name it with --set monitor_providers=%s:NAME)",
+            mode.data,
+            host,
+            port,
+        )
         return Listener(host)
 
     def _reject(
@@ -502,7 +512,7 @@ class Monitor:
             **UsageRecord.usage_fields(usage),
         )
         self.recorder.submit(record)
-        if ctx.options.monitor_log_requests:
+        if self.log_requests:
             self._log(record)
 
     @staticmethod
