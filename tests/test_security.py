@@ -192,3 +192,32 @@ def test_rows_belong_to_the_token_s_organisation(
     ]
     assert row["org_id"] == org["id"]
     assert rows(shared_db, "org_id = ?", (org["id"],)) == [row]
+
+
+@pytest.mark.parametrize(
+    "header_line",
+    [
+        b"X-Monitor-User: evil\x1b[2J\x07",
+        b"X-Monitor-Tags: a=b\x00c",
+        b"X-Monitor-User: \xff\xfe",
+        b"X-Monitor-Tags: team=x\r\n X-Folded: y",
+    ],
+    ids=["escape-codes", "nul", "not-utf8", "folded-line"],
+)
+def test_header_injection_attempts_never_reach_the_provider_or_a_500(
+    header_line: bytes, token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """Raw bytes no HTTP library would send: refused (400) by the addon or by mitmproxy."""
+    import socket
+
+    body = json.dumps(CHAT["request"]["body"]).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Monitor-Token: " + token.encode() + b"\r\n" + header_line + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(request)
+        status_line = sock.recv(65536).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] == b"400", status_line
+    assert upstream.received.empty()
