@@ -10,7 +10,7 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,9 @@ from llm_monitor.pricing import (
     PriceFileError,
     dump_prices,
     load_price_file,
+    read_prices,
     shipped_prices,
+    upsert_prices,
 )
 from llm_monitor.recorder import load_price_book, price_row, write_rows
 from llm_monitor.tokens import display_prefix, hash_token, new_token
@@ -280,28 +282,6 @@ def tokens_revoke(ctx: click.Context, id_or_token: str) -> None:
 
 
 # Prices.
-
-
-def upsert_prices(db: Database, entries: Iterable[PriceEntry]) -> int:
-    rows = [e.model_dump(mode="json") for e in entries]
-    with db.atomic():
-        db["prices"].upsert_all(
-            rows, pk=("provider", "model", "effective_from", "above_input_tokens"), alter=False
-        )
-    return len(rows)
-
-
-def read_prices(db: Database, provider: str | None = None) -> list[PriceEntry]:
-    book_rows = db["prices"].rows_where(
-        "provider = ?" if provider else None,
-        [provider] if provider else [],
-        order_by="provider, model, effective_from",
-    )
-    fields = set(PriceEntry.model_fields)
-    return [
-        PriceEntry.model_validate({k: v for k, v in r.items() if k in fields and v is not None})
-        for r in book_rows
-    ]
 
 
 @cli.group()

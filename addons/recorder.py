@@ -25,7 +25,7 @@ from sqlite_utils import Database
 from llm_monitor import rollups
 from llm_monitor.costs import MissingRate, PriceBook, cost_usd
 from llm_monitor.database import open_db
-from llm_monitor.pricing import PriceEntry
+from llm_monitor.pricing import read_prices
 from llm_monitor.usage import UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -34,11 +34,7 @@ _STOP = object()
 
 
 def load_price_book(db: Database) -> PriceBook:
-    columns = set(PriceEntry.model_fields)
-    return PriceBook(
-        PriceEntry.model_validate({k: v for k, v in row.items() if k in columns and v is not None})
-        for row in db["prices"].rows
-    )
+    return PriceBook(read_prices(db))
 
 
 def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:

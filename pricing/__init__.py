@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlite_utils import Database
 
 Rate = Annotated[Decimal, Field(ge=0, max_digits=16, decimal_places=8)]
 
@@ -99,6 +101,32 @@ def shipped_prices() -> list[PriceEntry]:
         if item.name.endswith(".json"):
             entries.extend(parse_price_file(item.read_text(encoding="utf-8"), origin=item.name))
     return entries
+
+
+# The `prices` table holds entries as `model_dump(mode="json")` rows: rates as strings.
+PRICE_KEY = ("provider", "model", "effective_from", "above_input_tokens")
+
+
+def upsert_prices(db: Database, entries: Iterable[PriceEntry]) -> int:
+    """Add entries to the `prices` table; one with the same key replaces the old one."""
+    rows = [e.model_dump(mode="json") for e in entries]
+    with db.atomic():
+        db["prices"].upsert_all(rows, pk=PRICE_KEY, alter=False)
+    return len(rows)
+
+
+def read_prices(db: Database, provider: str | None = None) -> list[PriceEntry]:
+    """Every entry of the `prices` table (or one provider's), validated again."""
+    rows = db["prices"].rows_where(
+        "provider = ?" if provider else None,
+        [provider] if provider else [],
+        order_by="provider, model, effective_from",
+    )
+    fields = set(PriceEntry.model_fields)
+    return [
+        PriceEntry.model_validate({k: v for k, v in row.items() if k in fields and v is not None})
+        for row in rows
+    ]
 
 
 def dump_prices(entries: list[PriceEntry]) -> str:
