@@ -117,36 +117,6 @@ def test_upstream_stalls_past_the_timeout(own_db: tuple[Path, str], upstream: Re
     assert "upstream silent" in row["error"]
 
 
-@pytest.mark.parametrize("seconds", [2.0, 5.0])
-def test_database_locked_under_traffic_loses_no_row(
-    seconds: float, token: str, upstream: ReplayServer, proxy: Proxy
-) -> None:
-    """Traffic flows while another writer holds the lock; the rows land once it lets go."""
-    replies = [upstream.reply(Reply.from_recording(CHAT)) for _ in range(40)]
-    ids = tuple(r.request_id for r in replies)
-    where = f"request_id in ({','.join('?' * len(ids))})"
-    locker = sqlite3.connect(proxy.db_path, timeout=5, isolation_level=None)
-    locker.execute("begin exclusive")
-    locked_at = time.monotonic()
-    try:
-        with httpx.Client(headers=headers(token)) as http:
-            statuses = [
-                http.post(
-                    f"{proxy.base_url}/chat/completions", json=CHAT["request"]["body"]
-                ).status_code
-                for _ in replies
-            ]
-        time.sleep(max(0.0, seconds - (time.monotonic() - locked_at)))
-        assert statuses == [200] * len(replies)  # all served while the lock was held
-        assert wait_for_rows(proxy.db_path, where, ids, timeout=0) == []  # rows are waiting
-    finally:
-        locker.execute("rollback")
-        locker.close()
-    found = wait_for_rows(proxy.db_path, where, ids, count=len(ids))
-    assert {r["request_id"] for r in found} == set(ids)
-    assert "database writable again" in proxy.log()
-
-
 def test_sigterm_with_requests_in_flight_loses_no_row(
     own_db: tuple[Path, str], upstream: ReplayServer
 ) -> None:
@@ -252,6 +222,53 @@ def test_client_disconnect_while_sending_the_body(
     row_for(proxy.db_path, reply.request_id)
 
 
+def traffic_through_outage(
+    proxy: Proxy, token: str, upstream: ReplayServer, count: int
+) -> tuple[str, tuple[str, ...]]:
+    """While the database cannot be written: every request is served, the outage is logged
+    (anew), and no row has landed. Returns the rows' WHERE clause and parameters."""
+    outages = proxy.log().count("cannot write usage")
+    replies = [upstream.reply(Reply.from_recording(CHAT)) for _ in range(count)]
+    with httpx.Client(headers=headers(token)) as http:
+        statuses = [
+            http.post(
+                f"{proxy.base_url}/chat/completions", json=CHAT["request"]["body"]
+            ).status_code
+            for _ in replies
+        ]
+    assert statuses == [200] * count
+    deadline = time.monotonic() + 10
+    while proxy.log().count("cannot write usage") == outages:
+        assert time.monotonic() < deadline, "the recorder never met the outage"
+        time.sleep(0.05)
+    ids = tuple(r.request_id for r in replies)
+    where = f"request_id in ({','.join('?' * len(ids))})"
+    assert wait_for_rows(proxy.db_path, where, ids, timeout=0) == []
+    return where, ids
+
+
+def assert_rows_land(proxy: Proxy, where: str, ids: tuple[str, ...]) -> None:
+    found = wait_for_rows(proxy.db_path, where, ids, count=len(ids))
+    assert {r["request_id"] for r in found} == set(ids)
+
+
+@pytest.mark.parametrize("seconds", [2.0, 5.0])
+def test_database_locked_under_traffic_loses_no_row(
+    seconds: float, token: str, upstream: ReplayServer, proxy: Proxy
+) -> None:
+    """Traffic flows while another writer holds the lock; the rows land once it lets go."""
+    locker = sqlite3.connect(proxy.db_path, timeout=5, isolation_level=None)
+    locker.execute("begin exclusive")
+    locked_at = time.monotonic()
+    try:
+        where, ids = traffic_through_outage(proxy, token, upstream, 40)
+        time.sleep(max(0.0, seconds - (time.monotonic() - locked_at)))
+    finally:
+        locker.execute("rollback")
+        locker.close()
+    assert_rows_land(proxy, where, ids)
+
+
 def test_full_disk_holds_rows_until_space_returns(
     own_db: tuple[Path, str], upstream: ReplayServer
 ) -> None:
@@ -259,27 +276,13 @@ def test_full_disk_holds_rows_until_space_returns(
     a full disk: EFBIG, SQLITE_FULL); traffic goes on; the rows land once it is lifted."""
     db_path, token = own_db
     with running_proxy(db_path, f"http://127.0.0.1:{upstream.port}") as proxy:
-        replies = [upstream.reply(Reply.from_recording(CHAT)) for _ in range(30)]
         pid = str(proxy.process.pid)
         subprocess.run(["prlimit", "--pid", pid, "--fsize=4096:unlimited"], check=True)
         try:
-            with httpx.Client(headers=headers(token)) as http:
-                statuses = [
-                    http.post(
-                        f"{proxy.base_url}/chat/completions", json=CHAT["request"]["body"]
-                    ).status_code
-                    for _ in replies
-                ]
-            assert statuses == [200] * len(replies)
-            time.sleep(1)
-            assert "cannot write usage" in proxy.log()
-            ids = tuple(r.request_id for r in replies)
-            where = f"request_id in ({','.join('?' * len(ids))})"
-            assert wait_for_rows(db_path, where, ids, timeout=0) == []
+            where, ids = traffic_through_outage(proxy, token, upstream, 30)
         finally:
             subprocess.run(["prlimit", "--pid", pid, "--fsize=unlimited"], check=True)
-        found = wait_for_rows(db_path, where, ids, count=len(ids))
-    assert {r["request_id"] for r in found} == set(ids)
+        assert_rows_land(proxy, where, ids)
 
 
 def test_read_only_database_holds_rows_until_writable(
@@ -291,22 +294,8 @@ def test_read_only_database_holds_rows_until_writable(
         files = [str(db_path), f"{db_path}-wal"]
         if subprocess.run(["chattr", "+i", *files], capture_output=True).returncode != 0:
             pytest.skip("chattr +i is not available here")
-        replies = [upstream.reply(Reply.from_recording(CHAT)) for _ in range(20)]
-        ids = tuple(r.request_id for r in replies)
-        where = f"request_id in ({','.join('?' * len(ids))})"
         try:
-            with httpx.Client(headers=headers(token)) as http:
-                statuses = [
-                    http.post(
-                        f"{proxy.base_url}/chat/completions", json=CHAT["request"]["body"]
-                    ).status_code
-                    for _ in replies
-                ]
-            assert statuses == [200] * len(replies)
-            time.sleep(1)
-            assert "cannot write usage" in proxy.log()
-            assert wait_for_rows(db_path, where, ids, timeout=0) == []
+            where, ids = traffic_through_outage(proxy, token, upstream, 20)
         finally:
             subprocess.run(["chattr", "-i", *files], check=True)
-        found = wait_for_rows(db_path, where, ids, count=len(ids))
-    assert {r["request_id"] for r in found} == set(ids)
+        assert_rows_land(proxy, where, ids)
