@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,7 +21,22 @@ from tests.replay import ReplayServer, Reply, load_recording
 LLM_MONITOR = Path(sys.executable).parent / "llm-monitor"
 
 
-def test_up_runs_the_proxy(tmp_path: Path, upstream: ReplayServer) -> None:
+@dataclass
+class Up:
+    process: subprocess.Popen
+    db_path: Path
+    token: str
+    port: int
+    log: Path
+
+    def stop(self) -> int:
+        self.process.terminate()
+        return self.process.wait(30)
+
+
+def start_up(tmp_path: Path, upstream: ReplayServer, *args: str, workers: int = 1) -> Up:
+    """`llm-monitor up` with one OpenAI listener in front of the replay upstream, once every
+    worker's addon is ready (before that, requests get a 503)."""
     db_path = tmp_path / "llm-monitor.db"
     invoke(db_path, "init")
     token = new_org(db_path, "Acme")
@@ -34,27 +52,38 @@ def test_up_runs_the_proxy(tmp_path: Path, upstream: ReplayServer) -> None:
                 "--no-defaults",
                 "--listen",
                 f"openai=http://127.0.0.1:{upstream.port}@{port}",
+                *args,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    up = Up(process, db_path, token, port, log)
+    wait_for_port(port, process, log)
+    deadline = time.monotonic() + 20
+    while log.read_text().count("llm-monitor: recording usage in") < workers:
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    return up
+
+
+def test_up_runs_the_proxy(tmp_path: Path, upstream: ReplayServer) -> None:
+    up = start_up(tmp_path, upstream)
     try:
-        wait_for_port(port, process, log)
         recording = load_recording("openai/chat_json_text_gpt-4o.json")
         reply = upstream.reply(Reply.from_recording(recording))
         client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1",
+            base_url=f"http://127.0.0.1:{up.port}/v1",
             api_key=API_KEY,
-            default_headers={"X-Monitor-Token": token},
+            default_headers={"X-Monitor-Token": up.token},
             max_retries=0,
         )
         client.chat.completions.create(**recording["request"]["body"])
-        row = row_for(db_path, reply.request_id)
+        row = row_for(up.db_path, reply.request_id)
     finally:
-        process.terminate()
-        process.wait(20)
+        up.stop()
     assert (row["provider"], row["input_tokens"], row["priced"]) == ("openai", 16, 1)
-    assert f"openai: http://127.0.0.1:{port} -> http://127.0.0.1:{upstream.port}" in log.read_text()
+    expected = f"openai: http://127.0.0.1:{up.port} -> http://127.0.0.1:{upstream.port}"
+    assert expected in up.log.read_text()
 
 
 def test_up_refuses_bad_listeners(tmp_path: Path) -> None:
@@ -80,36 +109,16 @@ HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 
 @pytest.mark.skipif(HAPROXY is None, reason="HAProxy is not installed (apt-get install haproxy)")
 def test_up_with_two_workers_behind_haproxy(tmp_path: Path, upstream: ReplayServer) -> None:
-    db_path = tmp_path / "llm-monitor.db"
-    invoke(db_path, "init")
-    token = new_org(db_path, "Acme")
-    port = free_port()
-    log = tmp_path / "up.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(LLM_MONITOR),
-                "--db",
-                str(db_path),
-                "up",
-                "--workers",
-                "2",
-                "--no-defaults",
-                "--listen",
-                f"openai=http://127.0.0.1:{upstream.port}@{port}",
-                "--",
-                "--set",
-                "monitor_flush_ms=20",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    up = start_up(
+        tmp_path, upstream, "--workers", "2", "--", "--set", "monitor_flush_ms=20", workers=2
+    )
+    port, token, db_path, process = up.port, up.token, up.db_path, up.process
     try:
-        wait_for_port(port, process, log)
         children = subprocess.run(
             ["pgrep", "-P", str(process.pid), "-a"], capture_output=True, text=True
         ).stdout
         lines = children.splitlines()
+        child_pids = [int(line.split()[0]) for line in lines]
         assert sum("/mitmdump -s" in line for line in lines) == 2, children
         assert sum("haproxy -db" in line for line in lines) == 1, children
         recording = load_recording("openai/chat_json_text_gpt-4o.json")
@@ -129,8 +138,8 @@ def test_up_with_two_workers_behind_haproxy(tmp_path: Path, upstream: ReplayServ
         )
         assert len(found) == len(ids)
     finally:
-        process.terminate()
-        assert process.wait(30) == 0
-    assert "all workers stopped" in log.read_text()
-    left = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True).stdout
-    assert left == b""
+        assert up.stop() == 0
+    assert "all workers stopped" in up.log.read_text()
+    for pid in child_pids:  # stopped with it, not left behind as orphans
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
