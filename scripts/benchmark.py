@@ -260,6 +260,16 @@ def process(
             proc.wait()
 
 
+def upstream(
+    port: int, workdir: Path, cpus: set[int] = OTHER_CPUS, **options: float
+) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """The fast upstream (`serve-upstream`) in a process of its own."""
+    args = [sys.executable, __file__, "serve-upstream", "--port", str(port)]
+    for name, value in options.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return process(args, port, workdir / "upstream.log", cpus)
+
+
 def mitmdump_args(upstream: int, port: int, addon: bool, db: Path, kind: str) -> list[str]:
     """Both mitmdumps alike: lazy connections, no flow lines. Bare mitmdump would buffer a
     stream whole; for SSE it is told to stream (as the addon does), or it is no baseline."""
@@ -391,16 +401,7 @@ def run_paths(
     so that drift on the machine does not favour one of them."""
     results = []
     upstream_port = free_port()
-    upstream_args = [
-        sys.executable,
-        __file__,
-        "serve-upstream",
-        "--port",
-        str(upstream_port),
-        "--first-event-ms",
-        str(first_event_ms),
-    ]
-    with process(upstream_args, upstream_port, workdir / "upstream.log"):
+    with upstream(upstream_port, workdir, first_event_ms=first_event_ms):
         for round_ in range(rounds):
             for kind in kinds:
                 if "direct" in paths:
@@ -588,8 +589,7 @@ def workers_command(requests: int, concurrency: int, max_workers: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         upstream_port = free_port()
-        upstream_args = [sys.executable, __file__, "serve-upstream", "--port", str(upstream_port)]
-        with process(upstream_args, upstream_port, workdir / "upstream.log", {0, 1}):
+        with upstream(upstream_port, workdir, cpus={0, 1}):
             for n in range(1, max_workers + 1):
                 db, token = new_db(workdir / f"w{n}")
                 port = free_port()
@@ -628,23 +628,15 @@ def soak_command(streams: int, seconds: float, interval_ms: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         upstream_port = free_port()
-        upstream_args = [
-            sys.executable,
-            __file__,
-            "serve-upstream",
-            "--port",
-            str(upstream_port),
-            "--events",
-            str(events),
-            "--interval-ms",
-            str(interval_ms),
-        ]
-        with process(upstream_args, upstream_port, workdir / "upstream.log", OTHER_CPUS):
+        with upstream(upstream_port, workdir, events=events, interval_ms=interval_ms):
             for path in ("bare", "addon"):
                 db, token = new_db(workdir / path) if path == "addon" else (workdir / "x", "-")
                 port = free_port()
                 args = mitmdump_args(upstream_port, port, path == "addon", db, "sse")
                 with process(args, port, workdir / f"{path}.log", PROXY_CPU) as proc:
+                    # One short request first: the port opens before the addon has finished
+                    # starting, and that wait is not what is measured here.
+                    asyncio.run(load(port, 1, 1, CHAT_BODY, token))
                     rss_before = rss_kb(proc.pid) / 1024
                     started = time.perf_counter()
                     timing = asyncio.run(load(port, streams, streams, STREAM_BODY, token))
@@ -664,7 +656,7 @@ def soak_command(streams: int, seconds: float, interval_ms: float) -> None:
                             "from usage"
                         ).fetchone()
                     click.echo(
-                        f"addon rows: {rows[0]} for {streams} streams; ok {rows[1]}, "
+                        f"addon rows: {rows[0]} for {streams} streams + 1 warm-up; ok {rows[1]}, "
                         f"exact tokens {rows[2]}, priced {rows[3]}"
                     )
 
