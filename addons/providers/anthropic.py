@@ -22,6 +22,8 @@ from llm_monitor.providers.base import RequestInfo, SSEReader, load_json
 from llm_monitor.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
+_USAGE_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
+
 
 def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
     uncached = as_count(usage.get("input_tokens"))
@@ -54,14 +56,13 @@ class AnthropicStreamReader(SSEReader):
         self._usage: dict[str, Any] = {}
 
     def on_event(self, raw: bytes) -> bytes:
+        # Content deltas and pings carry no usage: screened out before any parsing, since
+        # this runs for every event of every stream.
+        if b"message_" not in raw and b"error" not in raw:
+            return raw
         event = parse_event(raw)
-        if event is None or event.name not in (
-            "message_start",
-            "message_delta",
-            "message_stop",
-            "error",
-        ):
-            return raw  # content deltas and pings carry no usage
+        if event is None or event.name not in _USAGE_EVENTS:
+            return raw
         obj = load_json(event.data)
         if not isinstance(obj, dict):
             return raw

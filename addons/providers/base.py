@@ -96,8 +96,12 @@ class SSEReader:
         raise NotImplementedError
 
     def feed(self, data: bytes) -> bytes:
-        kept = [self._read(raw) for raw in self._splitter.feed(data)]
-        return b"".join(kept) if self.rewrites else data
+        events = self._splitter.feed(data)
+        if self.rewrites:
+            return b"".join(self._read(raw) for raw in events)
+        for raw in events:
+            self._read(raw)
+        return data
 
     def finish(self) -> bytes:
         rest = self._splitter.flush()
