@@ -1,18 +1,28 @@
-"""`usage_hourly`: usage summed per hour, organisation, token, provider and model.
+"""Rollup tables: usage summed per time bucket, so the dashboard never rescans `usage`.
 
-Charts and summaries over months read this instead of rescanning `usage`. The recorder
-adds each batch to it in the same transaction as the rows; a repricing or a migration
-rebuilds the hours it touches from `usage` with `rebuild`, the same sums in SQL.
+- `usage_hourly`: per hour, organisation, monitor token, provider and model.
+- `usage_daily`: per day, organisation, provider and model (months across all orgs).
+- `usage_daily_labels`: per day, organisation and label, where a label is the request's
+  user (`kind` = 'user') or one of its tags as `key=value` (`kind` = 'tag'); '' when the
+  request had none. A request with two tags counts once under each.
+
+The recorder adds each batch to every rollup in the same transaction as the rows; a
+repricing or a migration rebuilds the buckets it touches from `usage` with `rebuild`, the
+same sums in SQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import operator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlite_utils import Database
 
-KEY = ("hour", "org_id", "token_id", "provider", "model")
+Key = tuple[Any, ...]
+
 SUMS = (
     "requests",
     "errors",
@@ -29,14 +39,13 @@ SUMS = (
     "ttft_ms_sum",
     "ttft_count",
 )
+_FLOAT_SUMS = {"cost_usd", "latency_ms_sum", "ttft_ms_sum"}
 
-# One row of `usage` as its contribution to the rollup; the SQL twin of `contribution`.
-_CONTRIBUTION_SQL = """
-    substr(ts, 1, 13) as hour, coalesce(org_id, 0) as org_id,
-    coalesce(token_id, 0) as token_id, provider,
-    coalesce(response_model, model, '') as model,
+# What a group of `usage` rows adds to a rollup row; the SQL twin of `contribution`.
+_SUMS_SQL = """
     count(*) as requests, sum(outcome != 'ok') as errors, sum(streamed) as streamed,
-    sum(priced = 0) as unpriced, sum(coalesce(input_tokens, 0)) as input_tokens,
+    count(case when priced = 0 then 1 end) as unpriced,
+    sum(coalesce(input_tokens, 0)) as input_tokens,
     sum(coalesce(cached_input_tokens, 0)) as cached_input_tokens,
     sum(coalesce(cache_write_tokens, 0)) as cache_write_tokens,
     sum(coalesce(output_tokens, 0)) as output_tokens,
@@ -45,35 +54,106 @@ _CONTRIBUTION_SQL = """
     sum(coalesce(latency_ms, 0)) as latency_ms_sum, count(latency_ms) as latency_count,
     sum(coalesce(ttft_ms, 0)) as ttft_ms_sum, count(ttft_ms) as ttft_count
 """
+_MODEL_SQL = "coalesce(response_model, model, '')"
 
 
-def create(db: Database) -> None:
-    db["usage_hourly"].create(
-        {
-            **{k: str for k in ("hour", "provider", "model")},
-            "org_id": int,
-            "token_id": int,
-            **{
-                s: (float if s in ("cost_usd", "latency_ms_sum", "ttft_ms_sum") else int)
-                for s in SUMS
+def _model(row: dict[str, Any]) -> str:
+    return row["response_model"] or row["model"] or ""
+
+
+def _hourly_keys(row: dict[str, Any]) -> list[Key]:
+    hour, org_id, token_id = row["ts"][:13], row["org_id"] or 0, row["token_id"] or 0
+    return [(hour, org_id, token_id, row["provider"], _model(row))]
+
+
+def _daily_keys(row: dict[str, Any]) -> list[Key]:
+    return [(row["ts"][:10], row["org_id"] or 0, row["provider"], _model(row))]
+
+
+def _label_keys(row: dict[str, Any]) -> list[Key]:
+    day, org_id = row["ts"][:10], row["org_id"] or 0
+    tags = json.loads(row["tags"]) if row["tags"] else {}
+    labels = [f"{key}={value}" for key, value in tags.items()] or [""]
+    return [(day, org_id, "user", row["user"] or "")] + [(day, org_id, "tag", t) for t in labels]
+
+
+@dataclass(frozen=True)
+class Rollup:
+    table: str
+    key: tuple[str, ...]
+    bucket_length: int  # characters of `ts` that name the bucket: 13 for hours, 10 for days
+    keys_of: Callable[[dict[str, Any]], list[Key]]
+    # `select <key columns>, <sums>` over `usage` rows with ts >= ?, grouped by the key.
+    select_sql: str
+    indexes: tuple[tuple[str, ...], ...]
+
+    @property
+    def upsert_sql(self) -> str:
+        columns = self.key + SUMS
+        return (
+            f"insert into {self.table} ({', '.join(columns)}) "
+            f"values ({', '.join('?' * len(columns))}) "
+            f"on conflict ({', '.join(self.key)}) do update set "
+            + ", ".join(f"{s} = {s} + excluded.{s}" for s in SUMS)
+        )
+
+
+ROLLUPS = (
+    Rollup(
+        "usage_hourly",
+        ("hour", "org_id", "token_id", "provider", "model"),
+        13,
+        _hourly_keys,
+        f"""select substr(ts, 1, 13), coalesce(org_id, 0), coalesce(token_id, 0), provider,
+        {_MODEL_SQL}, {_SUMS_SQL} from usage where ts >= ? group by 1, 2, 3, 4, 5""",
+        (("org_id", "hour"),),
+    ),
+    Rollup(
+        "usage_daily",
+        ("day", "org_id", "provider", "model"),
+        10,
+        _daily_keys,
+        f"""select substr(ts, 1, 10), coalesce(org_id, 0), provider, {_MODEL_SQL}, {_SUMS_SQL}
+        from usage where ts >= ? group by 1, 2, 3, 4""",
+        (("org_id", "day"),),
+    ),
+    Rollup(
+        "usage_daily_labels",
+        ("day", "org_id", "kind", "label"),
+        10,
+        _label_keys,
+        f"""select substr(ts, 1, 10), coalesce(org_id, 0), 'user', coalesce(user, ''),
+        {_SUMS_SQL} from usage where ts >= ? group by 1, 2, 3, 4
+        union all
+        select substr(ts, 1, 10), coalesce(org_id, 0), 'tag',
+        coalesce(tag.key || '=' || tag.value, ''), {_SUMS_SQL}
+        from usage left join json_each(usage.tags) as tag where ts >= ? group by 1, 2, 3, 4""",
+        (("org_id", "kind", "day"),),
+    ),
+)
+
+
+def create(db: Database, names: Iterable[str] | None = None) -> None:
+    """Create the rollup tables (all, or those named) with their indexes."""
+    for rollup in ROLLUPS:
+        if names is not None and rollup.table not in names:
+            continue
+        table = db[rollup.table]
+        table.create(
+            {
+                **{k: (int if k in ("org_id", "token_id") else str) for k in rollup.key},
+                **{s: (float if s in _FLOAT_SUMS else int) for s in SUMS},
             },
-        },
-        pk=KEY,
-        not_null=set(KEY),
-    )
-    db["usage_hourly"].create_index(["org_id", "hour"])
+            pk=rollup.key,
+            not_null=set(rollup.key),
+        )
+        for columns in rollup.indexes:
+            table.create_index(list(columns))
 
 
-def contribution(row: dict[str, Any]) -> tuple[tuple[Any, ...], list[float | int]]:
-    """What one `usage` row adds to its rollup row: the key and the sums."""
-    key = (
-        row["ts"][:13],
-        row["org_id"] or 0,
-        row["token_id"] or 0,
-        row["provider"],
-        row["response_model"] or row["model"] or "",
-    )
-    return key, [
+def contribution(row: dict[str, Any]) -> list[float | int]:
+    """What one `usage` row adds to each rollup row it belongs to, in `SUMS` order."""
+    return [
         1,
         int(row["outcome"] != "ok"),
         int(bool(row["streamed"])),
@@ -91,31 +171,29 @@ def contribution(row: dict[str, Any]) -> tuple[tuple[Any, ...], list[float | int
     ]
 
 
-_UPSERT = (
-    f"insert into usage_hourly ({', '.join(KEY + SUMS)}) "
-    f"values ({', '.join('?' * (len(KEY) + len(SUMS)))}) "
-    f"on conflict ({', '.join(KEY)}) do update set "
-    + ", ".join(f"{s} = {s} + excluded.{s}" for s in SUMS)
-)
-
-
 def add(db: Database, rows: Iterable[dict[str, Any]]) -> None:
-    """Add a batch of new `usage` rows (inside the caller's transaction)."""
-    totals: dict[tuple[Any, ...], list[float | int]] = {}
+    """Add a batch of new `usage` rows to every rollup (inside the caller's transaction)."""
+    totals: list[dict[Key, list[float | int]]] = [{} for _ in ROLLUPS]
     for row in rows:
-        key, sums = contribution(row)
-        if key in totals:
-            totals[key] = [a + b for a, b in zip(totals[key], sums, strict=True)]
-        else:
-            totals[key] = sums
-    db.conn.executemany(_UPSERT, [(*key, *sums) for key, sums in totals.items()])
+        sums = contribution(row)
+        for rollup, table_totals in zip(ROLLUPS, totals, strict=True):
+            for key in rollup.keys_of(row):
+                old = table_totals.get(key)
+                table_totals[key] = sums if old is None else list(map(operator.add, old, sums))
+    for rollup, table_totals in zip(ROLLUPS, totals, strict=True):
+        db.conn.executemany(rollup.upsert_sql, [(*k, *s) for k, s in table_totals.items()])
 
 
-def rebuild(db: Database, since_hour: str = "") -> None:
-    """Recompute the rollup from `usage` for every hour from `since_hour` (all if empty)."""
-    db.execute("delete from usage_hourly where hour >= ?", [since_hour])
-    db.execute(
-        f"insert into usage_hourly ({', '.join(KEY + SUMS)}) "
-        f"select {_CONTRIBUTION_SQL} from usage where ts >= ? group by 1, 2, 3, 4, 5",
-        [since_hour],
-    )
+def rebuild(db: Database, since: str = "", names: Iterable[str] | None = None) -> None:
+    """Recompute rollups from `usage` for every bucket from `since` (a date or an hour
+    such as `2026-06-01T13`; everything if empty). All rollups, or those named."""
+    for rollup in ROLLUPS:
+        if names is not None and rollup.table not in names:
+            continue
+        start = since[: rollup.bucket_length]
+        first = rollup.key[0]
+        db.execute(f"delete from {rollup.table} where {first} >= ?", [start])
+        db.execute(
+            f"insert into {rollup.table} ({', '.join(rollup.key + SUMS)}) {rollup.select_sql}",
+            [start] * rollup.select_sql.count("?"),
+        )
