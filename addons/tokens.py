@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = "mon_"
+DASHBOARD_PREFIX = "dash_"  # bearer tokens for the dashboard's JSON API, never for the proxy
 MAX_TOKEN_LENGTH = 200  # a longer header is no token of ours; don't even hash it
 
 logger = logging.getLogger(__name__)
 
 
-def new_token() -> str:
-    """`mon_` and 43 URL-safe characters (256 random bits)."""
-    return PREFIX + secrets.token_urlsafe(32)
+def new_token(prefix: str = PREFIX) -> str:
+    """`mon_` (or `prefix`) and 43 URL-safe characters (256 random bits)."""
+    return prefix + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:
@@ -32,7 +33,7 @@ def hash_token(token: str) -> str:
 
 def display_prefix(token: str) -> str:
     """What lists show of a token: enough to recognise it, far too little to use it."""
-    return token[: len(PREFIX) + 6]
+    return token[: token.find("_") + 7]
 
 
 @dataclass(frozen=True, slots=True)
