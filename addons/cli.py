@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import uvicorn
 from mitmproxy.net import server_spec
 from pydantic import ValidationError
 from sqlite_utils import Database
@@ -24,7 +27,10 @@ from tabulate import tabulate
 from llm_monitor import monitor as monitor_script
 from llm_monitor import rollups
 from llm_monitor import workers as workers_module
+from llm_monitor.dashboard import DEFAULT_PORT as DASHBOARD_PORT
+from llm_monitor.dashboard import make_datasette
 from llm_monitor.database import open_db
+from llm_monitor.passwords import check_strength, hash_password
 from llm_monitor.pricing import (
     PriceEntry,
     PriceFileError,
@@ -35,7 +41,7 @@ from llm_monitor.pricing import (
     upsert_prices,
 )
 from llm_monitor.recorder import load_price_book, price_row, write_rows
-from llm_monitor.tokens import display_prefix, hash_token, new_token
+from llm_monitor.tokens import DASHBOARD_PREFIX, PREFIX, display_prefix, hash_token, new_token
 from llm_monitor.usage import UsageRecord, utc_timestamp
 
 DEFAULT_DB = "llm-monitor.db"
@@ -132,22 +138,53 @@ def orgs() -> None:
 @click.argument("name")
 @click.option("--email", required=True, help="Contact and dashboard login of the organisation.")
 @click.option("--token-name", default="default", show_default=True, help="Label of the token.")
+@click.option(
+    "--password", "with_password", is_flag=True, help="Set a dashboard password (prompted)."
+)
+@click.option("--admin", is_flag=True, help="Its login sees every organisation and can run SQL.")
 @json_option
 @click.pass_context
 @handle_errors
-def orgs_create(ctx: click.Context, name: str, email: str, token_name: str, as_json: bool) -> None:
-    """Create an organisation and print its first monitor token (shown only this once)."""
+def orgs_create(
+    ctx: click.Context,
+    name: str,
+    email: str,
+    token_name: str,
+    with_password: bool,
+    admin: bool,
+    as_json: bool,
+) -> None:
+    """Create an organisation and print its first monitor token (shown only this once).
+
+    With --password, its dashboard login (the email and that password) works at once;
+    otherwise set one later with `llm-monitor orgs set-password`.
+    """
     name = name.strip()
     if not name:
         raise click.BadParameter("must not be empty", param_hint="NAME")
     if "@" not in email:
         raise click.BadParameter(f"{email!r} is not an email address", param_hint="--email")
     db = get_db(ctx)
+    password_hash = prompt_password_hash() if with_password else None
     with db.atomic():
         if db["orgs"].count_where("name = ?", [name]):
             raise click.ClickException(f"organisation {name!r} already exists")
-        org_id = db["orgs"].insert({"name": name, "email": email, "created_at": now_utc()}).last_pk
-        token_id, token = create_token(db, org_id, token_name)
+        if password_hash:
+            check_login_email_free(db, email, None)
+        org_id = (
+            db["orgs"]
+            .insert(
+                {
+                    "name": name,
+                    "email": email,
+                    "created_at": now_utc(),
+                    "password_hash": password_hash,
+                    "is_admin": int(admin),
+                }
+            )
+            .last_pk
+        )
+        token_id, token = create_token(db, "monitor_tokens", org_id, token_name)
     if as_json:
         click.echo(
             json.dumps({"org_id": org_id, "name": name, "token_id": token_id, "token": token})
@@ -169,6 +206,7 @@ def orgs_list(ctx: click.Context, as_json: bool) -> None:
     rows = list(
         get_db(ctx).query("""
         select orgs.id, orgs.name, orgs.email, orgs.created_at,
+          orgs.password_hash is not null as login, orgs.is_admin as admin,
           (select count(*) from monitor_tokens t
             where t.org_id = orgs.id and t.revoked_at is null) as live_tokens,
           (select count(*) from usage where usage.org_id = orgs.id) as requests
@@ -176,6 +214,62 @@ def orgs_list(ctx: click.Context, as_json: bool) -> None:
     """)
     )
     emit(rows, as_json)
+
+
+@orgs.command("set-password")
+@click.argument("name")
+@click.option(
+    "--admin/--no-admin",
+    default=None,
+    help="Also make the organisation an admin (sees every organisation), or no longer one.",
+)
+@click.pass_context
+@handle_errors
+def orgs_set_password(ctx: click.Context, name: str, admin: bool | None) -> None:
+    """Set the password an organisation logs in to the dashboard with (prompted twice).
+
+    It logs in with its email (see `orgs list`). The password is stored as a salted scrypt
+    hash. Reads the password from standard input when that is not a terminal.
+    """
+    db = get_db(ctx)
+    org_id = find_org(db, name)
+    password_hash = prompt_password_hash()
+    with db.atomic():
+        email = db["orgs"].get(org_id)["email"]
+        check_login_email_free(db, email, org_id)
+        changes: dict[str, Any] = {"password_hash": password_hash}
+        if admin is not None:
+            changes["is_admin"] = int(admin)
+        db["orgs"].update(org_id, changes)
+    click.echo(f"password set for {name!r}: log in to the dashboard as {email}")
+
+
+def prompt_password_hash() -> str:
+    password = click.prompt(
+        "Dashboard password", hide_input=True, confirmation_prompt=True, err=True
+    )
+    try:
+        check_strength(password)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="password") from None
+    return hash_password(password)
+
+
+def check_login_email_free(db: Database, email: str, org_id: int | None) -> None:
+    """A login email names one organisation: refuse a second one with a password."""
+    other = next(
+        db.query(
+            "select name from orgs where email = ? collate nocase and password_hash is not null "
+            "and id is not ?",
+            [email, org_id],
+        ),
+        None,
+    )
+    if other is not None:
+        raise click.ClickException(
+            f"{email} is already the dashboard login of {other['name']!r}; "
+            "give this organisation another email"
+        )
 
 
 def find_org(db: Database, name: str) -> int:
@@ -188,10 +282,18 @@ def find_org(db: Database, name: str) -> int:
 # Monitor tokens.
 
 
-def create_token(db: Database, org_id: int, label: str | None) -> tuple[int, str]:
-    token = new_token()
+# Token table: (prefix of its tokens, the command that lists them).
+TOKEN_TABLES = {
+    "monitor_tokens": (PREFIX, "llm-monitor tokens list"),
+    "dashboard_tokens": (DASHBOARD_PREFIX, "llm-monitor dashboard-token list"),
+}
+
+
+def create_token(db: Database, table: str, org_id: int, label: str | None) -> tuple[int, str]:
+    """A new token in `table`: only its hash and a display prefix are stored."""
+    token = new_token(TOKEN_TABLES[table][0])
     token_id = (
-        db["monitor_tokens"]
+        db[table]
         .insert(
             {
                 "org_id": org_id,
@@ -204,6 +306,39 @@ def create_token(db: Database, org_id: int, label: str | None) -> tuple[int, str
         .last_pk
     )
     return token_id, token
+
+
+def list_tokens(db: Database, table: str, org_name: str | None) -> list[dict[str, Any]]:
+    where, params = "", []
+    if org_name is not None:
+        where, params = "where t.org_id = ?", [find_org(db, org_name)]
+    sql = f"""
+        select t.id, t.prefix, t.label, orgs.name as org, t.created_at, t.last_used_at,
+          t.revoked_at
+        from {table} t join orgs on orgs.id = t.org_id {where} order by t.id
+    """
+    return list(db.query(sql, params))
+
+
+def revoke_token(db: Database, table: str, id_or_token: str) -> str:
+    """Revoke by id or by the full token; say what happened."""
+    prefix, list_command = TOKEN_TABLES[table]
+    if id_or_token.isdigit():
+        where, params = "id = ?", [int(id_or_token)]
+    elif id_or_token.startswith(prefix):
+        where, params = "token_hash = ?", [hash_token(id_or_token)]
+    else:
+        raise click.BadParameter(
+            f"give a token id (a number) or a full {prefix} token", param_hint="ID_OR_TOKEN"
+        )
+    row = next(db.query(f"select id, revoked_at from {table} where {where}", params), None)
+    if row is None:
+        raise click.ClickException(f"no such token (see `{list_command}`)")
+    if row["revoked_at"]:
+        return f"token {row['id']} was already revoked at {row['revoked_at']}"
+    with db.atomic():
+        db[table].update(row["id"], {"revoked_at": now_utc()})
+    return f"revoked token {row['id']}"
 
 
 @cli.group()
@@ -221,7 +356,7 @@ def tokens_create(ctx: click.Context, org_name: str, label: str | None, as_json:
     """Create a monitor token and print it (shown only this once; stored as SHA-256)."""
     db = get_db(ctx)
     with db.atomic():
-        token_id, token = create_token(db, find_org(db, org_name), label)
+        token_id, token = create_token(db, "monitor_tokens", find_org(db, org_name), label)
     if as_json:
         click.echo(json.dumps({"token_id": token_id, "org": org_name, "token": token}))
     else:
@@ -235,21 +370,7 @@ def tokens_create(ctx: click.Context, org_name: str, label: str | None, as_json:
 @handle_errors
 def tokens_list(ctx: click.Context, org_name: str | None, as_json: bool) -> None:
     """Tokens with their prefix, label, organisation, creation, last use and revocation."""
-    db = get_db(ctx)
-    where, params = "", []
-    if org_name is not None:
-        where, params = "where t.org_id = ?", [find_org(db, org_name)]
-    rows = list(
-        db.query(
-            f"""
-        select t.id, t.prefix, t.label, orgs.name as org, t.created_at, t.last_used_at,
-          t.revoked_at
-        from monitor_tokens t join orgs on orgs.id = t.org_id {where} order by t.id
-    """,
-            params,
-        )
-    )
-    emit(rows, as_json)
+    emit(list_tokens(get_db(ctx), "monitor_tokens", org_name), as_json)
 
 
 @tokens.command("revoke")
@@ -261,24 +382,59 @@ def tokens_revoke(ctx: click.Context, id_or_token: str) -> None:
 
     A running proxy stops accepting it within its refresh interval (1 s by default).
     """
+    click.echo(revoke_token(get_db(ctx), "monitor_tokens", id_or_token))
+
+
+# Dashboard tokens.
+
+
+@cli.group("dashboard-token")
+def dashboard_token() -> None:
+    """Bearer tokens for the dashboard's JSON API (one organisation's views, read-only)."""
+
+
+@dashboard_token.command("create")
+@click.option("--org", "org_name", required=True, help="Organisation whose views it reads.")
+@click.option("--name", "label", help="A label, e.g. the script that will use it.")
+@json_option
+@click.pass_context
+@handle_errors
+def dashboard_token_create(
+    ctx: click.Context, org_name: str, label: str | None, as_json: bool
+) -> None:
+    """Create a dashboard token and print it (shown only this once; stored as SHA-256).
+
+    Send it as `Authorization: Bearer dash_...` to the JSON views, e.g.
+    /llm-monitor/summary.json?period=week.
+    """
     db = get_db(ctx)
-    if id_or_token.isdigit():
-        where, params = "id = ?", [int(id_or_token)]
-    elif id_or_token.startswith("mon_"):
-        where, params = "token_hash = ?", [hash_token(id_or_token)]
-    else:
-        raise click.BadParameter(
-            "give a token id (a number) or a full mon_ token", param_hint="ID_OR_TOKEN"
-        )
-    row = next(db.query(f"select id, revoked_at from monitor_tokens where {where}", params), None)
-    if row is None:
-        raise click.ClickException("no such token (see `llm-monitor tokens list`)")
-    if row["revoked_at"]:
-        click.echo(f"token {row['id']} was already revoked at {row['revoked_at']}")
-        return
     with db.atomic():
-        db["monitor_tokens"].update(row["id"], {"revoked_at": now_utc()})
-    click.echo(f"revoked token {row['id']}")
+        token_id, token = create_token(db, "dashboard_tokens", find_org(db, org_name), label)
+    if as_json:
+        click.echo(json.dumps({"token_id": token_id, "org": org_name, "token": token}))
+    else:
+        click.echo(token)
+
+
+@dashboard_token.command("list")
+@click.option("--org", "org_name", help="Only this organisation's tokens.")
+@json_option
+@click.pass_context
+@handle_errors
+def dashboard_token_list(ctx: click.Context, org_name: str | None, as_json: bool) -> None:
+    """Dashboard tokens with their prefix, label, organisation, creation, last use and
+    revocation (never the token)."""
+    emit(list_tokens(get_db(ctx), "dashboard_tokens", org_name), as_json)
+
+
+@dashboard_token.command("revoke")
+@click.argument("id_or_token")
+@click.pass_context
+@handle_errors
+def dashboard_token_revoke(ctx: click.Context, id_or_token: str) -> None:
+    """Revoke a dashboard token, by its id (see `dashboard-token list`) or the full token.
+    It stops working at once."""
+    click.echo(revoke_token(get_db(ctx), "dashboard_tokens", id_or_token))
 
 
 # Prices.
@@ -550,6 +706,14 @@ def parse_listen(value: str) -> tuple[str, str, int]:
     show_default=True,
     help="mitmdump processes behind HAProxy (apt-get install haproxy), for more than one core.",
 )
+@click.option(
+    "--dashboard-port",
+    type=click.IntRange(1, 65535),
+    default=DASHBOARD_PORT,
+    show_default=True,
+    help="Port of the dashboard (Datasette), on --host.",
+)
+@click.option("--no-dashboard", is_flag=True, help="Run the proxy without the dashboard.")
 @click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def up(
@@ -559,9 +723,12 @@ def up(
     no_defaults: bool,
     log_requests: bool,
     workers: int,
+    dashboard_port: int,
+    no_dashboard: bool,
     mitmdump_args: tuple[str, ...],
 ) -> None:
-    """Run the proxy: mitmdump with the monitor addon, one listener per provider.
+    """Run the proxy: mitmdump with the monitor addon, one listener per provider, and
+    the dashboard next to it (http://127.0.0.1:8001).
 
     By default: OpenAI on 8080, Anthropic on 8081, Gemini on 8082 and xAI on 8083.
     Names other than openai, anthropic, gemini and xai are read as OpenAI-compatible.
@@ -576,6 +743,10 @@ def up(
     ports = [port for _, port in listeners.values()]
     if len(set(ports)) != len(ports):
         raise click.BadParameter("two listeners on one port", param_hint="--listen")
+    if not no_dashboard and dashboard_port in ports:
+        raise click.BadParameter(
+            f"port {dashboard_port} is also a listener's", param_hint="--dashboard-port"
+        )
     search_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     mitmdump = shutil.which("mitmdump", path=search_path)
     if mitmdump is None:
@@ -586,12 +757,16 @@ def up(
         click.echo(f"{name:>10}: http://{host}:{port} -> {upstream}", err=True)
     # mitmdump takes each option once: a second --set of it disables the addon silently.
     extra = ["--set", f"monitor_log_requests={str(log_requests).lower()}", *mitmdump_args]
+    also = []
+    if not no_dashboard:
+        click.echo(f"{'dashboard':>10}: http://{host}:{dashboard_port}/", err=True)
+        also.append(dashboard_command(db_path, host, dashboard_port))
     if workers > 1:
         click.echo(f"{workers} workers behind HAProxy", err=True)
         found = [workers_module.Listener(n, u, p) for n, (u, p) in listeners.items()]
         try:
             status = workers_module.run(
-                mitmdump, monitor_script.__file__, db_path, host, found, workers, extra
+                mitmdump, monitor_script.__file__, db_path, host, found, workers, extra, also
             )
         except RuntimeError as e:
             raise click.ClickException(str(e)) from None
@@ -601,7 +776,44 @@ def up(
         args += ["--mode", f"reverse:{upstream}@{host}:{port}"]
     names = ",".join(f"{port}:{name}" for name, (_, port) in listeners.items())
     args += ["--set", f"monitor_db={db_path}", "--set", f"monitor_providers={names}"]
-    os.execv(mitmdump, [*args, *extra])
+    if not also:
+        os.execv(mitmdump, [*args, *extra])
+    sys.exit(workers_module.supervise([[*args, *extra], *also]))
+
+
+def dashboard_command(db_path: str, host: str, port: int) -> list[str]:
+    """`llm-monitor dashboard` as a child process of `up`."""
+    cli_args = ["--db", db_path, "dashboard", "--host", host, "--port", str(port)]
+    return [sys.executable, "-m", "llm_monitor", *cli_args]
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=DASHBOARD_PORT, show_default=True)
+@click.option(
+    "--root", is_flag=True, help="Print a one-time login address for Datasette's root (an admin)."
+)
+@click.option(
+    "--secret",
+    envvar="DATASETTE_SECRET",
+    help="Signs login cookies; give one to keep sessions across restarts (default: random).",
+)
+@click.pass_context
+@handle_errors
+def dashboard(ctx: click.Context, host: str, port: int, root: bool, secret: str | None) -> None:
+    """Serve the dashboard alone: Datasette over the usage database with the views,
+    charts, logins and JSON API configured in datasette_config/."""
+    get_db(ctx).conn.close()  # it exists, and its schema is current
+    datasette = make_datasette(ctx.obj["db_path"], secret=secret)
+    asyncio.run(datasette.invoke_startup())
+    if root:
+        datasette._root_token = secrets.token_hex(32)  # what `datasette --root` does
+        click.echo(
+            f"root login: http://{host}:{port}/-/auth-token?token={datasette._root_token}",
+            err=True,
+        )
+    click.echo(f"dashboard: http://{host}:{port}/", err=True)
+    uvicorn.run(datasette.app(), host=host, port=port, log_level="warning")
 
 
 @cli.command("import-spool")

@@ -80,9 +80,10 @@ def run(
     listeners: Sequence[Listener],
     workers: int,
     extra: Sequence[str],
+    also: Sequence[Sequence[str]] = (),
 ) -> int:
-    """Start HAProxy and the workers; when any of them exits, or on SIGTERM/SIGINT, stop
-    them all (each worker writes what it has queued before it exits)."""
+    """Start HAProxy, the workers and `also` (the dashboard); when any of them exits, or
+    on SIGTERM/SIGINT, stop them all (each worker writes what it has queued first)."""
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
     if haproxy is None:
         raise RuntimeError("--workers needs HAProxy: apt-get install haproxy")
@@ -99,9 +100,15 @@ def run(
             for w in range(workers)
         ]
         children.append(subprocess.Popen([haproxy, "-db", "-f", str(config)]))
+        children += [subprocess.Popen(command) for command in also]
         status = _supervise(children)
     print("llm-monitor: all workers stopped", file=sys.stderr)
     return status
+
+
+def supervise(commands: Sequence[Sequence[str]]) -> int:
+    """Run the commands together until one exits or a signal comes; then stop them all."""
+    return _supervise([subprocess.Popen(command) for command in commands])
 
 
 def _supervise(children: list[subprocess.Popen]) -> int:
@@ -115,7 +122,8 @@ def _supervise(children: list[subprocess.Popen]) -> int:
     signal.signal(signal.SIGINT, stop)
     while not stopping and all(child.poll() is None for child in children):
         time.sleep(0.1)
-    for child in reversed(children):  # HAProxy first: no new connections, then the workers
+    # Last started first: the dashboard, HAProxy (no new connections), then the workers.
+    for child in reversed(children):
         if child.poll() is None:
             child.terminate()
     status = 0

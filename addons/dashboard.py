@@ -1,0 +1,48 @@
+"""The dashboard: Datasette over the usage database, configured from `datasette_config/`.
+
+`make_datasette` is what `llm-monitor dashboard` serves and what the tests drive: the usage
+database always under the name `llm-monitor` (the metadata's canned queries are keyed by
+it), with our plugins, templates and metadata. The plain `datasette` command line in the
+README does the same for a database file named `llm-monitor.db`.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+from datasette.app import Datasette
+from datasette.database import Database
+
+DATABASE = "llm-monitor"
+CONFIG_DIR = Path(str(files("llm_monitor.datasette_config")))
+DEFAULT_PORT = 8001
+
+
+def is_admin(actor: dict[str, Any] | None) -> bool:
+    """Datasette's root, or an organisation marked admin: may see every organisation."""
+    return bool(actor) and (actor.get("id") == "root" or actor.get("admin") is True)
+
+
+def usage_db(datasette: Datasette) -> Database:
+    """The usage database: served as `llm-monitor`, or the only one given to `datasette`."""
+    return datasette.databases.get(DATABASE) or datasette.get_database()
+
+
+def metadata() -> dict[str, Any]:
+    return yaml.safe_load((CONFIG_DIR / "metadata.yml").read_text())
+
+
+def make_datasette(db_path: str | Path, *, secret: str | None = None) -> Datasette:
+    """A Datasette serving the usage database as `llm-monitor`, ready for `.app()`."""
+    datasette = Datasette(
+        [],
+        metadata=metadata(),
+        plugins_dir=str(CONFIG_DIR / "plugins"),
+        template_dir=str(CONFIG_DIR / "templates"),
+        secret=secret,
+    )
+    datasette.add_database(Database(datasette, path=str(db_path), is_mutable=True), DATABASE)
+    return datasette
