@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from llm_monitor.cli import cli
+from llm_monitor.passwords import verify_password
 from llm_monitor.tokens import hash_token
 from tests.conftest import invoke, new_org
 
@@ -344,3 +347,60 @@ def test_stats(fresh_db: Path) -> None:
     assert (by_model["mystery"]["errors"], by_model["mystery"]["unpriced"]) == (1, 1)
     text = invoke(fresh_db, "stats", "--period", "week")
     assert "3 requests, $0.001400 (1 requests without a price not included)" in text
+
+
+def test_passwords_are_checked_and_stored_only_as_scrypt_hashes(fresh_db: Path) -> None:
+    def run(*args: str, password: str) -> Any:
+        return CliRunner().invoke(
+            cli, ["--db", str(fresh_db), *args], input=f"{password}\n{password}\n"
+        )
+
+    short = run("orgs", "create", "Acme", "--email", "a@x.example", "--password", password="short")
+    assert short.exit_code == 2 and "at least 8 characters" in short.output
+    assert "Traceback" not in short.output
+    created = run(
+        "orgs", "create", "Acme", "--email", "a@x.example", "--password", password="long-secret-1"
+    )
+    assert created.exit_code == 0, created.output
+    new_org(fresh_db, "Globex")
+    invoke(fresh_db, "orgs", "create", "Initech", "--email", "A@X.example")  # Acme's, any case
+    taken = run("orgs", "set-password", "Initech", password="long-secret-2")
+    assert taken.exit_code == 1
+    assert "A@X.example is already the dashboard login of 'Acme'" in taken.output
+    changed = run("orgs", "set-password", "Acme", "--admin", password="long-secret-3")
+    assert changed.exit_code == 0 and "log in to the dashboard as a@x.example" in changed.output
+    stored = (
+        sqlite3.connect(fresh_db)
+        .execute("select password_hash, is_admin from orgs where name = 'Acme'")
+        .fetchone()
+    )
+    assert stored[0].startswith("scrypt$16384$8$1$") and "long-secret" not in stored[0]
+    assert stored[1] == 1
+    assert verify_password("long-secret-3", stored[0])
+    listed = {o["name"]: o for o in json.loads(invoke(fresh_db, "orgs", "list", "--json"))}
+    assert (listed["Acme"]["login"], listed["Acme"]["admin"]) == (1, 1)
+    assert (listed["Globex"]["login"], listed["Globex"]["admin"]) == (0, 0)
+    missing = run("orgs", "set-password", "Nobody", password="long-secret-4")
+    assert missing.exit_code == 1 and "no organisation named 'Nobody'" in missing.output
+
+
+def test_dashboard_tokens_are_listed_without_the_token_and_revoked(fresh_db: Path) -> None:
+    new_org(fresh_db, "Acme")
+    created = json.loads(
+        invoke(
+            fresh_db, "dashboard-token", "create", "--org", "Acme", "--name", "grafana", "--json"
+        )
+    )
+    token = created["token"]
+    listed = json.loads(invoke(fresh_db, "dashboard-token", "list", "--json"))
+    assert [(t["label"], t["prefix"], t["revoked_at"]) for t in listed] == [
+        ("grafana", token[:11], None)
+    ]
+    assert token not in invoke(fresh_db, "dashboard-token", "list")
+    stored = sqlite3.connect(fresh_db).execute("select token_hash from dashboard_tokens").fetchone()
+    assert stored[0] == hashlib.sha256(token.encode()).hexdigest()
+    # Monitor and dashboard tokens are apart: neither command revokes the other's.
+    wrong = CliRunner().invoke(cli, ["--db", str(fresh_db), "tokens", "revoke", token])
+    assert wrong.exit_code == 2 and "a full mon_ token" in wrong.output
+    assert "revoked token 1" in invoke(fresh_db, "dashboard-token", "revoke", token)
+    assert "already revoked" in invoke(fresh_db, "dashboard-token", "revoke", "1")

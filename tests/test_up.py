@@ -27,6 +27,7 @@ class Up:
     db_path: Path
     token: str
     port: int
+    dashboard_port: int
     log: Path
 
     def stop(self) -> int:
@@ -40,7 +41,7 @@ def start_up(tmp_path: Path, upstream: ReplayServer, *args: str, workers: int = 
     db_path = tmp_path / "llm-monitor.db"
     invoke(db_path, "init")
     token = new_org(db_path, "Acme")
-    port = free_port()
+    port, dashboard_port = free_port(), free_port()
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -52,12 +53,14 @@ def start_up(tmp_path: Path, upstream: ReplayServer, *args: str, workers: int = 
                 "--no-defaults",
                 "--listen",
                 f"openai=http://127.0.0.1:{upstream.port}@{port}",
+                "--dashboard-port",
+                str(dashboard_port),
                 *args,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    up = Up(process, db_path, token, port, log)
+    up = Up(process, db_path, token, port, dashboard_port, log)
     wait_for_port(port, process, log)
     deadline = time.monotonic() + 20
     while log.read_text().count("llm-monitor: recording usage in") < workers:
@@ -79,8 +82,12 @@ def test_up_runs_the_proxy(tmp_path: Path, upstream: ReplayServer) -> None:
         )
         client.chat.completions.create(**recording["request"]["body"])
         row = row_for(up.db_path, reply.request_id)
+        # The dashboard runs next to the proxy, on its own port.
+        wait_for_port(up.dashboard_port, up.process, up.log)
+        login = httpx.get(f"http://127.0.0.1:{up.dashboard_port}/-/login")
+        assert login.status_code == 200 and "Log in to LLM Monitor" in login.text
     finally:
-        up.stop()
+        assert up.stop() == 0
     assert (row["provider"], row["input_tokens"], row["priced"]) == ("openai", 16, 1)
     expected = f"openai: http://127.0.0.1:{up.port} -> http://127.0.0.1:{upstream.port}"
     assert expected in up.log.read_text()
