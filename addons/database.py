@@ -144,12 +144,13 @@ def m004_dashboard(db: Database) -> None:
         foreign_keys=[("org_id", "orgs", "id")],
     )
     db["dashboard_tokens"].create_index(["token_hash"], unique=True)
-    # p95 latency over a period reads only this index; recent requests walk it backwards.
-    db["usage"].create_index(["org_id", "ts", "latency_ms"])
-    db.execute("drop index if exists idx_usage_org_id_ts")
+    # Recent errors walk this backwards; recent requests walk (org_id, ts).
     db.execute("create index idx_usage_errors on usage (org_id, ts) where outcome != 'ok'")
-    rollups.create(db, ["usage_daily", "usage_daily_labels"])
-    rollups.rebuild(db, names=["usage_daily", "usage_daily_labels"])
+    # p95 latency comes from usage_latency_hourly: sorting a month of a busy organisation's
+    # latencies (500,000 rows) took 160 ms alone.
+    names = ["usage_daily", "usage_daily_labels", "usage_latency_hourly"]
+    rollups.create(db, names)
+    rollups.rebuild(db, names=names)
 
 
 def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = True) -> Database:

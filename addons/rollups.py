@@ -5,6 +5,9 @@
 - `usage_daily_labels`: per day, organisation and label, where a label is the request's
   user (`kind` = 'user') or one of its tags as `key=value` (`kind` = 'tag'); '' when the
   request had none. A request with two tags counts once under each.
+- `usage_latency_hourly`: a latency histogram per hour and organisation, for percentiles
+  without sorting millions of rows: `requests` whose latency is at most `le_ms`, counted in
+  buckets eight to a doubling (each bound 9% above the one before).
 
 The recorder adds each batch to every rollup in the same transaction as the rows; a
 repricing or a migration rebuilds the buckets it touches from `usage` with `rebuild`, the
@@ -14,6 +17,7 @@ same sums in SQL.
 from __future__ import annotations
 
 import json
+import math
 import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ SUMS = (
     "ttft_count",
 )
 _FLOAT_SUMS = {"cost_usd", "latency_ms_sum", "ttft_ms_sum"}
+_KEY_TYPES: dict[str, type] = {"org_id": int, "token_id": int, "le_ms": float}
 
 # What a group of `usage` rows adds to a rollup row; the SQL twin of `contribution`.
 _SUMS_SQL = """
@@ -57,6 +62,15 @@ _SUMS_SQL = """
 _MODEL_SQL = "coalesce(response_model, model, '')"
 
 
+BUCKETS_PER_DOUBLING = 8
+
+
+def latency_le(latency_ms: float) -> float:
+    """The upper bound of the histogram bucket a latency falls in (ms, rounded to 1 µs)."""
+    bucket = math.floor(BUCKETS_PER_DOUBLING * math.log2(max(latency_ms, 0.001)))
+    return round(2 ** ((bucket + 1) / BUCKETS_PER_DOUBLING), 3)
+
+
 def _model(row: dict[str, Any]) -> str:
     return row["response_model"] or row["model"] or ""
 
@@ -68,6 +82,12 @@ def _hourly_keys(row: dict[str, Any]) -> list[Key]:
 
 def _daily_keys(row: dict[str, Any]) -> list[Key]:
     return [(row["ts"][:10], row["org_id"] or 0, row["provider"], _model(row))]
+
+
+def _latency_keys(row: dict[str, Any]) -> list[Key]:
+    if row["latency_ms"] is None:
+        return []
+    return [(row["ts"][:13], row["org_id"] or 0, latency_le(row["latency_ms"]))]
 
 
 def _label_keys(row: dict[str, Any]) -> list[Key]:
@@ -86,15 +106,16 @@ class Rollup:
     # `select <key columns>, <sums>` over `usage` rows with ts >= ?, grouped by the key.
     select_sql: str
     indexes: tuple[tuple[str, ...], ...]
+    sums: tuple[str, ...] = SUMS  # always the first ones of SUMS
 
     @property
     def upsert_sql(self) -> str:
-        columns = self.key + SUMS
+        columns = self.key + self.sums
         return (
             f"insert into {self.table} ({', '.join(columns)}) "
             f"values ({', '.join('?' * len(columns))}) "
             f"on conflict ({', '.join(self.key)}) do update set "
-            + ", ".join(f"{s} = {s} + excluded.{s}" for s in SUMS)
+            + ", ".join(f"{s} = {s} + excluded.{s}" for s in self.sums)
         )
 
 
@@ -130,6 +151,16 @@ ROLLUPS = (
         from usage left join json_each(usage.tags) as tag where ts >= ? group by 1, 2, 3, 4""",
         (("org_id", "kind", "day"),),
     ),
+    Rollup(
+        "usage_latency_hourly",
+        ("hour", "org_id", "le_ms"),
+        13,
+        _latency_keys,
+        """select substr(ts, 1, 13), coalesce(org_id, 0), latency_le(latency_ms), count(*)
+        from usage where ts >= ? and latency_ms is not null group by 1, 2, 3""",
+        (("org_id", "hour", "le_ms", "requests"),),
+        sums=("requests",),
+    ),
 )
 
 
@@ -141,8 +172,8 @@ def create(db: Database, names: Iterable[str] | None = None) -> None:
         table = db[rollup.table]
         table.create(
             {
-                **{k: (int if k in ("org_id", "token_id") else str) for k in rollup.key},
-                **{s: (float if s in _FLOAT_SUMS else int) for s in SUMS},
+                **{k: _KEY_TYPES.get(k, str) for k in rollup.key},
+                **{s: (float if s in _FLOAT_SUMS else int) for s in rollup.sums},
             },
             pk=rollup.key,
             not_null=set(rollup.key),
@@ -177,9 +208,10 @@ def add(db: Database, rows: Iterable[dict[str, Any]]) -> None:
     for row in rows:
         sums = contribution(row)
         for rollup, table_totals in zip(ROLLUPS, totals, strict=True):
+            own = sums[: len(rollup.sums)]
             for key in rollup.keys_of(row):
                 old = table_totals.get(key)
-                table_totals[key] = sums if old is None else list(map(operator.add, old, sums))
+                table_totals[key] = own if old is None else list(map(operator.add, old, own))
     for rollup, table_totals in zip(ROLLUPS, totals, strict=True):
         db.conn.executemany(rollup.upsert_sql, [(*k, *s) for k, s in table_totals.items()])
 
@@ -187,6 +219,7 @@ def add(db: Database, rows: Iterable[dict[str, Any]]) -> None:
 def rebuild(db: Database, since: str = "", names: Iterable[str] | None = None) -> None:
     """Recompute rollups from `usage` for every bucket from `since` (a date or an hour
     such as `2026-06-01T13`; everything if empty). All rollups, or those named."""
+    db.register_function(latency_le, deterministic=True, replace=True)
     for rollup in ROLLUPS:
         if names is not None and rollup.table not in names:
             continue
@@ -194,6 +227,7 @@ def rebuild(db: Database, since: str = "", names: Iterable[str] | None = None) -
         first = rollup.key[0]
         db.execute(f"delete from {rollup.table} where {first} >= ?", [start])
         db.execute(
-            f"insert into {rollup.table} ({', '.join(rollup.key + SUMS)}) {rollup.select_sql}",
+            f"insert into {rollup.table} ({', '.join(rollup.key + rollup.sums)}) "
+            f"{rollup.select_sql}",
             [start] * rollup.select_sql.count("?"),
         )

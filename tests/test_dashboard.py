@@ -31,6 +31,7 @@ from click.testing import CliRunner
 from llm_monitor.cli import cli
 from llm_monitor.dashboard import CONFIG_DIR, make_datasette
 from llm_monitor.recorder import Recorder
+from llm_monitor.rollups import latency_le
 from llm_monitor.usage import UsageRecord, utc_timestamp
 from tests.conftest import invoke
 from tests.proxy import free_port, wait_for_port
@@ -180,10 +181,14 @@ def mean(values: list[float]) -> float | None:
 
 
 def p95(values: list[float]) -> float | None:
-    """Nearest rank: the smallest value with at least 95% of the values at or below it."""
+    """Nearest rank: the smallest value with at least 95% of the values at or below it,
+    as the latency histogram gives it: the upper bound of that value's bucket."""
     if not values:
         return None
-    return round(sorted(values)[math.ceil(0.95 * len(values)) - 1], 1)
+    exact = sorted(values)[math.ceil(0.95 * len(values)) - 1]
+    bound = latency_le(exact)
+    assert exact <= bound < exact * 1.091  # at most 9% above the exact value
+    return round(bound, 1)
 
 
 def totals(rows: list[dict]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -174,3 +175,26 @@ def test_migration_backfills_the_rollup(tmp_path: Path) -> None:
     db.conn.close()
     open_db(db_path).conn.close()  # what the proxy and the CLI do on start: upgrade
     assert_rollups_match(db_path)
+
+
+def test_latency_histogram_counts_every_latency_in_its_bucket(fresh_db: Path) -> None:
+    two_orgs(fresh_db)
+    recorder = Recorder(fresh_db, batch_size=41)
+    recorder.start()
+    for record in varied_records(300):
+        recorder.submit(record)
+    recorder.submit(usage_record(ts="2026-11-20T05:00:00.000Z", latency_ms=None))
+    recorder.close()
+    expected: dict[tuple, int] = {}
+    for ts, org_id, latency in query(fresh_db, "select ts, org_id, latency_ms from usage"):
+        if latency is not None:
+            bucket = 2 ** ((math.floor(8 * math.log2(latency)) + 1) / 8)
+            key = (ts[:13], org_id, round(bucket, 3))
+            expected[key] = expected.get(key, 0) + 1
+    histogram = "select hour, org_id, le_ms, requests from usage_latency_hourly"
+    assert {row[:3]: row[3] for row in query(fresh_db, histogram)} == expected
+    db = open_db(fresh_db)
+    with db.atomic():
+        rollups.rebuild(db, "2026-11-21")
+    assert {row[:3]: row[3] for row in query(fresh_db, histogram)} == expected
+    assert rollups.latency_le(100.0) == 107.635 and rollups.latency_le(107.64) == 117.377
