@@ -16,6 +16,9 @@ from llm_monitor import rollups
 
 migrations = Migrations("llm_monitor")
 
+# The model a view shows and filters by: the one that answered, else the one asked for.
+SHOWN_MODEL = "coalesce(response_model, model)"
+
 
 @migrations()
 def m001_core_tables(db: Database) -> None:
@@ -144,8 +147,15 @@ def m004_dashboard(db: Database) -> None:
         foreign_keys=[("org_id", "orgs", "id")],
     )
     db["dashboard_tokens"].create_index(["token_hash"], unique=True)
-    # Recent errors walk this backwards; recent requests walk (org_id, ts).
-    db.execute("create index idx_usage_errors on usage (org_id, ts) where outcome != 'ok'")
+    # Recent requests walk (org_id, ts) backwards, or these when filtered by model or
+    # status; recent errors walk the last one, which holds their filters too, so that a rare
+    # model costs index reads only.
+    db.execute(f"create index idx_usage_org_model_ts on usage (org_id, {SHOWN_MODEL}, ts)")
+    db["usage"].create_index(["org_id", "status", "ts"])
+    db.execute(
+        "create index idx_usage_errors on usage "
+        f"(org_id, ts, status, outcome, {SHOWN_MODEL}) where outcome != 'ok'"
+    )
     # p95 latency comes from usage_latency_hourly: sorting a month of a busy organisation's
     # latencies (500,000 rows) took 160 ms alone.
     names = ["usage_daily", "usage_daily_labels", "usage_latency_hourly"]

@@ -347,10 +347,16 @@ def test_recent_requests_and_errors_equal_direct_sql(site: Site, org: str) -> No
         ("recent_requests", {"model": "gpt-4o"}, [r for r in usage if r["model"] == "gpt-4o"]),
         ("recent_requests", {"status": "429"}, [r for r in usage if r["status"] == 429]),
         ("recent_errors", {}, [r for r in usage if r["outcome"] != "ok"]),
+        ("recent_errors", {"status": "500"}, [r for r in usage if r["status"] == 500]),
         (
             "recent_errors",
-            {"status": "provider_error", "model": "gpt-4o-mini"},
+            {"outcome": "provider_error", "model": "gpt-4o-mini"},
             [r for r in usage if r["outcome"] == "provider_error" and r["model"] == "gpt-4o-mini"],
+        ),
+        (
+            "recent_requests",
+            {"model": "gpt-4o", "status": "200"},
+            [r for r in usage if r["model"] == "gpt-4o" and r["status"] == 200],
         ),
     ]
     for view, params, expected in cases:
@@ -495,6 +501,8 @@ def test_landing_page_shows_the_overview_and_links_every_view(site: Site) -> Non
         ("timeline", {"from": "2026-13-01"}, "from must be a date as YYYY-MM-DD"),
         ("by_model", {"to": "yesterday"}, "to must be a date as YYYY-MM-DD"),
         ("by_model", {"from": "2026-06-02", "to": "2026-06-01"}, "from (2026-06-02) is after to"),
+        ("recent_requests", {"status": "teapot"}, "status must be an HTTP status such as 429"),
+        ("recent_errors", {"outcome": "oops"}, "outcome must be one of provider_error"),
     ],
 )
 def test_bad_parameters_get_a_clear_400(site: Site, view: str, params: dict, message: str) -> None:

@@ -105,6 +105,9 @@ def parameter_error(datasette: Datasette, args: dict[str, list[str]]) -> str | N
         value = (args.get(name) or [""])[0]
         if value and value not in allowed:
             return f"{name} must be one of {', '.join(allowed)}; got {value[:40]!r}"
+    status = (args.get("status") or [""])[0]
+    if status and not (status.isdigit() and len(status) == 3):
+        return f"status must be an HTTP status such as 429; got {status[:40]!r}"
     dates = {}
     for name in ("from", "to"):
         value = (args.get(name) or [""])[0]
