@@ -432,6 +432,10 @@ def test_an_organisation_sees_only_its_own_rows(site: Site, org: str) -> None:
         "/llm-monitor.json?sql=select+*+from+usage",
         "/llm-monitor?sql=select+1",
         "/llm-monitor.db",
+        "/llm-monitor/usage/1.json",
+        "/llm-monitor/orgs/1",
+        "/_internal",
+        "/_internal/tables.json",
         "/-/permissions",
     ] + [f"/llm-monitor/{view}.json" for view in ADMIN_VIEWS]
     for path in denied:

@@ -55,11 +55,15 @@ def org_actor(row: dict[str, Any], via: str) -> dict[str, Any]:
 
 
 @hookimpl
-def permission_allowed(actor: dict[str, Any] | None, action: str) -> bool | None:
+def permission_allowed(
+    datasette: Datasette, actor: dict[str, Any] | None, action: str, resource: Any
+) -> bool | None:
     if action in ADMIN_ONLY:
         return is_admin(actor)
-    if action in ("view-instance", "view-database"):
+    if action == "view-instance":
         return actor is not None
+    if action == "view-database":  # the usage database's page lists its views
+        return is_admin(actor) or (actor is not None and resource == usage_db(datasette).name)
     return None  # view-query: each query's own `allow` block decides
 
 
