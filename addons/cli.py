@@ -10,7 +10,9 @@ import os
 import secrets
 import shutil
 import sqlite3
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -25,11 +27,12 @@ from sqlite_utils import Database
 from tabulate import tabulate
 
 from llm_monitor import monitor as monitor_script
-from llm_monitor import rollups
+from llm_monitor import rollups, synthetic
 from llm_monitor import workers as workers_module
 from llm_monitor.dashboard import DEFAULT_PORT as DASHBOARD_PORT
 from llm_monitor.dashboard import make_datasette
 from llm_monitor.database import open_db
+from llm_monitor.demo import PROVIDERS, send_traffic
 from llm_monitor.passwords import check_strength, hash_password
 from llm_monitor.pricing import (
     PriceEntry,
@@ -41,6 +44,7 @@ from llm_monitor.pricing import (
     upsert_prices,
 )
 from llm_monitor.recorder import load_price_book, price_row, write_rows
+from llm_monitor.standin import StandinProvider
 from llm_monitor.tokens import DASHBOARD_PREFIX, PREFIX, display_prefix, hash_token, new_token
 from llm_monitor.usage import UsageRecord, utc_timestamp
 
@@ -747,10 +751,7 @@ def up(
         raise click.BadParameter(
             f"port {dashboard_port} is also a listener's", param_hint="--dashboard-port"
         )
-    search_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    mitmdump = shutil.which("mitmdump", path=search_path)
-    if mitmdump is None:
-        raise click.ClickException("mitmdump not found: is llm-monitor installed with pip?")
+    mitmdump = find_mitmdump()
     db_path = ctx.obj["db_path"]
     get_db(ctx).conn.close()  # it exists, and its schema is current before any worker starts
     for name, (upstream, port) in listeners.items():
@@ -771,14 +772,29 @@ def up(
         except RuntimeError as e:
             raise click.ClickException(str(e)) from None
         sys.exit(status)
+    args = proxy_command(mitmdump, db_path, host, listeners)
+    if not also:
+        os.execv(mitmdump, [*args, *extra])
+    sys.exit(workers_module.supervise([[*args, *extra], *also]))
+
+
+def find_mitmdump() -> str:
+    search_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    mitmdump = shutil.which("mitmdump", path=search_path)
+    if mitmdump is None:
+        raise click.ClickException("mitmdump not found: is llm-monitor installed with pip?")
+    return mitmdump
+
+
+def proxy_command(
+    mitmdump: str, db_path: str, host: str, listeners: dict[str, tuple[str, int]]
+) -> list[str]:
+    """mitmdump with the monitor addon and one reverse-proxy listener per provider."""
     args = [mitmdump, "-s", monitor_script.__file__]
     for upstream, port in listeners.values():
         args += ["--mode", f"reverse:{upstream}@{host}:{port}"]
     names = ",".join(f"{port}:{name}" for name, (_, port) in listeners.items())
-    args += ["--set", f"monitor_db={db_path}", "--set", f"monitor_providers={names}"]
-    if not also:
-        os.execv(mitmdump, [*args, *extra])
-    sys.exit(workers_module.supervise([[*args, *extra], *also]))
+    return [*args, "--set", f"monitor_db={db_path}", "--set", f"monitor_providers={names}"]
 
 
 def dashboard_command(db_path: str, host: str, port: int) -> list[str]:
@@ -804,16 +820,126 @@ def dashboard(ctx: click.Context, host: str, port: int, root: bool, secret: str 
     """Serve the dashboard alone: Datasette over the usage database with the views,
     charts, logins and JSON API configured in datasette_config/."""
     get_db(ctx).conn.close()  # it exists, and its schema is current
-    datasette = make_datasette(ctx.obj["db_path"], secret=secret)
+    serve_dashboard(ctx.obj["db_path"], host, port, root=root, secret=secret)
+
+
+def serve_dashboard(db_path: str, host: str, port: int, *, root: bool, secret: str | None) -> None:
+    datasette = make_datasette(db_path, secret=secret)
     asyncio.run(datasette.invoke_startup())
     if root:
         datasette._root_token = secrets.token_hex(32)  # what `datasette --root` does
         click.echo(
-            f"root login: http://{host}:{port}/-/auth-token?token={datasette._root_token}",
+            f"admin (root) login: http://{host}:{port}/-/auth-token?token={datasette._root_token}",
             err=True,
         )
     click.echo(f"dashboard: http://{host}:{port}/", err=True)
     uvicorn.run(datasette.app(), host=host, port=port, log_level="warning")
+
+
+# The demo.
+
+DEMO_ORGS = {  # name: (login email, password, monitor token labels)
+    "Acme Corp": ("acme@demo.example", "acme-demo-password", ("web-app", "batch-jobs")),
+    "Globex": ("globex@demo.example", "globex-demo-password", ("support-bot",)),
+}
+
+
+@cli.command()
+@click.option(
+    "--file",
+    "demo_db",
+    default="llm-monitor-demo.db",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The demo's own database, made anew each run.",
+)
+@click.option("--requests", default=400, show_default=True, help="Requests sent through the proxy.")
+@click.option(
+    "--history-days",
+    type=click.IntRange(0, 90),
+    default=14,
+    show_default=True,
+    help="Days of generated history written before the live traffic, so charts have a shape.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--dashboard-port", type=click.IntRange(1, 65535), default=DASHBOARD_PORT, show_default=True
+)
+@click.option("--no-serve", is_flag=True, help="Fill the database, then exit.")
+@handle_errors
+def demo(
+    demo_db: str,
+    requests: int,
+    history_days: int,
+    host: str,
+    dashboard_port: int,
+    no_serve: bool,
+) -> None:
+    """See every view filled, without a provider key.
+
+    Starts a local stand-in provider (synthetic OpenAI, Anthropic and Gemini answers, JSON
+    and streams), the proxy in front of it, and two organisations' varied traffic through
+    it; then serves the dashboard with the proxy still running, until Ctrl-C.
+    """
+    for suffix in ("", "-wal", "-shm", ".spool.jsonl"):
+        Path(demo_db + suffix).unlink(missing_ok=True)
+    db = open_db(demo_db)
+    upsert_prices(db, shipped_prices())
+    tokens: list[str] = []
+    org_ids = []
+    with db.atomic():
+        for name, (email, password, labels) in DEMO_ORGS.items():
+            org = {"name": name, "email": email, "created_at": now_utc()}
+            org_id = db["orgs"].insert({**org, "password_hash": hash_password(password)}).last_pk
+            org_ids.append(org_id)
+            tokens += [create_token(db, "monitor_tokens", org_id, label)[1] for label in labels]
+    if history_days:
+        end = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        report = synthetic.generate(
+            db, org_ids=org_ids, days=history_days, rows=history_days * 1500, end=end
+        )
+        click.echo(f"history: {report.rows:,} generated rows over {history_days} days", err=True)
+    db.conn.close()
+    ports = workers_module.free_ports(3)
+    with StandinProvider(host) as standin, tempfile.TemporaryDirectory() as tmp:
+        listeners = {p: (standin.url, port) for p, port in zip(PROVIDERS, ports, strict=True)}
+        log = Path(tmp) / "proxy.log"
+        with log.open("wb") as out:
+            command = proxy_command(find_mitmdump(), demo_db, host, listeners)
+            proxy = subprocess.Popen(
+                [*command, "--set", "monitor_log_requests=false"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until_recording(proxy, log)
+            endpoints = {name: f"http://{host}:{port}" for name, (_, port) in listeners.items()}
+            traffic = send_traffic(endpoints, tokens, requests=requests)
+            click.echo(
+                f"traffic: {traffic.sent} requests through the proxy, {traffic.ok} answered, "
+                f"{traffic.errors} errors",
+                err=True,
+            )
+            if no_serve:
+                return
+            for name, (_, port) in listeners.items():
+                click.echo(f"{name:>10}: http://{host}:{port} (stand-in provider)", err=True)
+            click.echo(f"monitor token (Acme Corp): {tokens[0]}", err=True)
+            for name, (email, password, _) in DEMO_ORGS.items():
+                click.echo(f"log in as {name}: {email} / {password}", err=True)
+            serve_dashboard(demo_db, host, dashboard_port, root=True, secret=None)
+        finally:
+            proxy.terminate()  # it writes what it has queued before it exits
+            proxy.wait(30)
+
+
+def wait_until_recording(proxy: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    """Until the addon runs, requests get a 503: wait for its start line."""
+    deadline = time.monotonic() + timeout
+    while "llm-monitor: recording usage in" not in log.read_text(errors="replace"):
+        if proxy.poll() is not None or time.monotonic() > deadline:
+            raise click.ClickException(f"the proxy did not start:\n{log.read_text()}")
+        time.sleep(0.05)
 
 
 @cli.command("import-spool")
