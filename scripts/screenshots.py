@@ -1,0 +1,98 @@
+"""The README's screenshots, taken from `llm-monitor demo` in headless Chromium.
+
+Runs the demo into a temporary database (`--no-serve`), serves the dashboard on a free
+port, logs in as the demo's Acme Corp and saves the landing page and a few views with
+their default charts. Needs Debian's chromium and chromium-driver.
+
+    .venv/bin/python scripts/screenshots.py [OUT_DIR]
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from llm_monitor.cli import DEMO_ORGS
+
+PAGES = {
+    "landing": "/",
+    "summary": "/llm-monitor/summary",
+    "timeline": "/llm-monitor/timeline?granularity=day",
+    "by-model": "/llm-monitor/by_model",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise click.ClickException(f"the dashboard did not listen on {port}")
+
+
+@click.command()
+@click.argument(
+    "out_dir",
+    default="datasette_config/screenshots",
+    type=click.Path(file_okay=False, path_type=Path),
+)
+def main(out_dir: Path) -> None:
+    """Save PNG screenshots of the demo's dashboard to OUT_DIR."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    llm_monitor = [sys.executable, "-m", "llm_monitor"]
+    with tempfile.TemporaryDirectory() as tmp:
+        db = str(Path(tmp) / "demo.db")
+        subprocess.run([*llm_monitor, "demo", "--file", db, "--no-serve"], check=True)
+        port = free_port()
+        server = subprocess.Popen([*llm_monitor, "--db", db, "dashboard", "--port", str(port)])
+        options = webdriver.ChromeOptions()
+        options.binary_location = "/usr/bin/chromium"
+        for argument in ("--headless=new", "--no-sandbox", "--window-size=1280,1400"):
+            options.add_argument(argument)
+        browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        try:
+            wait_for_port(port)
+            base = f"http://127.0.0.1:{port}"
+            email, password, _ = DEMO_ORGS["Acme Corp"]
+            browser.get(f"{base}/-/login")
+            browser.find_element(By.ID, "email").send_keys(email)
+            browser.find_element(By.ID, "password").send_keys(password)
+            browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+            for name, path in PAGES.items():
+                browser.get(base + path)
+                if name != "landing":
+                    WebDriverWait(browser, 15).until(
+                        lambda b: b.find_elements(By.CSS_SELECTOR, ".vega-embed canvas")
+                    )
+                    time.sleep(0.5)  # let Vega finish drawing
+                    browser.execute_script("window.scrollTo(0, 0)")
+                target = out_dir / f"{name}.png"
+                browser.save_screenshot(str(target))
+                click.echo(target)
+        finally:
+            browser.quit()
+            server.terminate()
+            server.wait(10)
+
+
+if __name__ == "__main__":
+    main()
