@@ -312,6 +312,17 @@ def create_token(db: Database, table: str, org_id: int, label: str | None) -> tu
     return token_id, token
 
 
+def create_and_print_token(
+    db: Database, table: str, org_name: str, label: str | None, as_json: bool
+) -> None:
+    with db.atomic():
+        token_id, token = create_token(db, table, find_org(db, org_name), label)
+    if as_json:
+        click.echo(json.dumps({"token_id": token_id, "org": org_name, "token": token}))
+    else:
+        click.echo(token)
+
+
 def list_tokens(db: Database, table: str, org_name: str | None) -> list[dict[str, Any]]:
     where, params = "", []
     if org_name is not None:
@@ -358,13 +369,7 @@ def tokens() -> None:
 @handle_errors
 def tokens_create(ctx: click.Context, org_name: str, label: str | None, as_json: bool) -> None:
     """Create a monitor token and print it (shown only this once; stored as SHA-256)."""
-    db = get_db(ctx)
-    with db.atomic():
-        token_id, token = create_token(db, "monitor_tokens", find_org(db, org_name), label)
-    if as_json:
-        click.echo(json.dumps({"token_id": token_id, "org": org_name, "token": token}))
-    else:
-        click.echo(token)
+    create_and_print_token(get_db(ctx), "monitor_tokens", org_name, label, as_json)
 
 
 @tokens.command("list")
@@ -411,13 +416,7 @@ def dashboard_token_create(
     Send it as `Authorization: Bearer dash_...` to the JSON views, e.g.
     /llm-monitor/summary.json?period=week.
     """
-    db = get_db(ctx)
-    with db.atomic():
-        token_id, token = create_token(db, "dashboard_tokens", find_org(db, org_name), label)
-    if as_json:
-        click.echo(json.dumps({"token_id": token_id, "org": org_name, "token": token}))
-    else:
-        click.echo(token)
+    create_and_print_token(get_db(ctx), "dashboard_tokens", org_name, label, as_json)
 
 
 @dashboard_token.command("list")

@@ -20,15 +20,9 @@ migrations = Migrations("llm_monitor")
 SHOWN_MODEL = "coalesce(response_model, model)"
 
 
-@migrations()
-def m001_core_tables(db: Database) -> None:
-    db["orgs"].create(
-        {"id": int, "name": str, "email": str, "created_at": str},
-        pk="id",
-        not_null={"name", "created_at"},
-    )
-    db["orgs"].create_index(["name"], unique=True)
-    db["monitor_tokens"].create(
+def create_token_table(db: Database, name: str) -> None:
+    """Monitor and dashboard tokens alike: a hash to look up, a prefix to show."""
+    db[name].create(
         {
             "id": int,
             "org_id": int,
@@ -43,7 +37,18 @@ def m001_core_tables(db: Database) -> None:
         not_null={"org_id", "token_hash", "prefix", "created_at"},
         foreign_keys=[("org_id", "orgs", "id")],
     )
-    db["monitor_tokens"].create_index(["token_hash"], unique=True)
+    db[name].create_index(["token_hash"], unique=True)
+
+
+@migrations()
+def m001_core_tables(db: Database) -> None:
+    db["orgs"].create(
+        {"id": int, "name": str, "email": str, "created_at": str},
+        pk="id",
+        not_null={"name", "created_at"},
+    )
+    db["orgs"].create_index(["name"], unique=True)
+    create_token_table(db, "monitor_tokens")
     db["monitor_tokens"].create_index(["org_id"])
     # Rates are USD per 1M tokens, kept as decimal strings so that no float ever touches money
     # before the final cost.
@@ -131,22 +136,7 @@ def m004_dashboard(db: Database) -> None:
     db["orgs"].add_column("password_hash", str)
     db["orgs"].add_column("is_admin", int, not_null_default=0)
     db["orgs"].create_index(["email"])
-    db["dashboard_tokens"].create(
-        {
-            "id": int,
-            "org_id": int,
-            "token_hash": str,
-            "prefix": str,
-            "label": str,
-            "created_at": str,
-            "last_used_at": str,
-            "revoked_at": str,
-        },
-        pk="id",
-        not_null={"org_id", "token_hash", "prefix", "created_at"},
-        foreign_keys=[("org_id", "orgs", "id")],
-    )
-    db["dashboard_tokens"].create_index(["token_hash"], unique=True)
+    create_token_table(db, "dashboard_tokens")
     # Recent requests walk (org_id, ts) backwards, or these when filtered by model or
     # status; recent errors walk the last one, which holds their filters too, so that a rare
     # model costs index reads only.
