@@ -163,7 +163,7 @@ def orgs_create(
     With --password, its dashboard login (the email and that password) works at once;
     otherwise set one later with `llm-monitor orgs set-password`.
     """
-    name = name.strip()
+    name, email = name.strip(), email.strip()
     if not name:
         raise click.BadParameter("must not be empty", param_hint="NAME")
     if "@" not in email:

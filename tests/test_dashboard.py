@@ -378,6 +378,12 @@ def test_my_tokens_shows_no_hash(site: Site) -> None:
     assert "token_hash" not in rows[0]
     usage = last_30_days(site.usage(site.org_ids["Acme"]))
     assert sum(r["requests_30d"] for r in rows) == len(usage)
+    with sqlite3.connect(site.db_path) as conn:
+        labels = dict(conn.execute("select prefix, id from monitor_tokens").fetchall())
+    for row in rows:
+        token_rows = [r for r in usage if r["token_id"] == labels[row["prefix"]]]
+        assert row["cost_usd_30d"] == pytest.approx(cost(token_rows), abs=2e-6)
+        assert row["unpriced_30d"] == sum(r["priced"] == 0 for r in token_rows)
 
 
 def test_admin_views_equal_direct_sql(site: Site) -> None:
@@ -507,6 +513,16 @@ def test_landing_page_shows_the_overview_and_links_every_view(site: Site) -> Non
         ("by_model", {"from": "2026-06-02", "to": "2026-06-01"}, "from (2026-06-02) is after to"),
         ("recent_requests", {"status": "teapot"}, "status must be an HTTP status such as 429"),
         ("recent_errors", {"outcome": "oops"}, "outcome must be one of provider_error"),
+        ("recent_requests", {"status": "\u0967\u0968\u0969"}, "status must be an HTTP status"),
+        ("by_user", {"from": "2026-W44-1"}, "from must be a date as YYYY-MM-DD"),
+        ("by_token", {"to": "9999-12-31"}, "to must be a date as YYYY-MM-DD"),
+        (
+            "timeline",
+            {"from": "2026-09-01", "to": "2026-11-01", "granularity": "hour"},
+            "1,488 hours between 2026-09-01 and 2026-11-01: a timeline has at most 1,000",
+        ),
+        ("timeline", {"from": "2020-01-01"}, "a timeline has at most 1,000 buckets"),
+        ("summary", {"_timelimit": "abc"}, "_timelimit must be a number of milliseconds"),
     ],
 )
 def test_bad_parameters_get_a_clear_400(site: Site, view: str, params: dict, message: str) -> None:
@@ -515,6 +531,25 @@ def test_bad_parameters_get_a_clear_400(site: Site, view: str, params: dict, mes
     assert message in response.json()["error"]
     page = site.get(f"/llm-monitor/{view}", site.actor("Acme"), params=params)
     assert page.status_code == 400 and message in page.text
+    # However the database's name is spelled in the address.
+    tilde = site.get(f"/llm~2Dmonitor/{view}.json", site.actor("Acme"), params=params)
+    assert tilde.status_code == 400 and message in tilde.json()["error"]
+
+
+def test_parameters_are_checked_only_where_a_view_declares_them(site: Site) -> None:
+    # Table pages (admins) keep Datasette's own column filters.
+    table = site.get("/llm-monitor/usage.json?outcome=ok&status=200", {"id": "root"})
+    assert table.status_code == 200
+    # `to` alone: `from` is 29 days before it, not before today.
+    rows = site.view("timeline", site.actor("Acme"), to="2026-01-15")
+    assert (rows[0]["bucket"], rows[-1]["bucket"], len(rows)) == ("2025-12-17", "2026-01-15", 30)
+    post = site.loop.run_until_complete(
+        site.datasette.client.post(
+            "/llm-monitor/summary.json",
+            cookies={"ds_actor": site.datasette.sign({"a": site.actor("Acme")}, "actor")},
+        )
+    )
+    assert post.status_code == 405
 
 
 # A real server: logins, logout and bearer tokens.
@@ -573,10 +608,62 @@ def test_login_and_logout(server: str) -> None:
 
 
 def test_login_never_redirects_off_site(server: str) -> None:
-    for target in ["//evil.example/", "https://evil.example/", "/\\evil.example"]:
+    for target in [
+        "//evil.example/",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/\t/evil.example/",
+        "/\r\n/evil.example",
+    ]:
         with httpx.Client(base_url=server) as browser:
             response = log_in(browser, EMAILS["Globex"], PASSWORDS["Globex"], target)
             assert response.headers["location"] == "/", target
+
+
+def test_a_login_posted_from_another_site_is_refused(server: str) -> None:
+    form = {"email": EMAILS["Globex"], "password": PASSWORDS["Globex"]}
+    bare = httpx.post(f"{server}/-/login", data=form)  # no CSRF cookie: not our form
+    assert bare.status_code == 403 and "set-cookie" not in bare.headers
+    with httpx.Client(base_url=server) as browser:
+        page = browser.get("/-/login")
+        csrftoken = re.search(r'name="csrftoken" value="([^"]+)"', page.text).group(1)
+        posted = browser.post(
+            "/-/login",
+            data={**form, "csrftoken": csrftoken},
+            headers={"Sec-Fetch-Site": "cross-site"},
+        )
+        assert posted.status_code == 403
+
+
+def test_a_new_password_or_lost_admin_flag_ends_sessions_at_once(site: Site, server: str) -> None:
+    def run(*args: str, password: str) -> None:
+        result = CliRunner().invoke(
+            cli, ["--db", str(site.db_path), *args], input=f"{password}\n{password}\n"
+        )
+        assert result.exit_code == 0, result.output
+
+    with httpx.Client(base_url=server) as browser:
+        assert log_in(browser, EMAILS["Ops"], PASSWORDS["Ops"]).status_code == 302
+        sql = "/llm-monitor.json?sql=select+count(*)+from+orgs"
+        assert browser.get(sql).status_code == 200  # an admin's session
+        with sqlite3.connect(site.db_path) as conn:
+            conn.execute("update orgs set is_admin = 0 where name = 'Ops'")
+        assert browser.get(sql).status_code == 403  # no longer an admin, still logged in
+        assert browser.get("/llm-monitor/summary.json").status_code == 200
+        run("orgs", "set-password", "Ops", "--admin", password="a-new-ops-password")
+        assert browser.get("/llm-monitor/summary.json").status_code == 403  # logged out
+        assert browser.get("/").headers["location"] == "/-/login?next=%2F"
+    PASSWORDS["Ops"] = "a-new-ops-password"
+
+
+def test_an_admin_bearer_token_reads_views_but_never_tables_or_sql(site: Site, server: str) -> None:
+    token = json.loads(invoke(site.db_path, "dashboard-token", "create", "--org", "Ops", "--json"))[
+        "token"
+    ]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{server}/llm-monitor/admin_orgs.json", headers=headers).status_code == 200
+    for path in ["/llm-monitor.json?sql=select+1", "/llm-monitor/dashboard_tokens.json"]:
+        assert httpx.get(f"{server}{path}", headers=headers).status_code == 403, path
 
 
 def test_bearer_tokens_read_the_api_until_revoked(site: Site, server: str) -> None:

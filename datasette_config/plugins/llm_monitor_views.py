@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
 from datasette import hookimpl
 from datasette.app import Datasette
+from datasette.utils import tilde_decode
 from datasette.utils.asgi import Request
 
 from llm_monitor.dashboard import is_admin, usage_db
@@ -90,48 +92,97 @@ def extra_body_script(
     return script
 
 
-def _is_date(value: str) -> bool:
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_STATUS = re.compile(r"[1-5]\d\d", re.ASCII)
+_DIGITS = re.compile(r"\d{1,6}", re.ASCII)
+DEFAULT_DAYS = 30  # `from` defaults to 29 days before `to`, which defaults to today (UTC)
+MAX_BUCKETS = 1000  # Datasette's max_returned_rows: a timeline never comes back cut short
+
+
+def _date(name: str, value: str) -> dt.date:
     try:
-        dt.date.fromisoformat(value)
+        if not _DATE.fullmatch(value):
+            raise ValueError
+        date = dt.date.fromisoformat(value)
+        if not 1900 <= date.year <= 9998:
+            raise ValueError
     except ValueError:
-        return False
-    return len(value) == 10
+        raise ValueError(f"{name} must be a date as YYYY-MM-DD; got {value[:40]!r}") from None
+    return date
 
 
-def parameter_error(datasette: Datasette, args: dict[str, list[str]]) -> str | None:
-    """Why the query string's parameters cannot be answered, or None when they can."""
-    config = datasette.plugin_config("llm-monitor") or {}
-    for name, allowed in (config.get("params") or {}).items():
-        value = (args.get(name) or [""])[0]
-        if value and value not in allowed:
-            return f"{name} must be one of {', '.join(allowed)}; got {value[:40]!r}"
-    status = (args.get("status") or [""])[0]
-    if status and not (status.isdigit() and len(status) == 3):
-        return f"status must be an HTTP status such as 429; got {status[:40]!r}"
-    dates = {}
-    for name in ("from", "to"):
-        value = (args.get(name) or [""])[0]
-        if value and not _is_date(value):
-            return f"{name} must be a date as YYYY-MM-DD; got {value[:40]!r}"
-        dates[name] = value
-    if dates["from"] and dates["to"] and dates["from"] > dates["to"]:
-        return f"from ({dates['from']}) is after to ({dates['to']})"
+def parameter_error(
+    allowed_values: dict[str, list[str]], params: list[str], args: dict[str, list[str]]
+) -> str | None:
+    """Why a canned query cannot answer these arguments, or None when it can. Only the
+    parameters the query declares are read."""
+    values = {name: (args.get(name) or [""])[0] for name in params}
+    timelimit = (args.get("_timelimit") or [""])[0]
+    if timelimit and not _DIGITS.fullmatch(timelimit):
+        return f"_timelimit must be a number of milliseconds; got {timelimit[:40]!r}"
+    for name, value in values.items():
+        if value and name in allowed_values and value not in allowed_values[name]:
+            return f"{name} must be one of {', '.join(allowed_values[name])}; got {value[:40]!r}"
+    if values.get("status") and not _STATUS.fullmatch(values["status"]):
+        return f"status must be an HTTP status such as 429; got {values['status'][:40]!r}"
+    if "from" not in values:
+        return None
+    try:
+        stop = _date("to", values["to"]) if values.get("to") else dt.datetime.now(dt.UTC).date()
+        start = (
+            _date("from", values["from"])
+            if values["from"]
+            else stop - dt.timedelta(days=DEFAULT_DAYS - 1)
+        )
+    except ValueError as e:
+        return str(e)
+    if start > stop:
+        return f"from ({start}) is after to ({stop})"
+    if "granularity" in values:
+        days = (stop - start).days + 1
+        buckets = days * 24 if values["granularity"] == "hour" else days
+        if buckets > MAX_BUCKETS:
+            return (
+                f"{buckets:,} {values['granularity'] or 'day'}s between {start} and {stop}: "
+                f"a timeline has at most {MAX_BUCKETS:,} buckets (by hour, 41 days)"
+            )
     return None
+
+
+def canned_query_params(datasette: Datasette, path: str) -> list[str] | None:
+    """The declared parameters of the usage database's canned query at `path`, or None
+    when `path` is no such query (tables keep Datasette's own column filters)."""
+    parts = path.strip("/").split("/")
+    if len(parts) != 2:
+        return None
+    database, name = (tilde_decode(part) for part in parts)
+    if database != usage_db(datasette).name:
+        return None
+    name = re.sub(r"\.(json|csv)$", "", name)
+    query = (datasette.metadata("queries", database=database, fallback=False) or {}).get(name)
+    return None if query is None else list(query.get("params") or [])
 
 
 @hookimpl
 def asgi_wrapper(datasette: Datasette) -> Any:
     """Refuse bad parameters of the canned queries with a 400 that says what is wrong,
-    instead of an empty or silently defaulted answer."""
+    instead of an empty or silently defaulted answer; they are read-only, so only GET."""
 
     def wrap(app: Any) -> Any:
         async def checked(scope: dict, receive: Any, send: Any) -> None:
-            path = scope.get("path", "")
-            if scope["type"] == "http" and path.startswith(f"/{usage_db(datasette).name}/"):
+            params = None
+            if scope["type"] == "http":
+                params = canned_query_params(datasette, scope.get("path", ""))
+            if params is not None:
+                json_wanted = scope["path"].endswith(".json")
+                if scope["method"] not in ("GET", "HEAD"):
+                    await _send_error(send, "views are read with GET", json_wanted, 405)
+                    return
+                allowed = (datasette.plugin_config("llm-monitor") or {}).get("params") or {}
                 args = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-                error = parameter_error(datasette, args)
+                error = parameter_error(allowed, params, args)
                 if error is not None:
-                    await _send_error(send, error, json_wanted=".json" in path)
+                    await _send_error(send, error, json_wanted, 400)
                     return
             await app(scope, receive, send)
 
@@ -140,9 +191,9 @@ def asgi_wrapper(datasette: Datasette) -> Any:
     return wrap
 
 
-async def _send_error(send: Any, message: str, json_wanted: bool) -> None:
+async def _send_error(send: Any, message: str, json_wanted: bool, status: int) -> None:
     if json_wanted:
-        body = json.dumps({"ok": False, "error": message, "status": 400}).encode()
+        body = json.dumps({"ok": False, "error": message, "status": status}).encode()
         content_type = b"application/json; charset=utf-8"
     else:
         body = f"Bad request: {message}\n".encode()
@@ -150,7 +201,7 @@ async def _send_error(send: Any, message: str, json_wanted: bool) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 400,
+            "status": status,
             "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))],
         }
     )
