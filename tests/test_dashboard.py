@@ -572,6 +572,7 @@ def server(site: Site) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+    assert "Traceback" not in log.read_text()  # whatever the tests sent it
 
 
 def log_in(
@@ -624,6 +625,13 @@ def test_a_login_posted_from_another_site_is_refused(server: str) -> None:
     form = {"email": EMAILS["Globex"], "password": PASSWORDS["Globex"]}
     bare = httpx.post(f"{server}/-/login", data=form)  # no CSRF cookie: not our form
     assert bare.status_code == 403 and "set-cookie" not in bare.headers
+    for body in [b"email=\xff&password=x", b"email=" + b"x" * 20000]:
+        garbage = httpx.post(
+            f"{server}/-/login",
+            content=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert garbage.status_code == 400 and "Traceback" not in garbage.text
     with httpx.Client(base_url=server) as browser:
         page = browser.get("/-/login")
         csrftoken = re.search(r'name="csrftoken" value="([^"]+)"', page.text).group(1)
