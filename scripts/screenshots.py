@@ -9,7 +9,6 @@ their default charts. Needs Debian's chromium and chromium-driver.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import click
+from benchmark import free_port, wait_for_port  # scripts/ is on the path when run
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -30,23 +30,6 @@ PAGES = {
     "timeline": "/llm-monitor/timeline?granularity=day",
     "by-model": "/llm-monitor/by_model",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise click.ClickException(f"the dashboard did not listen on {port}")
 
 
 @click.command()
