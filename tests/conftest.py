@@ -6,7 +6,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from llm_monitor.cli import cli
 from llm_monitor.usage import UsageRecord
@@ -22,6 +22,12 @@ def invoke(db_path: Path, *args: str) -> str:
     result = CliRunner().invoke(cli, ["--db", str(db_path), *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def invoke_with_password(db_path: Path, password: str, *args: str) -> Result:
+    """Run the real CLI with `password` typed at its prompt twice; the caller checks the
+    result (some tests expect a refusal)."""
+    return CliRunner().invoke(cli, ["--db", str(db_path), *args], input=f"{password}\n{password}\n")
 
 
 def new_org(db_path: Path, name: str) -> str:

@@ -1,4 +1,5 @@
-"""Starting a real mitmdump with the monitor addon, on 127.0.0.1 and free ports."""
+"""Starting a real mitmdump with the monitor addon, or the dashboard, on 127.0.0.1 and
+free ports."""
 
 from __future__ import annotations
 
@@ -30,11 +31,36 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"mitmdump exited with {process.returncode}:\n{log.read_text()}")
+            raise RuntimeError(
+                f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()}"
+            )
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"mitmdump did not listen on {port}:\n{log.read_text()}")
+    raise RuntimeError(f"nothing listens on {port}:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def running_dashboard(db_path: Path, log: Path) -> Iterator[str]:
+    """`llm-monitor dashboard` as a child process; yields its base URL. Whatever a test
+    sent it, it must not have logged a traceback."""
+    port = free_port()
+    args = ["--db", str(db_path), "dashboard", "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llm_monitor", *args], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for_port(port, process, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 def wait_for_log(proxy: Proxy, text: str, timeout: float = 20) -> None:

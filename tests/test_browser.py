@@ -10,16 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -27,16 +23,14 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from llm_monitor.cli import cli
 from llm_monitor.recorder import Recorder
 from llm_monitor.usage import utc_timestamp
-from tests.conftest import invoke, usage_record
-from tests.proxy import free_port
+from tests.conftest import invoke, invoke_with_password, usage_record
+from tests.proxy import running_dashboard
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-ROOT = Path(__file__).resolve().parent.parent
 
 EMAIL = "acme@x.example"
 PASSWORD = "pw-long-enough"
@@ -68,10 +62,8 @@ return coloured > 20 ? 'canvas ' + canvas.width + 'x' + canvas.height + ' with '
 def build_database(db: Path) -> None:
     """An organisation with a dashboard login and ROWS priced requests, via the real code."""
     invoke(db, "init")
-    result = CliRunner().invoke(
-        cli,
-        ["--db", str(db), "orgs", "create", "Acme", "--email", EMAIL, "--password", "--json"],
-        input=f"{PASSWORD}\n{PASSWORD}\n",
+    result = invoke_with_password(
+        db, PASSWORD, "orgs", "create", "Acme", "--email", EMAIL, "--password", "--json"
     )
     assert result.exit_code == 0, result.output
     created = json.loads(result.stdout.strip().splitlines()[-1])
@@ -93,38 +85,6 @@ def build_database(db: Path) -> None:
         )
     recorder.close()
     assert recorder.written == ROWS
-
-
-@contextlib.contextmanager
-def running_dashboard(db: Path, log: Path) -> Iterator[str]:
-    """`llm-monitor dashboard` as a child process; yields its base URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "llm_monitor", "--db", str(db), "dashboard"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"dashboard exited with {process.returncode}:\n{log.read_text()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"dashboard did not listen on {port}:\n{log.read_text()}")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

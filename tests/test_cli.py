@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from llm_monitor.cli import cli
 from llm_monitor.passwords import verify_password
 from llm_monitor.tokens import hash_token
-from tests.conftest import invoke, new_org
+from tests.conftest import invoke, invoke_with_password, new_org
 
 
 def fails(db_path: Path, *args: str) -> str:
@@ -351,9 +351,7 @@ def test_stats(fresh_db: Path) -> None:
 
 def test_passwords_are_checked_and_stored_only_as_scrypt_hashes(fresh_db: Path) -> None:
     def run(*args: str, password: str) -> Any:
-        return CliRunner().invoke(
-            cli, ["--db", str(fresh_db), *args], input=f"{password}\n{password}\n"
-        )
+        return invoke_with_password(fresh_db, password, *args)
 
     short = run("orgs", "create", "Acme", "--email", "a@x.example", "--password", password="short")
     assert short.exit_code == 2 and "at least 8 characters" in short.output

@@ -15,8 +15,6 @@ import math
 import random
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -26,15 +24,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from llm_monitor.cli import cli
 from llm_monitor.dashboard import CONFIG_DIR, make_datasette
 from llm_monitor.recorder import Recorder
 from llm_monitor.rollups import latency_le
 from llm_monitor.usage import UsageRecord, utc_timestamp
-from tests.conftest import invoke
-from tests.proxy import free_port, wait_for_port
+from tests.conftest import invoke, invoke_with_password
+from tests.proxy import running_dashboard
 
 PASSWORDS = {"Acme": "acme-password-1", "Globex": "globex-password-2", "Ops": "ops-password-3"}
 EMAILS = {"Acme": "finance@acme.example", "Globex": "it@globex.example", "Ops": "ops@x.example"}
@@ -62,11 +58,7 @@ MODELS = [
 def create_org(db_path: Path, name: str, *extra: str) -> dict[str, Any]:
     password = PASSWORDS[name]
     args = ["orgs", "create", name, "--email", EMAILS[name], "--password", "--json", *extra]
-    result = CliRunner().invoke(
-        cli,
-        ["--db", str(db_path), *args],
-        input=f"{password}\n{password}\n",
-    )
+    result = invoke_with_password(db_path, password, *args)
     assert result.exit_code == 0, result.output
     return json.loads(result.output.splitlines()[-1])
 
@@ -557,22 +549,8 @@ def test_parameters_are_checked_only_where_a_view_declares_them(site: Site) -> N
 
 @pytest.fixture(scope="module")
 def server(site: Site) -> Iterator[str]:
-    port = free_port()
-    log = site.db_path.parent / "dashboard.log"
-    with log.open("wb") as out:
-        args = ["--db", str(site.db_path), "dashboard", "--port", str(port)]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llm_monitor", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(port, process, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
-    assert "Traceback" not in log.read_text()  # whatever the tests sent it
+    with running_dashboard(site.db_path, site.db_path.parent / "dashboard.log") as url:
+        yield url
 
 
 def log_in(
@@ -645,9 +623,7 @@ def test_a_login_posted_from_another_site_is_refused(server: str) -> None:
 
 def test_a_new_password_or_lost_admin_flag_ends_sessions_at_once(site: Site, server: str) -> None:
     def run(*args: str, password: str) -> None:
-        result = CliRunner().invoke(
-            cli, ["--db", str(site.db_path), *args], input=f"{password}\n{password}\n"
-        )
+        result = invoke_with_password(site.db_path, password, *args)
         assert result.exit_code == 0, result.output
 
     with httpx.Client(base_url=server) as browser:
