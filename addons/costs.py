@@ -102,3 +102,14 @@ def cost_usd(
     else:
         total += (output - reasoning) * price.output + reasoning * price.reasoning
     return total / PER_TOKEN
+
+
+def priced_cost(price: PriceEntry | None, **tokens: int | None) -> tuple[float | None, int]:
+    """(cost_usd, priced) of a request with usage, tokens as for `cost_usd`: priced 0 and
+    no cost when there is no price, or no rate for one of its kinds of token."""
+    if price is None:
+        return None, 0
+    try:
+        return float(cost_usd(price, **tokens)), 1
+    except MissingRate:
+        return None, 0

@@ -23,7 +23,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from llm_monitor import rollups
-from llm_monitor.costs import MissingRate, PriceBook, cost_usd
+from llm_monitor.costs import PriceBook, priced_cost
 from llm_monitor.database import open_db
 from llm_monitor.pricing import read_prices
 from llm_monitor.usage import UsageRecord
@@ -55,24 +55,15 @@ def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:
             if model
             else None
         )
-        if price is None:
-            row["priced"] = 0
-        else:
-            try:
-                cost = cost_usd(
-                    price,
-                    input_tokens=record.input_tokens,
-                    cached_input_tokens=record.cached_input_tokens,
-                    cache_write_tokens=record.cache_write_tokens,
-                    cache_write_1h_tokens=record.cache_write_1h_tokens,
-                    output_tokens=record.output_tokens,
-                    reasoning_tokens=record.reasoning_tokens,
-                )
-            except MissingRate:
-                row["priced"] = 0
-            else:
-                row["cost_usd"] = float(cost)
-                row["priced"] = 1
+        row["cost_usd"], row["priced"] = priced_cost(
+            price,
+            input_tokens=record.input_tokens,
+            cached_input_tokens=record.cached_input_tokens,
+            cache_write_tokens=record.cache_write_tokens,
+            cache_write_1h_tokens=record.cache_write_1h_tokens,
+            output_tokens=record.output_tokens,
+            reasoning_tokens=record.reasoning_tokens,
+        )
     elif record.billable and model and _may_have_been_billed(record):
         row["priced"] = 0
     return row

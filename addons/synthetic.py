@@ -24,7 +24,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from llm_monitor import rollups
-from llm_monitor.costs import MissingRate, PriceBook, cost_usd
+from llm_monitor.costs import PriceBook, priced_cost
 from llm_monitor.pricing import PriceEntry, read_prices, shipped_prices, upsert_prices
 from llm_monitor.tokens import display_prefix, hash_token, new_token
 from llm_monitor.usage import utc_timestamp
@@ -513,7 +513,7 @@ _UNKNOWN, _TIERED = object(), object()
 
 
 class _Pricer:
-    """`PriceBook.lookup` and `cost_usd`, as in the recorder's `price_row`, with the
+    """`PriceBook.lookup` and `priced_cost`, as in the recorder's `price_row`, with the
     look-up cached per model and day when the model has no long-context tier."""
 
     def __init__(self, book: PriceBook) -> None:
@@ -535,22 +535,15 @@ class _Pricer:
     def cost(self, provider: str, model: str, day: str, usage: _Usage) -> tuple[float | None, int]:
         """(cost_usd, priced) of a row with usage."""
         input_tokens, cached, cache_write, cache_write_1h, output, reasoning, _, _ = usage
-        price = self.price(provider, model, day, input_tokens)
-        if price is None:
-            return None, 0
-        try:
-            cost = cost_usd(
-                price,
-                input_tokens=input_tokens,
-                cached_input_tokens=cached,
-                cache_write_tokens=cache_write,
-                cache_write_1h_tokens=cache_write_1h,
-                output_tokens=output,
-                reasoning_tokens=reasoning,
-            )
-        except MissingRate:
-            return None, 0
-        return float(cost), 1
+        return priced_cost(
+            self.price(provider, model, day, input_tokens),
+            input_tokens=input_tokens,
+            cached_input_tokens=cached,
+            cache_write_tokens=cache_write,
+            cache_write_1h_tokens=cache_write_1h,
+            output_tokens=output,
+            reasoning_tokens=reasoning,
+        )
 
 
 def _spread(rng: random.Random, sigma: float) -> float:
