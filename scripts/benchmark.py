@@ -665,7 +665,7 @@ def soak_command(streams: int, seconds: float, interval_ms: float) -> None:
 @click.option("--rows", default=100_000, show_default=True)
 def recorder_command(rows: int) -> None:
     """The recorder alone: rows per second priced and written into SQLite."""
-    from llm_monitor.recorder import Recorder
+    from llm_monitor.store.recorder import Recorder
     from llm_monitor.usage import UsageRecord, utc_timestamp
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@
 
 Creates the schema and loads the shipped prices (as `llm-monitor init` does), then ORGS
 organisations with 1-5 monitor tokens each and ROWS usage rows over the DAYS up to now,
-priced with the real price book (llm_monitor.synthetic), then rebuilds the rollups and
+priced with the real price book (llm_monitor.demo.synthetic), then rebuilds the rollups and
 runs ANALYZE. The rows end at the time of the run; the same --seed gives the same
 mix of organisations, models and habits.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import click
 
-from llm_monitor.database import open_db
-from llm_monitor.synthetic import generate
+from llm_monitor.demo.synthetic import generate
+from llm_monitor.store.database import open_db
 
 
 @click.command(help=__doc__)

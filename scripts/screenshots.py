@@ -22,7 +22,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from llm_monitor.cli import DEMO_ORGS
+from llm_monitor.demo.setup import DEMO_ORGS
 
 PAGES = {
     "landing": "/",

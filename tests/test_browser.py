@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from llm_monitor.recorder import Recorder
+from llm_monitor.store.recorder import Recorder
 from llm_monitor.usage import utc_timestamp
 from tests.conftest import invoke, invoke_with_password, usage_record
 from tests.proxy import running_dashboard

@@ -5,15 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from llm_monitor.accounts.passwords import verify_password
+from llm_monitor.accounts.tokens import hash_token
 from llm_monitor.cli import cli
-from llm_monitor.passwords import verify_password
-from llm_monitor.tokens import hash_token
+from llm_monitor.usage import utc_timestamp
 from tests.conftest import invoke, invoke_with_password, new_org
 
 
@@ -293,9 +295,7 @@ def test_reprice_and_unpriced(fresh_db: Path) -> None:
 
 def test_stats(fresh_db: Path) -> None:
     new_org(fresh_db, "Acme")
-    from llm_monitor.cli import now_utc
-
-    now = now_utc()
+    now = utc_timestamp(time.time())
     insert_usage(
         fresh_db,
         ts=now,

@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 
-from llm_monitor.costs import MissingRate, PriceBook, cost_usd, family_of
-from llm_monitor.pricing import PriceEntry, shipped_prices
-from llm_monitor.recorder import price_row
+from llm_monitor.money.costs import MissingRate, PriceBook, cost_usd, family_of
+from llm_monitor.money.prices import PriceEntry, shipped_prices
+from llm_monitor.store.recorder import price_row
 from tests.conftest import usage_record as record
 
 
@@ -171,8 +171,8 @@ def test_shipped_prices_are_valid_and_sourced() -> None:
 
 
 def test_large_body_usage_is_read_from_its_tail_only_when_unambiguous() -> None:
-    from llm_monitor.providers.base import RequestInfo
-    from llm_monitor.providers.openai import OpenAI
+    from llm_monitor.proxy.providers.base import RequestInfo
+    from llm_monitor.proxy.providers.openai import OpenAI
 
     padding = [{"embedding": "x" * 100_000}]
     top = json.dumps({"data": padding, "model": "m-1", "usage": {"prompt_tokens": 3}}).encode()

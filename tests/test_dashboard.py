@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from llm_monitor.dashboard import CONFIG_DIR, make_datasette
-from llm_monitor.recorder import Recorder
-from llm_monitor.rollups import latency_le
+from llm_monitor.store.recorder import Recorder
+from llm_monitor.store.rollups import latency_le
 from llm_monitor.usage import UsageRecord, utc_timestamp
 from tests.conftest import invoke, invoke_with_password
 from tests.proxy import running_dashboard

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from llm_monitor.cli import DEMO_ORGS
+from llm_monitor.accounts.passwords import verify_password
 from llm_monitor.dashboard import make_datasette
-from llm_monitor.demo import UNPRICED_MODEL
-from llm_monitor.passwords import verify_password
+from llm_monitor.demo.setup import DEMO_ORGS
+from llm_monitor.demo.traffic import UNPRICED_MODEL
 from llm_monitor.usage import utc_timestamp
 from tests.test_dashboard import ADMIN_VIEWS, ORG_VIEWS
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_monitor.database import open_db
-from llm_monitor.recorder import Recorder, spool_path_for, write_rows
+from llm_monitor.store.database import open_db
+from llm_monitor.store.recorder import Recorder, spool_path_for, write_rows
 from llm_monitor.usage import UsageRecord
 from tests.conftest import invoke, new_org, usage_record
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from llm_monitor import rollups
-from llm_monitor.database import migrations, open_db
-from llm_monitor.recorder import Recorder
+from llm_monitor.store import rollups
+from llm_monitor.store.database import migrations, open_db
+from llm_monitor.store.recorder import Recorder
 from tests.conftest import invoke, new_org, usage_record
 
 KEYS = {

@@ -22,8 +22,8 @@ import httpx
 import openai
 import pytest
 
-from llm_monitor.demo import UNPRICED_MODEL, plan_traffic, send_traffic
-from llm_monitor.standin import StandinProvider, implicit_cache, prompt_tokens
+from llm_monitor.demo.standin import StandinProvider, implicit_cache, prompt_tokens
+from llm_monitor.demo.traffic import UNPRICED_MODEL, plan_traffic, send_traffic
 from tests.conftest import API_KEY, invoke, new_org
 from tests.proxy import Proxy, row_for, running_proxy, wait_for_rows
 

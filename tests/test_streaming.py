@@ -13,10 +13,10 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_monitor.providers import RequestInfo, provider_named
-from llm_monitor.providers.openai import OpenAI
-from llm_monitor.proxy import StreamTap
-from llm_monitor.sse import EventSplitter, parse_event
+from llm_monitor.proxy.addon import StreamTap
+from llm_monitor.proxy.providers import RequestInfo, provider_named
+from llm_monitor.proxy.providers.openai import OpenAI
+from llm_monitor.proxy.sse import EventSplitter, parse_event
 from tests.replay import load_recording
 
 STREAMS = [

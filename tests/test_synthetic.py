@@ -14,13 +14,13 @@ import pytest
 from click.testing import CliRunner
 from sqlite_utils import Database
 
-from llm_monitor.costs import PriceBook
-from llm_monitor.database import open_db
-from llm_monitor.pricing import read_prices, shipped_prices
-from llm_monitor.providers import anthropic, gemini, openai
-from llm_monitor.proxy import parse_tags
-from llm_monitor.recorder import price_row
-from llm_monitor.synthetic import CATALOGUE, GenerationReport, generate
+from llm_monitor.demo.synthetic import CATALOGUE, GenerationReport, generate
+from llm_monitor.money.costs import PriceBook
+from llm_monitor.money.prices import read_prices, shipped_prices
+from llm_monitor.proxy.addon import parse_tags
+from llm_monitor.proxy.providers import anthropic, gemini, openai
+from llm_monitor.store.database import open_db
+from llm_monitor.store.recorder import price_row
 from llm_monitor.usage import UsageRecord
 
 END = dt.datetime(2026, 6, 15, 12, 0, 30, tzinfo=dt.UTC)

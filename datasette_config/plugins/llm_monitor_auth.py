@@ -26,9 +26,9 @@ from datasette.app import Datasette
 from datasette.utils.asgi import Request, Response
 from itsdangerous import BadSignature
 
+from llm_monitor.accounts.passwords import MAX_LENGTH, verify_password
+from llm_monitor.accounts.tokens import DASHBOARD_PREFIX, MAX_TOKEN_LENGTH, hash_token
 from llm_monitor.dashboard import is_admin, usage_db
-from llm_monitor.passwords import MAX_LENGTH, verify_password
-from llm_monitor.tokens import DASHBOARD_PREFIX, MAX_TOKEN_LENGTH, hash_token
 from llm_monitor.usage import utc_timestamp
 
 SESSION_COOKIE = "ds_actor"

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_monitor.proxy.launch import proxy_command
+
 
 @dataclass(frozen=True)
 class Listener:
@@ -55,26 +57,8 @@ def haproxy_config(host: str, backends: dict[str, tuple[int, list[int]]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def worker_args(
-    mitmdump: str,
-    script: str,
-    db_path: str,
-    listeners: Sequence[Listener],
-    ports: list[int],
-    extra: Sequence[str],
-) -> list[str]:
-    args = [mitmdump, "-s", script]
-    for listener, port in zip(listeners, ports, strict=True):
-        args += ["--mode", f"reverse:{listener.upstream}@127.0.0.1:{port}"]
-    names = ",".join(
-        f"{port}:{listener.name}" for listener, port in zip(listeners, ports, strict=True)
-    )
-    return [*args, "--set", f"monitor_db={db_path}", "--set", f"monitor_providers={names}", *extra]
-
-
 def run(
     mitmdump: str,
-    script: str,
     db_path: str,
     host: str,
     listeners: Sequence[Listener],
@@ -92,11 +76,17 @@ def run(
         listener.name: (listener.port, [ports[w][i] for w in range(workers)])
         for i, listener in enumerate(listeners)
     }
+
+    def worker_listeners(w: int) -> dict[str, tuple[str, int]]:
+        return {x.name: (x.upstream, port) for x, port in zip(listeners, ports[w], strict=True)}
+
     with tempfile.TemporaryDirectory(prefix="llm-monitor-") as tmp:
         config = Path(tmp) / "haproxy.cfg"
         config.write_text(haproxy_config(host, backends))
         children = [
-            subprocess.Popen(worker_args(mitmdump, script, db_path, listeners, ports[w], extra))
+            subprocess.Popen(
+                [*proxy_command(mitmdump, db_path, "127.0.0.1", worker_listeners(w)), *extra]
+            )
             for w in range(workers)
         ]
         children.append(subprocess.Popen([haproxy, "-db", "-f", str(config)]))

@@ -11,8 +11,12 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import Any
 
-from llm_monitor.pricing import PriceEntry
+from sqlite_utils import Database
+
+from llm_monitor.money.prices import PriceEntry, read_prices
+from llm_monitor.usage import UsageRecord
 
 PER_TOKEN = Decimal(1_000_000)
 
@@ -113,3 +117,51 @@ def priced_cost(price: PriceEntry | None, **tokens: int | None) -> tuple[float |
         return float(cost_usd(price, **tokens)), 1
     except MissingRate:
         return None, 0
+
+
+def load_price_book(db: Database) -> PriceBook:
+    return PriceBook(read_prices(db))
+
+
+def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:
+    """The record as a `usage` row with `cost_usd` and `priced` filled in.
+
+    priced = 1: cost known. priced = 0: the request was billable but its cost is unknown
+    (no price for the model, no rate for a kind of token, or a 2xx answer whose usage was
+    never seen). priced = NULL: nothing to bill (an error status, no answer at all, an
+    endpoint without a model, a free call).
+    """
+    row = record.model_dump()
+    row["cost_usd"] = None
+    row["priced"] = None
+    model = record.billed_model
+    if record.has_usage:
+        price = (
+            book.lookup(record.provider, model, _day(record.ts), record.input_tokens)
+            if model
+            else None
+        )
+        row["cost_usd"], row["priced"] = priced_cost(
+            price,
+            input_tokens=record.input_tokens,
+            cached_input_tokens=record.cached_input_tokens,
+            cache_write_tokens=record.cache_write_tokens,
+            cache_write_1h_tokens=record.cache_write_1h_tokens,
+            output_tokens=record.output_tokens,
+            reasoning_tokens=record.reasoning_tokens,
+        )
+    elif record.billable and model and _may_have_been_billed(record):
+        row["priced"] = 0
+    return row
+
+
+def _may_have_been_billed(record: UsageRecord) -> bool:
+    """A request the provider may have worked on: not refused with an error status, and
+    not one that never reached it (the upstream could not be reached at all)."""
+    if record.status is not None:
+        return record.status < 300
+    return record.outcome != "upstream_error"
+
+
+def _day(ts: str) -> dt.date:
+    return dt.date.fromisoformat(ts[:10])

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from llm_monitor import rollups
+from llm_monitor.store import rollups
 
 migrations = Migrations("llm_monitor")
 

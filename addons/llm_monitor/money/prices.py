@@ -1,4 +1,4 @@
-"""Price tables: the shipped files in this folder and their validation.
+"""Price tables: the files shipped in the repository's `pricing/` folder, and their validation.
 
 A price file is JSON: ``{"prices": [entry, ...]}``. Every entry names its provider, model,
 rates in USD per 1M tokens, the date from which it applies, and where the figures come from
@@ -94,10 +94,14 @@ def load_price_file(path: str | Path) -> list[PriceEntry]:
     return parse_price_file(text, origin=str(path))
 
 
+# `pricing/` at the top of the repository, inside the package as package data.
+SHIPPED_PRICES = resources.files("llm_monitor") / "shipped-data" / "pricing"
+
+
 def shipped_prices() -> list[PriceEntry]:
     """Every entry of the price files shipped with the package."""
     entries: list[PriceEntry] = []
-    for item in sorted(resources.files(__package__).iterdir(), key=lambda i: i.name):
+    for item in sorted(SHIPPED_PRICES.iterdir(), key=lambda i: i.name):
         if item.name.endswith(".json"):
             entries.extend(parse_price_file(item.read_text(encoding="utf-8"), origin=item.name))
     return entries

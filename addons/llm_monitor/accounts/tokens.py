@@ -1,4 +1,5 @@
-"""Monitor tokens: how they are made and stored, and the in-memory index the proxy checks.
+"""Monitor and dashboard tokens: how they are made, stored, listed and revoked, and the
+in-memory index the proxy checks.
 
 A token is shown once and stored only as its SHA-256. The proxy never reads the disk to
 check a token: `TokenIndex` keeps every live token's hash in memory and a background thread
@@ -12,8 +13,15 @@ import logging
 import secrets
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from llm_monitor.errors import Invalid, NotFound
+from llm_monitor.usage import utc_timestamp
 
 PREFIX = "mon_"
 DASHBOARD_PREFIX = "dash_"  # bearer tokens for the dashboard's JSON API, never for the proxy
@@ -34,6 +42,58 @@ def hash_token(token: str) -> str:
 def display_prefix(token: str) -> str:
     """What lists show of a token: enough to recognise it, far too little to use it."""
     return token[: token.find("_") + 7]
+
+
+# Token table: (prefix of its tokens, the command that lists them).
+TOKEN_TABLES = {
+    "monitor_tokens": (PREFIX, "llm-monitor tokens list"),
+    "dashboard_tokens": (DASHBOARD_PREFIX, "llm-monitor dashboard-token list"),
+}
+
+
+def create_token(db: Database, table: str, org_id: int, label: str | None) -> tuple[int, str]:
+    """A new token in `table` (monitor_tokens or dashboard_tokens) for an organisation:
+    only its hash and a display prefix are stored. Returns its id and the token."""
+    token = new_token(TOKEN_TABLES[table][0])
+    row = {
+        "org_id": org_id,
+        "token_hash": hash_token(token),
+        "prefix": display_prefix(token),
+        "label": label,
+        "created_at": utc_timestamp(time.time()),
+    }
+    return db[table].insert(row).last_pk, token
+
+
+def list_tokens(db: Database, table: str, org_id: int | None = None) -> list[dict[str, Any]]:
+    """Tokens (all, or one organisation's) with prefix, label, organisation and dates;
+    never their hashes."""
+    where, params = ("where t.org_id = ?", [org_id]) if org_id is not None else ("", [])
+    sql = f"""
+        select t.id, t.prefix, t.label, orgs.name as org, t.created_at, t.last_used_at,
+          t.revoked_at
+        from {table} t join orgs on orgs.id = t.org_id {where} order by t.id
+    """
+    return list(db.query(sql, params))
+
+
+def revoke_token(db: Database, table: str, id_or_token: str) -> str:
+    """Revoke a token by its id or the full token; says what happened."""
+    prefix, list_command = TOKEN_TABLES[table]
+    if id_or_token.isdigit():
+        where, params = "id = ?", [int(id_or_token)]
+    elif id_or_token.startswith(prefix):
+        where, params = "token_hash = ?", [hash_token(id_or_token)]
+    else:
+        raise Invalid(f"give a token id (a number) or a full {prefix} token")
+    row = next(db.query(f"select id, revoked_at from {table} where {where}", params), None)
+    if row is None:
+        raise NotFound(f"no such token (see `{list_command}`)")
+    if row["revoked_at"]:
+        return f"token {row['id']} was already revoked at {row['revoked_at']}"
+    with db.atomic():
+        db[table].update(row["id"], {"revoked_at": utc_timestamp(time.time())})
+    return f"revoked token {row['id']}"
 
 
 @dataclass(frozen=True, slots=True)

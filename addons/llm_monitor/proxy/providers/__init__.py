@@ -6,10 +6,10 @@ The proxy knows a listener's provider from its upstream host, or from the
 
 from __future__ import annotations
 
-from llm_monitor.providers.anthropic import Anthropic
-from llm_monitor.providers.base import Provider, RequestInfo, StreamReader
-from llm_monitor.providers.gemini import Gemini
-from llm_monitor.providers.openai import OpenAI
+from llm_monitor.proxy.providers.anthropic import Anthropic
+from llm_monitor.proxy.providers.base import Provider, RequestInfo, StreamReader
+from llm_monitor.proxy.providers.gemini import Gemini
+from llm_monitor.proxy.providers.openai import OpenAI
 
 __all__ = ["KNOWN_HOSTS", "Provider", "RequestInfo", "StreamReader", "provider_named"]
 

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 from mitmproxy import http
 
-from llm_monitor.providers.base import RequestInfo, SSEReader, load_json
-from llm_monitor.sse import parse_event
+from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, load_json
+from llm_monitor.proxy.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
 _MODEL_METHOD = re.compile(r"/(?:models|tunedModels)/([^/:]+):([A-Za-z]+)$")

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol
 
 from mitmproxy import http
 
-from llm_monitor.sse import EventSplitter
+from llm_monitor.proxy.sse import EventSplitter
 from llm_monitor.usage import TokenUsage
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 `generate` fills a database opened with `open_db` with organisations, monitor tokens and
 usage rows shaped like the proxy's own: the same paths, outcomes, token columns and
 `raw_usage` objects per provider, priced with the real price book through
-`llm_monitor.costs`, exactly as the recorder prices them. Everything random comes from
+`llm_monitor.money.costs`, exactly as the recorder prices them. Everything random comes from
 `random.Random` seeded per hour, so a seed (and `end`) always gives the same rows.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from llm_monitor import rollups
-from llm_monitor.costs import PriceBook, priced_cost
-from llm_monitor.pricing import PriceEntry, read_prices, shipped_prices, upsert_prices
-from llm_monitor.tokens import display_prefix, hash_token, new_token
+from llm_monitor.accounts.tokens import display_prefix, hash_token, new_token
+from llm_monitor.money.costs import PriceBook, priced_cost
+from llm_monitor.money.prices import PriceEntry, read_prices, shipped_prices, upsert_prices
+from llm_monitor.store import rollups
 from llm_monitor.usage import utc_timestamp
 
 HOUR_MS = 3_600_000

@@ -4,7 +4,7 @@ The dashboard needs something to show before any service points at the proxy: th
 providers with several models each (one without a price), JSON answers and streams, users,
 tags, a few errors and organisations of different sizes. The requests go through the
 proxy's listeners, with httpx as any service would send them, to the local stand-in
-(`llm_monitor.standin`), which answers them; the provider keys are fake. The same seed
+(`llm_monitor.demo.standin`), which answers them; the provider keys are fake. The same seed
 plans the same requests.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from llm_monitor.proxy import TAGS_HEADER, TOKEN_HEADER, USER_HEADER
-from llm_monitor.standin import STATUS_HEADER
+from llm_monitor.demo.standin import STATUS_HEADER
+from llm_monitor.proxy.addon import TAGS_HEADER, TOKEN_HEADER, USER_HEADER
 
 PROVIDERS = ("openai", "anthropic", "gemini")
 # Not in pricing/openai.json (and not a dated snapshot of a priced model): its rows stay

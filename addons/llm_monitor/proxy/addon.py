@@ -18,11 +18,17 @@ from urllib.parse import urlencode
 from mitmproxy import addonmanager, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from llm_monitor.content_coding import decoder_for, encoder_for, is_supported
-from llm_monitor.database import open_db
-from llm_monitor.providers import KNOWN_HOSTS, Provider, RequestInfo, StreamReader, provider_named
-from llm_monitor.recorder import Recorder
-from llm_monitor.tokens import TokenIndex, TokenOwner
+from llm_monitor.accounts.tokens import TokenIndex, TokenOwner
+from llm_monitor.proxy.content_coding import decoder_for, encoder_for, is_supported
+from llm_monitor.proxy.providers import (
+    KNOWN_HOSTS,
+    Provider,
+    RequestInfo,
+    StreamReader,
+    provider_named,
+)
+from llm_monitor.store.database import open_db
+from llm_monitor.store.recorder import Recorder
 from llm_monitor.usage import TokenUsage, UsageRecord, utc_timestamp
 
 logger = logging.getLogger(__name__)

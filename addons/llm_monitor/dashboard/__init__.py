@@ -17,7 +17,8 @@ from datasette.app import Datasette
 from datasette.database import Database
 
 DATABASE = "llm-monitor"
-CONFIG_DIR = Path(str(files("llm_monitor.datasette_config")))
+# `datasette_config/` at the top of the repository, inside the package as package data.
+CONFIG_DIR = Path(str(files("llm_monitor") / "shipped-data" / "datasette_config"))
 DEFAULT_PORT = 8001
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from llm_monitor.providers.base import RequestInfo, SSEReader, load_json
-from llm_monitor.sse import parse_event
+from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, load_json
+from llm_monitor.proxy.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
 # Endpoints whose streams accept `stream_options.include_usage`.

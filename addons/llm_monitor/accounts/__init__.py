@@ -1,0 +1,1 @@
+"""Accounts: organisations, their dashboard logins, monitor and dashboard tokens."""

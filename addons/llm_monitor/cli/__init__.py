@@ -1,0 +1,91 @@
+"""The `llm-monitor` command line. Each command group lives in a module of its own and
+only parses, calls the domain modules and prints."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+
+from llm_monitor.accounts.orgs import find_org
+from llm_monitor.cli.accounts import dashboard_token, orgs, tokens
+from llm_monitor.cli.common import emit, get_db, handle_errors, json_option
+from llm_monitor.cli.prices import pricing
+from llm_monitor.cli.run import dashboard, demo, import_spool, up
+from llm_monitor.money.prices import shipped_prices, upsert_prices
+from llm_monitor.store.reports import usage_by_model
+
+DEFAULT_DB = "llm-monitor.db"
+PERIODS = {"day": 1, "week": 7, "month": 30}
+
+
+@click.group()
+@click.version_option(package_name="llm-monitor")
+@click.option(
+    "--db",
+    "db_path",
+    envvar="LLM_MONITOR_DB",
+    default=DEFAULT_DB,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="SQLite database file (or set LLM_MONITOR_DB).",
+)
+@click.pass_context
+def cli(ctx: click.Context, db_path: str) -> None:
+    """LLM Monitor: record what every LLM API request costs.
+
+    A pass-through proxy (mitmproxy) in front of the provider writes one row per request
+    into a SQLite database; this command manages that database.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["db_path"] = db_path
+
+
+@cli.command()
+@click.pass_context
+@handle_errors
+def init(ctx: click.Context) -> None:
+    """Create the database (or upgrade its schema) and load the shipped price table."""
+    db = get_db(ctx, create=True)
+    entries = shipped_prices()
+    upsert_prices(db, entries)
+    click.echo(f"{ctx.obj['db_path']}: schema ready, {len(entries)} shipped prices loaded")
+
+
+@cli.command()
+@click.option(
+    "--period",
+    type=click.Choice(list(PERIODS)),
+    default="day",
+    show_default=True,
+    help="The last day, week (7 days) or month (30 days).",
+)
+@click.option("--org", "org_name", help="Only this organisation.")
+@json_option
+@click.pass_context
+@handle_errors
+def stats(ctx: click.Context, period: str, org_name: str | None, as_json: bool) -> None:
+    """Requests, tokens, cost and latency by model over the last period."""
+    db = get_db(ctx)
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(days=PERIODS[period])).strftime(
+        "%Y-%m-%dT%H:%M:%S"
+    )
+    org_id = find_org(db, org_name) if org_name is not None else None
+    rows = usage_by_model(db, since, org_id)
+    if as_json:
+        emit(rows, True)
+        return
+    scope = f" for {org_name}" if org_name else ""
+    click.echo(f"Last {period}{scope} (since {since}Z):\n")
+    emit(rows, False, empty="no requests in this period")
+    if rows:
+        total = sum(r["cost_usd"] or 0 for r in rows)
+        unpriced = sum(r["unpriced"] or 0 for r in rows)
+        click.echo(
+            f"\n{sum(r['requests'] for r in rows)} requests, ${total:.6f}"
+            + (f" ({unpriced} requests without a price not included)" if unpriced else "")
+        )
+
+
+for command in (orgs, tokens, dashboard_token, pricing, up, dashboard, demo, import_spool):
+    cli.add_command(command)

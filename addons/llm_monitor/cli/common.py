@@ -1,0 +1,83 @@
+"""What every command group shares: the database option's value, one-line errors, output
+as a table or JSON, and reading a password."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlite_utils import Database
+from tabulate import tabulate
+
+from llm_monitor.accounts.passwords import check_strength, hash_password
+from llm_monitor.errors import DomainError, Invalid
+from llm_monitor.money.prices import PriceFileError
+from llm_monitor.store.database import open_db
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected failures into one-line errors instead of tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error as e:
+            raise click.ClickException(f"database error: {e}") from None
+        except Invalid as e:
+            raise click.UsageError(str(e)) from None
+        except (DomainError, PriceFileError) as e:
+            raise click.ClickException(str(e)) from None
+        except OSError as e:
+            raise click.ClickException(f"{e.filename or 'file'}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise click.ClickException("input is not UTF-8 text") from None
+        except (OverflowError, RecursionError, ValueError) as e:
+            raise click.ClickException(f"bad input: {e}") from None
+
+    return wrapper
+
+
+def get_db(ctx: click.Context, *, create: bool = False) -> Database:
+    """The database named by --db (migrated on open); it must exist unless `create`."""
+    path = Path(ctx.obj["db_path"])
+    if not create and not path.exists():
+        raise click.ClickException(f"no database at {path}: run `llm-monitor init` first")
+    return open_db(path)
+
+
+def emit(rows: list[dict[str, Any]], as_json: bool, empty: str = "(none)") -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    elif rows:
+        click.echo(tabulate(rows, headers="keys", floatfmt=".6g"))
+    else:
+        click.echo(empty)
+
+
+def prompt_password_hash() -> str:
+    """A new password, prompted twice at a terminal; otherwise the first line of standard
+    input (a second line, if given, must repeat it). Returned as its scrypt hash."""
+    stdin = sys.stdin
+    if stdin.isatty():
+        password = click.prompt(
+            "Dashboard password", hide_input=True, confirmation_prompt=True, err=True
+        )
+    else:  # getpass would warn that it cannot hide the input, and read the same line
+        password = stdin.readline().rstrip("\r\n")
+        again = stdin.readline()
+        if again and again.rstrip("\r\n") != password:
+            raise click.BadParameter("the two passwords differ", param_hint="password")
+    try:
+        check_strength(password)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="password") from None
+    return hash_password(password)

@@ -1,0 +1,253 @@
+"""`llm-monitor up`, `dashboard`, `demo` and `import-spool`: running the proxy and the
+dashboard, and recovering spooled rows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+import uvicorn
+
+from llm_monitor.cli.common import get_db, handle_errors
+from llm_monitor.dashboard import DEFAULT_PORT as DASHBOARD_PORT
+from llm_monitor.dashboard import make_datasette
+from llm_monitor.demo.setup import DEMO_ORGS, create_demo_db, wait_until_recording
+from llm_monitor.demo.standin import StandinProvider
+from llm_monitor.demo.traffic import PROVIDERS, send_traffic
+from llm_monitor.errors import DomainError
+from llm_monitor.proxy import workers
+from llm_monitor.proxy.launch import DEFAULT_LISTENERS, find_mitmdump, parse_listen, proxy_command
+from llm_monitor.store.maintenance import import_spool as import_spool_file
+
+
+def listen_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list:
+    try:
+        return [parse_listen(value) for value in values]
+    except DomainError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    metavar="NAME=UPSTREAM@PORT",
+    callback=listen_option,
+    help="Add a listener (repeatable), e.g. groq=https://api.groq.com@8084; "
+    "a NAME of the defaults replaces that default.",
+)
+@click.option(
+    "--no-defaults", is_flag=True, help="Do not start the four default provider listeners."
+)
+@click.option(
+    "--log-requests/--no-log-requests",
+    default=True,
+    show_default=True,
+    help="One log line per request (never with credentials).",
+)
+@click.option(
+    "--workers",
+    "worker_count",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="mitmdump processes behind HAProxy (apt-get install haproxy), for more than one core.",
+)
+@click.option(
+    "--dashboard-port",
+    type=click.IntRange(1, 65535),
+    default=DASHBOARD_PORT,
+    show_default=True,
+    help="Port of the dashboard (Datasette), on --host.",
+)
+@click.option("--no-dashboard", is_flag=True, help="Run the proxy without the dashboard.")
+@click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+@handle_errors
+def up(
+    ctx: click.Context,
+    host: str,
+    listen: list[tuple[str, str, int]],
+    no_defaults: bool,
+    log_requests: bool,
+    worker_count: int,
+    dashboard_port: int,
+    no_dashboard: bool,
+    mitmdump_args: tuple[str, ...],
+) -> None:
+    """Run the proxy: mitmdump with the monitor addon, one listener per provider, and
+    the dashboard next to it (http://127.0.0.1:8001).
+
+    By default: OpenAI on 8080, Anthropic on 8081, Gemini on 8082 and xAI on 8083.
+    Names other than openai, anthropic, gemini and xai are read as OpenAI-compatible.
+    Arguments after `--` go to mitmdump, e.g. `llm-monitor up -- --set tcp_timeout=900`.
+    """
+    listeners = {} if no_defaults else dict(DEFAULT_LISTENERS)
+    for name, upstream, port in listen:
+        listeners[name] = (upstream, port)
+    if not listeners:
+        raise click.UsageError("no listener: give --listen or drop --no-defaults")
+    ports = [port for _, port in listeners.values()]
+    if len(set(ports)) != len(ports):
+        raise click.BadParameter("two listeners on one port", param_hint="--listen")
+    if not no_dashboard and dashboard_port in ports:
+        raise click.BadParameter(
+            f"port {dashboard_port} is also a listener's", param_hint="--dashboard-port"
+        )
+    mitmdump = find_mitmdump()
+    db_path = ctx.obj["db_path"]
+    get_db(ctx).conn.close()  # it exists, and its schema is current before any worker starts
+    for name, (upstream, port) in listeners.items():
+        click.echo(f"{name:>10}: http://{host}:{port} -> {upstream}", err=True)
+    # mitmdump takes each option once: a second --set of it disables the addon silently.
+    extra = ["--set", f"monitor_log_requests={str(log_requests).lower()}", *mitmdump_args]
+    also = []
+    if not no_dashboard:
+        click.echo(f"{'dashboard':>10}: http://{host}:{dashboard_port}/", err=True)
+        also.append(dashboard_command(db_path, host, dashboard_port))
+    if worker_count > 1:
+        click.echo(f"{worker_count} workers behind HAProxy", err=True)
+        found = [workers.Listener(n, u, p) for n, (u, p) in listeners.items()]
+        try:
+            status = workers.run(mitmdump, db_path, host, found, worker_count, extra, also)
+        except RuntimeError as e:
+            raise click.ClickException(str(e)) from None
+        sys.exit(status)
+    args = proxy_command(mitmdump, db_path, host, listeners)
+    if not also:
+        os.execv(mitmdump, [*args, *extra])
+    sys.exit(workers.supervise([[*args, *extra], *also]))
+
+
+def dashboard_command(db_path: str, host: str, port: int) -> list[str]:
+    """`llm-monitor dashboard` as a child process of `up`."""
+    cli_args = ["--db", db_path, "dashboard", "--host", host, "--port", str(port)]
+    return [sys.executable, "-m", "llm_monitor", *cli_args]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=DASHBOARD_PORT, show_default=True)
+@click.option(
+    "--root", is_flag=True, help="Print a one-time login address for Datasette's root (an admin)."
+)
+@click.option(
+    "--secret",
+    envvar="DATASETTE_SECRET",
+    help="Signs login cookies; give one to keep sessions across restarts (default: random).",
+)
+@click.pass_context
+@handle_errors
+def dashboard(ctx: click.Context, host: str, port: int, root: bool, secret: str | None) -> None:
+    """Serve the dashboard alone: Datasette over the usage database with the views,
+    charts, logins and JSON API configured in datasette_config/."""
+    get_db(ctx).conn.close()  # it exists, and its schema is current
+    serve_dashboard(ctx.obj["db_path"], host, port, root=root, secret=secret)
+
+
+def serve_dashboard(db_path: str, host: str, port: int, *, root: bool, secret: str | None) -> None:
+    datasette = make_datasette(db_path, secret=secret)
+    asyncio.run(datasette.invoke_startup())
+    if root:
+        datasette._root_token = secrets.token_hex(32)  # what `datasette --root` does
+        click.echo(
+            f"admin (root) login: http://{host}:{port}/-/auth-token?token={datasette._root_token}",
+            err=True,
+        )
+    click.echo(f"dashboard: http://{host}:{port}/", err=True)
+    uvicorn.run(datasette.app(), host=host, port=port, log_level="warning")
+
+
+@click.command()
+@click.option(
+    "--file",
+    "demo_db",
+    default="llm-monitor-demo.db",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The demo's own database, made anew each run.",
+)
+@click.option("--requests", default=400, show_default=True, help="Requests sent through the proxy.")
+@click.option(
+    "--history-days",
+    type=click.IntRange(0, 90),
+    default=14,
+    show_default=True,
+    help="Days of generated history written before the live traffic, so charts have a shape.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--dashboard-port", type=click.IntRange(1, 65535), default=DASHBOARD_PORT, show_default=True
+)
+@click.option("--no-serve", is_flag=True, help="Fill the database, then exit.")
+@handle_errors
+def demo(
+    demo_db: str,
+    requests: int,
+    history_days: int,
+    host: str,
+    dashboard_port: int,
+    no_serve: bool,
+) -> None:
+    """See every view filled, without a provider key.
+
+    Starts a local stand-in provider (synthetic OpenAI, Anthropic and Gemini answers, JSON
+    and streams), the proxy in front of it, and two organisations' varied traffic through
+    it; then serves the dashboard with the proxy still running, until Ctrl-C.
+    """
+    made = create_demo_db(demo_db, history_days)
+    if history_days:
+        click.echo(
+            f"history: {made.history_rows:,} generated rows over {history_days} days", err=True
+        )
+    ports = workers.free_ports(3)
+    with StandinProvider(host) as standin, tempfile.TemporaryDirectory() as tmp:
+        listeners = {p: (standin.url, port) for p, port in zip(PROVIDERS, ports, strict=True)}
+        log = Path(tmp) / "proxy.log"
+        with log.open("wb") as out:
+            command = proxy_command(find_mitmdump(), demo_db, host, listeners)
+            proxy = subprocess.Popen(
+                [*command, "--set", "monitor_log_requests=false"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until_recording(proxy, log)
+            endpoints = {name: f"http://{host}:{port}" for name, (_, port) in listeners.items()}
+            traffic = send_traffic(endpoints, made.tokens, requests=requests)
+            click.echo(
+                f"traffic: {traffic.sent} requests through the proxy, {traffic.ok} answered, "
+                f"{traffic.errors} errors",
+                err=True,
+            )
+            if no_serve:
+                return
+            for name, (_, port) in listeners.items():
+                click.echo(f"{name:>10}: http://{host}:{port} (stand-in provider)", err=True)
+            click.echo(f"monitor token (Acme Corp): {made.tokens[0]}", err=True)
+            for name, (email, password, _) in DEMO_ORGS.items():
+                click.echo(f"log in as {name}: {email} / {password}", err=True)
+            serve_dashboard(demo_db, host, dashboard_port, root=True, secret=None)
+        finally:
+            proxy.terminate()  # it writes what it has queued before it exits
+            proxy.wait(30)
+
+
+@click.command("import-spool")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+@handle_errors
+def import_spool(ctx: click.Context, file: str) -> None:
+    """Load usage rows the proxy spooled to JSONL when the database could not be written."""
+    count = import_spool_file(get_db(ctx), file)
+    done = Path(file).with_suffix(".imported")
+    Path(file).rename(done)
+    click.echo(f"imported {count} rows from {file} (renamed to {done.name})")

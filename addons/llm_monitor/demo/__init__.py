@@ -1,0 +1,1 @@
+"""The demo and generated data: a stand-in provider, demo traffic, synthetic usage history."""

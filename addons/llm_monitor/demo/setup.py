@@ -1,0 +1,67 @@
+"""The demo's database and proxy: two organisations with logins and monitor tokens,
+generated history, and a wait for the proxy to start recording. `llm-monitor demo` and
+the README's screenshots use it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm_monitor.accounts.orgs import create_org
+from llm_monitor.accounts.passwords import hash_password
+from llm_monitor.accounts.tokens import create_token
+from llm_monitor.demo import synthetic
+from llm_monitor.errors import DomainError
+from llm_monitor.money.prices import shipped_prices, upsert_prices
+from llm_monitor.store.database import open_db
+
+DEMO_ORGS = {  # name: (login email, password, monitor token labels)
+    "Acme Corp": ("acme@demo.example", "acme-demo-password", ("web-app", "batch-jobs")),
+    "Globex": ("globex@demo.example", "globex-demo-password", ("support-bot",)),
+}
+
+
+@dataclass(frozen=True)
+class DemoDatabase:
+    tokens: list[str]  # monitor tokens, Acme Corp's first
+    history_rows: int
+
+
+def create_demo_db(path: str, history_days: int) -> DemoDatabase:
+    """Make `path` anew: shipped prices, the demo organisations, and `history_days` of
+    generated usage ending five minutes ago."""
+    for suffix in ("", "-wal", "-shm", ".spool.jsonl"):
+        Path(path + suffix).unlink(missing_ok=True)
+    db = open_db(path)
+    upsert_prices(db, shipped_prices())
+    tokens: list[str] = []
+    org_ids = []
+    for name, (email, password, labels) in DEMO_ORGS.items():
+        org = create_org(
+            db, name, email, password_hash=hash_password(password), token_label=labels[0]
+        )
+        org_ids.append(org.org_id)
+        tokens.append(org.token)
+        with db.atomic():
+            tokens += [create_token(db, "monitor_tokens", org.org_id, x)[1] for x in labels[1:]]
+    rows = 0
+    if history_days:
+        end = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        report = synthetic.generate(
+            db, org_ids=org_ids, days=history_days, rows=history_days * 1500, end=end
+        )
+        rows = report.rows
+    db.conn.close()
+    return DemoDatabase(tokens, rows)
+
+
+def wait_until_recording(proxy: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    """Until the addon runs, requests get a 503: wait for its start line."""
+    deadline = time.monotonic() + timeout
+    while "llm-monitor: recording usage in" not in log.read_text(errors="replace"):
+        if proxy.poll() is not None or time.monotonic() > deadline:
+            raise DomainError(f"the proxy did not start:\n{log.read_text()}")
+        time.sleep(0.05)

@@ -1,0 +1,1 @@
+"""Money: price tables (validated, effective-dated) and the cost of a request."""

@@ -1,0 +1,61 @@
+"""How the proxy is started: the default listeners, `--listen` values, and the mitmdump
+command line with the monitor addon. `llm-monitor up`, the demo and the workers share it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from mitmproxy.net import server_spec
+
+from llm_monitor.errors import DomainError, Invalid
+from llm_monitor.proxy import script
+
+# name: (upstream, port)
+DEFAULT_LISTENERS = {
+    "openai": ("https://api.openai.com", 8080),
+    "anthropic": ("https://api.anthropic.com", 8081),
+    "gemini": ("https://generativelanguage.googleapis.com", 8082),
+    "xai": ("https://api.x.ai", 8083),
+}
+SCRIPT = script.__file__  # what mitmdump loads with -s
+
+
+def parse_listen(value: str) -> tuple[str, str, int]:
+    """`NAME=UPSTREAM@PORT`, e.g. `groq=https://api.groq.com@8084`."""
+    name, sep, rest = value.partition("=")
+    upstream, at, port = rest.rpartition("@")
+    if not sep or not at or not port.isdigit() or not name.strip() or not upstream:
+        raise Invalid(
+            f"{value!r} is not NAME=UPSTREAM@PORT (e.g. groq=https://api.groq.com@8084)"
+        )
+    try:
+        server_spec.parse(upstream, default_scheme="https")
+    except ValueError:
+        raise Invalid(
+            f"{upstream!r}: an upstream is scheme://host[:port], without a path (put the "
+            "path, e.g. /openai/v1, in the client's base URL)"
+        ) from None
+    return name.strip().lower(), upstream, int(port)
+
+
+def find_mitmdump() -> str:
+    """The mitmdump installed next to this Python, else the first on PATH."""
+    search_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    mitmdump = shutil.which("mitmdump", path=search_path)
+    if mitmdump is None:
+        raise DomainError("mitmdump not found: is llm-monitor installed with pip?")
+    return mitmdump
+
+
+def proxy_command(
+    mitmdump: str, db_path: str, host: str, listeners: dict[str, tuple[str, int]]
+) -> list[str]:
+    """mitmdump with the monitor addon and one reverse-proxy listener per provider."""
+    args = [mitmdump, "-s", SCRIPT]
+    for upstream, port in listeners.values():
+        args += ["--mode", f"reverse:{upstream}@{host}:{port}"]
+    names = ",".join(f"{port}:{name}" for name, (_, port) in listeners.items())
+    return [*args, "--set", f"monitor_db={db_path}", "--set", f"monitor_providers={names}"]
