@@ -133,7 +133,7 @@ class Site:
         )
 
     def actor(self, name: str) -> dict[str, Any]:
-        """The actor a login of `name` gets (see plugins/llm_monitor_auth.py)."""
+        """The actor a login of `name` gets (see llm_monitor.dashboard.auth)."""
         org_id = self.org_ids[name]
         return {"id": f"org:{org_id}", "org_id": org_id, "display": name, "admin": name == "Ops"}
 

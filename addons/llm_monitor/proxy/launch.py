@@ -28,9 +28,7 @@ def parse_listen(value: str) -> tuple[str, str, int]:
     name, sep, rest = value.partition("=")
     upstream, at, port = rest.rpartition("@")
     if not sep or not at or not port.isdigit() or not name.strip() or not upstream:
-        raise Invalid(
-            f"{value!r} is not NAME=UPSTREAM@PORT (e.g. groq=https://api.groq.com@8084)"
-        )
+        raise Invalid(f"{value!r} is not NAME=UPSTREAM@PORT (e.g. groq=https://api.groq.com@8084)")
     try:
         server_spec.parse(upstream, default_scheme="https")
     except ValueError:
