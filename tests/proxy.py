@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addons" / "monitor.py"
@@ -41,14 +44,19 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
 
 
 @contextlib.contextmanager
-def running_dashboard(db_path: Path, log: Path) -> Iterator[str]:
-    """`llm-monitor dashboard` as a child process; yields its base URL. Whatever a test
-    sent it, it must not have logged a traceback."""
+def running_dashboard(
+    db_path: Path, log: Path, python: str | Path = sys.executable, cwd: Path | None = None
+) -> Iterator[str]:
+    """`llm-monitor dashboard` as a child process (of `python`); yields its base URL.
+    Whatever a test sent it, it must not have logged a traceback."""
     port = free_port()
     args = ["--db", str(db_path), "dashboard", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "llm_monitor", *args], stdout=out, stderr=subprocess.STDOUT
+            [str(python), "-m", "llm_monitor", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
         )
     try:
         wait_for_port(port, process, log)
@@ -61,6 +69,18 @@ def running_dashboard(db_path: Path, log: Path) -> Iterator[str]:
             process.kill()
             process.wait()
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def log_in(
+    browser: httpx.Client, email: str, password: str, next_path: str = "/"
+) -> httpx.Response:
+    """Log in to a running dashboard through its login form, as a browser does."""
+    form = browser.get("/-/login", params={"next": next_path})
+    csrftoken = re.search(r'name="csrftoken" value="([^"]+)"', form.text).group(1)
+    return browser.post(
+        "/-/login",
+        data={"email": email, "password": password, "next": next_path, "csrftoken": csrftoken},
+    )
 
 
 def wait_for_log(proxy: Proxy, text: str, timeout: float = 20) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -402,3 +404,24 @@ def test_dashboard_tokens_are_listed_without_the_token_and_revoked(fresh_db: Pat
     assert wrong.exit_code == 2 and "a full mon_ token" in wrong.output
     assert "revoked token 1" in invoke(fresh_db, "dashboard-token", "revoke", token)
     assert "already revoked" in invoke(fresh_db, "dashboard-token", "revoke", "1")
+
+
+def test_a_password_piped_in_prints_only_the_result(fresh_db: Path) -> None:
+    """As a script runs it: the real command, the password on standard input (a pipe, not a
+    terminal), once or twice; nothing on the terminal but the one line that says it worked."""
+    new_org(fresh_db, "Acme")
+    command = [sys.executable, "-m", "llm_monitor", "--db", str(fresh_db), "orgs", "set-password"]
+    for typed in ("long-secret-1\n", "long-secret-2\nlong-secret-2\n"):
+        result = subprocess.run([*command, "Acme"], input=typed, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert (
+            result.stdout == "password set for 'Acme': log in to the dashboard as ops@x.example\n"
+        )
+        assert result.stderr == ""
+    stored = sqlite3.connect(fresh_db).execute("select password_hash from orgs").fetchone()[0]
+    assert verify_password("long-secret-2", stored)
+    differ = subprocess.run(
+        [*command, "Acme"], input="long-secret-3\nlong-secret-4\n", capture_output=True, text=True
+    )
+    assert differ.returncode == 2 and "the two passwords differ" in differ.stderr
+    assert "Traceback" not in differ.stderr

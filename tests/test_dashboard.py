@@ -30,7 +30,7 @@ from llm_monitor.store.recorder import Recorder
 from llm_monitor.store.rollups import latency_le
 from llm_monitor.usage import UsageRecord, utc_timestamp
 from tests.conftest import invoke, invoke_with_password
-from tests.proxy import running_dashboard
+from tests.proxy import log_in, running_dashboard
 
 PASSWORDS = {"Acme": "acme-password-1", "Globex": "globex-password-2", "Ops": "ops-password-3"}
 EMAILS = {"Acme": "finance@acme.example", "Globex": "it@globex.example", "Ops": "ops@x.example"}
@@ -551,17 +551,6 @@ def test_parameters_are_checked_only_where_a_view_declares_them(site: Site) -> N
 def server(site: Site) -> Iterator[str]:
     with running_dashboard(site.db_path, site.db_path.parent / "dashboard.log") as url:
         yield url
-
-
-def log_in(
-    browser: httpx.Client, email: str, password: str, next_path: str = "/"
-) -> httpx.Response:
-    form = browser.get("/-/login", params={"next": next_path})
-    csrftoken = re.search(r'name="csrftoken" value="([^"]+)"', form.text).group(1)
-    return browser.post(
-        "/-/login",
-        data={"email": email, "password": password, "next": next_path, "csrftoken": csrftoken},
-    )
 
 
 def test_login_and_logout(server: str) -> None:

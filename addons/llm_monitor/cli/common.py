@@ -20,6 +20,7 @@ from llm_monitor.errors import DomainError, Invalid
 from llm_monitor.money.prices import PriceFileError
 from llm_monitor.store.database import open_db
 
+CLI_BUSY_TIMEOUT_MS = 5000
 json_option = click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 
 
@@ -51,7 +52,8 @@ def get_db(ctx: click.Context, *, create: bool = False) -> Database:
     path = Path(ctx.obj["db_path"])
     if not create and not path.exists():
         raise click.ClickException(f"no database at {path}: run `llm-monitor init` first")
-    return open_db(path)
+    # A person at a terminal can wait for the recorder's or the dashboard's write to end.
+    return open_db(path, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS)
 
 
 def emit(rows: list[dict[str, Any]], as_json: bool, empty: str = "(none)") -> None:
