@@ -87,7 +87,7 @@ def wait_for_log(proxy: Proxy, text: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while text not in proxy.log():
         if proxy.process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"mitmdump never logged {text!r}:\n{proxy.log()}")
+            raise RuntimeError(f"the proxy never logged {text!r}:\n{proxy.log()}")
         time.sleep(0.02)
 
 
@@ -123,17 +123,31 @@ class Proxy:
         return self.process.returncode
 
 
+# The two ways to run the proxy: our lean launcher (what `up` runs), and mitmdump with the
+# addon as a script (the README's line, with all of mitmproxy's default addons).
+LAUNCHERS = {
+    "proxy": [sys.executable, "-m", "llm_monitor", "proxy"],
+    "mitmdump": [str(MITMDUMP), "-s", str(ADDON)],
+}
+
+
 @contextlib.contextmanager
 def running_proxy(
-    db_path: Path, upstream: str, *, providers: tuple[str, ...] = ("openai",), **options: Any
+    db_path: Path,
+    upstream: str,
+    *,
+    providers: tuple[str, ...] = ("openai",),
+    launcher: str = "proxy",
+    **options: Any,
 ) -> Iterator[Proxy]:
-    """mitmdump with one reverse-mode listener per provider name, all to `upstream`.
+    """`llm-monitor proxy` (or mitmdump with the addon) with one reverse-mode listener per
+    provider name, all to `upstream`.
 
     A name may carry mitmproxy's per-listener flag, as in `groq:noinject`.
     """
     ports = {name.split(":")[0]: free_port() for name in providers}
-    log_path = db_path.parent / f"mitmdump-{next(iter(ports.values()))}.log"
-    args = [str(MITMDUMP), "-s", str(ADDON)]
+    log_path = db_path.parent / f"{launcher}-{next(iter(ports.values()))}.log"
+    args = list(LAUNCHERS[launcher])
     for port in ports.values():
         args += ["--mode", f"reverse:{upstream}@127.0.0.1:{port}"]
     names = ",".join(f"{port}:{name}" for name, port in zip(providers, ports.values(), strict=True))

@@ -501,3 +501,38 @@ def test_large_json_body_is_read(
     row = row_for(proxy.db_path, reply.request_id)
     assert (row["input_tokens"], row["output_tokens"], row["priced"]) == (400, None, 1)
     assert row["cost_usd"] == float(Decimal("0.000008"))  # 400 x 0.02 per 1M
+
+
+def test_the_mitmdump_line_still_works(tmp_path: Path, upstream: ReplayServer) -> None:
+    """The README's `mitmdump -s addons/monitor.py` (all of mitmproxy's default addons)
+    records the same as `llm-monitor proxy`: a JSON answer, a stream, a 401."""
+    from tests.conftest import invoke, new_org
+    from tests.proxy import running_proxy
+
+    db_path = tmp_path / "monitor.db"
+    invoke(db_path, "init")
+    own_token = new_org(db_path, "Dump")
+    json_recording = load_recording("openai/chat_json_text_gpt-4o.json")
+    stream_name = "chat_stream_text_include_usage_gpt-4o.json"
+    stream_recording = load_recording(f"openai/{stream_name}")
+    target = f"http://127.0.0.1:{upstream.port}"
+    with running_proxy(db_path, target, launcher="mitmdump") as p:
+        assert "addons/monitor.py" in " ".join(p.process.args)
+        client = openai.OpenAI(
+            base_url=p.base_url,
+            api_key=API_KEY,
+            max_retries=0,
+            default_headers={"X-Monitor-Token": own_token},
+        )
+        reply = upstream.reply(Reply.from_recording(json_recording, seed=3))
+        call_sdk(client, json_recording)
+        json_row = row_for(db_path, reply.request_id)
+        reply = upstream.reply(Reply.from_recording(stream_recording, seed=4))
+        chunks = list(client.chat.completions.create(**stream_recording["request"]["body"]))
+        stream_row = row_for(db_path, reply.request_id)
+        refused = httpx.post(f"{p.base_url}/chat/completions", json={"model": "gpt-4o"})
+    assert Decimal(str(json_row["cost_usd"])) == Decimal(JSON_COSTS["chat_json_text_gpt-4o.json"])
+    assert [c.to_dict() for c in chunks] == data_events(stream_recording["response"]["body_text"])
+    assert Decimal(str(stream_row["cost_usd"])) == Decimal(STREAM_COSTS[stream_name])
+    assert refused.status_code == 401
+    assert upstream.received.qsize() == 2  # the refused request never reached it

@@ -11,7 +11,7 @@ from llm_monitor.accounts.orgs import find_org
 from llm_monitor.cli.accounts import dashboard_token, orgs, tokens
 from llm_monitor.cli.common import emit, get_db, handle_errors, json_option
 from llm_monitor.cli.prices import pricing
-from llm_monitor.cli.run import dashboard, demo, import_spool, up
+from llm_monitor.cli.run import dashboard, demo, import_spool, proxy, up
 from llm_monitor.money.prices import shipped_prices, upsert_prices
 from llm_monitor.store.reports import usage_by_model
 
@@ -87,5 +87,5 @@ def stats(ctx: click.Context, period: str, org_name: str | None, as_json: bool) 
         )
 
 
-for command in (orgs, tokens, dashboard_token, pricing, up, dashboard, demo, import_spool):
+for command in (orgs, tokens, dashboard_token, pricing, proxy, up, dashboard, demo, import_spool):
     cli.add_command(command)

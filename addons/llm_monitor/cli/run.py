@@ -1,4 +1,4 @@
-"""`llm-monitor up`, `dashboard`, `demo` and `import-spool`: running the proxy and the
+"""`llm-monitor proxy`, `up`, `dashboard`, `demo` and `import-spool`: running the proxy and the
 dashboard, and recovering spooled rows."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from llm_monitor.demo.setup import DEMO_ORGS, create_demo_db, wait_until_recordi
 from llm_monitor.demo.standin import StandinProvider
 from llm_monitor.demo.traffic import PROVIDERS, send_traffic
 from llm_monitor.errors import DomainError
-from llm_monitor.proxy import workers
-from llm_monitor.proxy.launch import DEFAULT_LISTENERS, find_mitmdump, parse_listen, proxy_command
+from llm_monitor.proxy import master, workers
+from llm_monitor.proxy.launch import DEFAULT_LISTENERS, parse_listen, proxy_command
 from llm_monitor.store.maintenance import import_spool as import_spool_file
 
 
@@ -59,7 +59,7 @@ def listen_option(ctx: click.Context, param: click.Parameter, values: tuple[str,
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="mitmdump processes behind HAProxy (apt-get install haproxy), for more than one core.",
+    help="Proxy processes behind HAProxy (apt-get install haproxy), for more than one core.",
 )
 @click.option(
     "--dashboard-port",
@@ -69,7 +69,7 @@ def listen_option(ctx: click.Context, param: click.Parameter, values: tuple[str,
     help="Port of the dashboard (Datasette), on --host.",
 )
 @click.option("--no-dashboard", is_flag=True, help="Run the proxy without the dashboard.")
-@click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
+@click.argument("proxy_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @handle_errors
 def up(
@@ -81,14 +81,15 @@ def up(
     worker_count: int,
     dashboard_port: int,
     no_dashboard: bool,
-    mitmdump_args: tuple[str, ...],
+    proxy_args: tuple[str, ...],
 ) -> None:
-    """Run the proxy: mitmdump with the monitor addon, one listener per provider, and
-    the dashboard next to it (http://127.0.0.1:8001).
+    """Run the proxy (`llm-monitor proxy`, one listener per provider) and the dashboard
+    next to it (http://127.0.0.1:8001).
 
     By default: OpenAI on 8080, Anthropic on 8081, Gemini on 8082 and xAI on 8083.
     Names other than openai, anthropic, gemini and xai are read as OpenAI-compatible.
-    Arguments after `--` go to mitmdump, e.g. `llm-monitor up -- --set tcp_timeout=900`.
+    Arguments after `--` go to `llm-monitor proxy`, e.g.
+    `llm-monitor up -- --set tcp_timeout=900`.
     """
     listeners = {} if no_defaults else dict(DEFAULT_LISTENERS)
     for name, upstream, port in listen:
@@ -102,13 +103,12 @@ def up(
         raise click.BadParameter(
             f"port {dashboard_port} is also a listener's", param_hint="--dashboard-port"
         )
-    mitmdump = find_mitmdump()
     db_path = ctx.obj["db_path"]
     get_db(ctx).conn.close()  # it exists, and its schema is current before any worker starts
     for name, (upstream, port) in listeners.items():
         click.echo(f"{name:>10}: http://{host}:{port} -> {upstream}", err=True)
-    # mitmdump takes each option once: a second --set of it disables the addon silently.
-    extra = ["--set", f"monitor_log_requests={str(log_requests).lower()}", *mitmdump_args]
+    # Each option is set once: a second --set of it is refused.
+    extra = ["--set", f"monitor_log_requests={str(log_requests).lower()}", *proxy_args]
     also = []
     if not no_dashboard:
         click.echo(f"{'dashboard':>10}: http://{host}:{dashboard_port}/", err=True)
@@ -117,14 +117,55 @@ def up(
         click.echo(f"{worker_count} workers behind HAProxy", err=True)
         found = [workers.Listener(n, u, p) for n, (u, p) in listeners.items()]
         try:
-            status = workers.run(mitmdump, db_path, host, found, worker_count, extra, also)
+            status = workers.run(db_path, host, found, worker_count, extra, also)
         except RuntimeError as e:
             raise click.ClickException(str(e)) from None
         sys.exit(status)
-    args = proxy_command(mitmdump, db_path, host, listeners)
+    args = proxy_command(db_path, host, listeners)
     if not also:
-        os.execv(mitmdump, [*args, *extra])
+        os.execv(args[0], [*args, *extra])
     sys.exit(workers.supervise([[*args, *extra], *also]))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--mode",
+    "modes",
+    multiple=True,
+    metavar="MODE",
+    help="A listener, as mitmdump's --mode (repeatable), e.g. "
+    "reverse:https://api.openai.com@127.0.0.1:8080.",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="An option, as mitmdump's --set (repeatable), e.g. monitor_providers=8084:groq.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Log errors only.")
+@click.option("-v", "--verbose", is_flag=True, help="Log everything, debug lines included.")
+@click.pass_context
+def proxy(
+    ctx: click.Context,
+    modes: tuple[str, ...],
+    settings: tuple[str, ...],
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """Run one proxy process: mitmproxy's proxy core with only the addons a reverse proxy
+    for LLM APIs needs, and the monitor addon (`up` runs this, once per worker).
+
+    The same --mode and --set lines as `mitmdump -s addons/monitor.py` take, e.g.
+    `llm-monitor proxy --mode reverse:https://api.openai.com@127.0.0.1:8080`. The database
+    is --db's unless --set monitor_db=FILE says otherwise.
+    """
+    options = list(settings)
+    if not any(s.startswith("monitor_db=") for s in options):
+        options.insert(0, f"monitor_db={ctx.obj['db_path']}")
+    if quiet or verbose:
+        options.append(f"termlog_verbosity={'error' if quiet else 'debug'}")
+    sys.exit(master.run(modes, options))
 
 
 def dashboard_command(db_path: str, host: str, port: int) -> list[str]:
@@ -213,7 +254,7 @@ def demo(
         listeners = {p: (standin.url, port) for p, port in zip(PROVIDERS, ports, strict=True)}
         log = Path(tmp) / "proxy.log"
         with log.open("wb") as out:
-            command = proxy_command(find_mitmdump(), demo_db, host, listeners)
+            command = proxy_command(demo_db, host, listeners)
             proxy = subprocess.Popen(
                 [*command, "--set", "monitor_log_requests=false"],
                 stdout=out,

@@ -407,6 +407,9 @@ class Monitor:
             # The whole answer had passed (an SDK may hang up on `[DONE]` before the
             # stream's last bytes): nothing was lost.
             self._record(flow, state, outcome="ok", error=None)
+        elif state.tap is not None and state.tap.reader.error:
+            # The stream's error event came first; an SDK raises on it and hangs up.
+            self._record(flow, state, outcome="provider_error", error=state.tap.reader.error)
         elif (silence := self._upstream_silence(flow, state)) >= ctx.options.tcp_timeout * 0.95:
             # mitmproxy closes idle connections and reports it as the client's doing.
             error = f"upstream silent for {silence:.0f} s (tcp_timeout={ctx.options.tcp_timeout})"

@@ -1,17 +1,14 @@
-"""How the proxy is started: the default listeners, `--listen` values, and the mitmdump
-command line with the monitor addon. `llm-monitor up`, the demo and the workers share it."""
+"""How the proxy is started: the default listeners, `--listen` values, and the command line
+of one proxy process (`llm-monitor proxy`). `llm-monitor up`, the demo and the workers
+share it."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-from pathlib import Path
 
 from mitmproxy.net import server_spec
 
-from llm_monitor.errors import DomainError, Invalid
-from llm_monitor.proxy import script
+from llm_monitor.errors import Invalid
 
 # name: (upstream, port)
 DEFAULT_LISTENERS = {
@@ -20,7 +17,6 @@ DEFAULT_LISTENERS = {
     "gemini": ("https://generativelanguage.googleapis.com", 8082),
     "xai": ("https://api.x.ai", 8083),
 }
-SCRIPT = script.__file__  # what mitmdump loads with -s
 
 
 def parse_listen(value: str) -> tuple[str, str, int]:
@@ -39,21 +35,10 @@ def parse_listen(value: str) -> tuple[str, str, int]:
     return name.strip().lower(), upstream, int(port)
 
 
-def find_mitmdump() -> str:
-    """The mitmdump installed next to this Python, else the first on PATH."""
-    search_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    mitmdump = shutil.which("mitmdump", path=search_path)
-    if mitmdump is None:
-        raise DomainError("mitmdump not found: is llm-monitor installed with pip?")
-    return mitmdump
-
-
-def proxy_command(
-    mitmdump: str, db_path: str, host: str, listeners: dict[str, tuple[str, int]]
-) -> list[str]:
-    """mitmdump with the monitor addon and one reverse-proxy listener per provider."""
-    args = [mitmdump, "-s", SCRIPT]
+def proxy_command(db_path: str, host: str, listeners: dict[str, tuple[str, int]]) -> list[str]:
+    """`llm-monitor proxy` (this Python's) with one reverse-proxy listener per provider."""
+    args = [sys.executable, "-m", "llm_monitor", "--db", db_path, "proxy"]
     for upstream, port in listeners.values():
         args += ["--mode", f"reverse:{upstream}@{host}:{port}"]
     names = ",".join(f"{port}:{name}" for name, (_, port) in listeners.items())
-    return [*args, "--set", f"monitor_db={db_path}", "--set", f"monitor_providers={names}"]
+    return [*args, "--set", f"monitor_providers={names}"]

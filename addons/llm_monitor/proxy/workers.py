@@ -58,7 +58,6 @@ def haproxy_config(host: str, backends: dict[str, tuple[int, list[int]]]) -> str
 
 
 def run(
-    mitmdump: str,
     db_path: str,
     host: str,
     listeners: Sequence[Listener],
@@ -84,9 +83,7 @@ def run(
         config = Path(tmp) / "haproxy.cfg"
         config.write_text(haproxy_config(host, backends))
         children = [
-            subprocess.Popen(
-                [*proxy_command(mitmdump, db_path, "127.0.0.1", worker_listeners(w)), *extra]
-            )
+            subprocess.Popen([*proxy_command(db_path, "127.0.0.1", worker_listeners(w)), *extra])
             for w in range(workers)
         ]
         children.append(subprocess.Popen([haproxy, "-db", "-f", str(config)]))

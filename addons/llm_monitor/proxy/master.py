@@ -1,0 +1,105 @@
+"""`llm-monitor proxy`: mitmproxy's proxy core with only the addons a reverse proxy for
+LLM APIs needs, and ours.
+
+`mitmdump` loads about 35 addons (anticache, playback, map-local, export, save, ...) and
+mitmproxy calls every one of them for every event of every flow; none of them does
+anything for a reverse proxy in front of an LLM API, and together they cost a large part
+of mitmdump's throughput. This master loads:
+
+- `Core`: validates options and keeps mitmproxy's built-in commands;
+- `Proxyserver`, `NextLayer`, `TlsConfig`, `DnsResolver`: listening, the protocol stack,
+  TLS to the upstream (certificate checks included), name resolution;
+- `Block`: `block_global` (connections from public addresses refused unless allowed) and
+  `block_private`;
+- `UpdateAltSvc`: reverse mode's rewriting of the upstream's `Alt-Svc` to the listener;
+- `DisableH2C`: h2c upgrade requests are cleaned, HTTP/2 prior-knowledge flows killed;
+- `ErrorCheck`: a start-up error (a busy port) ends the process with status 1;
+- `TermLog`: log lines on standard output, as mitmdump prints them;
+- `Monitor`: this project's addon.
+
+`mitmdump -s addons/monitor.py ...` keeps working, for anyone who wants mitmproxy's
+full set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from mitmproxy import exceptions, hooks, master, options
+from mitmproxy.addons import (
+    block,
+    core,
+    disable_h2c,
+    dns_resolver,
+    errorcheck,
+    next_layer,
+    proxyserver,
+    tlsconfig,
+    update_alt_svc,
+)
+
+from llm_monitor.proxy.addon import Monitor
+
+
+def lean_addons() -> list[object]:
+    """mitmproxy's addons that a reverse proxy for LLM APIs uses (see the docstring)."""
+    return [
+        core.Core(),
+        block.Block(),
+        proxyserver.Proxyserver(),
+        dns_resolver.DnsResolver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        update_alt_svc.UpdateAltSvc(),
+        disable_h2c.DisableH2C(),
+        errorcheck.ErrorCheck(),
+    ]
+
+
+class LeanMaster(master.Master):
+    """A Master with `lean_addons()` and the monitor addon; no flow is kept or dumped."""
+
+    def __init__(self, opts: options.Options, *, with_termlog: bool = True) -> None:
+        super().__init__(opts, with_termlog=with_termlog)
+        self.addons.add(*lean_addons(), Monitor())
+
+
+def configure_logging() -> None:
+    """As mitmdump does: every record reaches mitmproxy's handlers, which filter by
+    `termlog_verbosity`; chatty libraries only from warnings up."""
+    logging.getLogger().setLevel(logging.DEBUG)
+    for name in ("asyncio", "hpack", "quic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+async def serve(modes: Sequence[str], settings: Sequence[str]) -> int:
+    """Run until SIGINT or SIGTERM. `settings` are `--set` values (`NAME=VALUE`); an
+    unknown option or a bad value is refused before anything listens."""
+    configure_logging()
+    opts = options.Options()
+    proxy = LeanMaster(opts)
+    try:
+        opts.set(*settings)
+        if modes:
+            opts.update(mode=list(modes))
+        # Every addon sees every option once, as mitmdump shows a script (the monitor
+        # addon turns `connection_strategy` lazy there, so a refused request never opens
+        # a connection to the provider).
+        proxy.addons.trigger(hooks.ConfigureHook(set(opts.keys())))
+    except exceptions.OptionsError as e:
+        print(f"llm-monitor proxy: {e}", file=sys.stderr)
+        return 2
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, proxy.shutdown)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a client gone mid-write is no reason to exit
+    await proxy.run()
+    return 0
+
+
+def run(modes: Sequence[str], settings: Sequence[str]) -> int:
+    return asyncio.run(serve(modes, settings))
