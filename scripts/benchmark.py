@@ -1,12 +1,15 @@
-"""What the proxy costs: the same load direct, through bare mitmdump, and through the addon.
+"""What the proxy costs: the same load direct, through bare mitmdump, mitmdump with the
+addon, the lean master alone and `llm-monitor proxy` (the lean master with the addon).
 
-    .venv/bin/python scripts/benchmark.py                      # JSON and SSE, all three paths
+    .venv/bin/python scripts/benchmark.py                      # JSON and SSE, all five paths
+    .venv/bin/python scripts/benchmark.py peers                # and LiteLLM, Portkey
     .venv/bin/python scripts/benchmark.py --requests 100000 --only addon --kind json   # memory
     .venv/bin/python scripts/benchmark.py --soak                # 200 streams x 30 s
     .venv/bin/python scripts/benchmark.py --recorder            # the recorder alone
 
-Everything runs on 127.0.0.1: a fast OpenAI-shaped upstream (its own process), mitmdump
-(its own process), and a keep-alive load generator (this process, asyncio). Prints a table
+Everything runs on 127.0.0.1: a fast OpenAI-shaped upstream (its own process), the proxy
+(its own process, pinned to a core of its own), and a keep-alive load generator (this
+process, asyncio). Prints a table
 and writes the figures as JSON (--out).
 """
 
@@ -17,6 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -183,10 +187,12 @@ async def load(
     token: str,
     path: str = "/v1/chat/completions",
     timeout: float = 600,
+    headers: dict[str, str] | None = None,
 ) -> Timing:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     request = (
         f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nauthorization: Bearer sk-bench\r\n"
-        f"x-monitor-token: {token}\r\ncontent-type: application/json\r\n"
+        f"x-monitor-token: {token}\r\ncontent-type: application/json\r\n{extra}"
         f"content-length: {len(body)}\r\n\r\n"
     ).encode() + body
     timing = Timing()
@@ -243,13 +249,24 @@ OTHER_CPUS = {0}
 
 @contextlib.contextmanager
 def process(
-    args: list[str], port: int, log: Path, cpus: set[int] = OTHER_CPUS
+    args: list[str],
+    port: int,
+    log: Path,
+    cpus: set[int] = OTHER_CPUS,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 20,
 ) -> Iterator[subprocess.Popen]:
+    """Run `args` pinned to `cpus` from its first instruction (taskset, so that threads a
+    runtime starts at once, as node's do, are pinned too) until it listens on `port`."""
+    if len(os.sched_getaffinity(0)) > 1 and shutil.which("taskset"):
+        args = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *args]
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     pin(proc.pid, cpus)
     try:
-        wait_for_port(port)
+        wait_for_port(port, ready_timeout)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -270,32 +287,36 @@ def upstream(
     return process(args, port, workdir / "upstream.log", cpus)
 
 
-def mitmdump_args(upstream: int, port: int, addon: bool, db: Path, kind: str) -> list[str]:
-    """Both mitmdumps alike: lazy connections, no flow lines. Bare mitmdump would buffer a
-    stream whole; for SSE it is told to stream (as the addon does), or it is no baseline."""
-    args = [
-        str(BIN / "mitmdump"),
+PROXY_PATHS = ("bare", "addon", "lean", "proxy")  # the paths that run a proxy process
+
+
+def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list[str]:
+    """All proxies alike: lazy connections, no flow lines, warnings only. Without the addon
+    a proxy would buffer a stream whole; for SSE it is told to stream (as the addon does),
+    or it is no baseline.
+
+    bare: mitmdump; addon: mitmdump -s addons/monitor.py; lean: the lean master without
+    the addon (`serve-lean` below); proxy: `llm-monitor proxy`.
+    """
+    common = [
         "--mode",
         f"reverse:http://127.0.0.1:{upstream}@127.0.0.1:{port}",
         "--set",
         "connection_strategy=lazy",
         "--set",
-        "flow_detail=0",
-        "--set",
         "termlog_verbosity=warn",
     ]
-    if kind == "sse" and not addon:
-        args += ["--set", "stream_large_bodies=1"]
-    if addon:
-        args += [
-            "-s",
-            str(ROOT / "addons" / "monitor.py"),
-            "--set",
-            f"monitor_db={db}",
-            "--set",
-            f"monitor_providers={port}:openai",
-        ]
-    return args
+    if kind == "sse" and path in ("bare", "lean"):
+        common += ["--set", "stream_large_bodies=1"]
+    monitor = ["--set", f"monitor_db={db}", "--set", f"monitor_providers={port}:openai"]
+    if path == "bare":
+        return [str(BIN / "mitmdump"), *common, "--set", "flow_detail=0"]
+    if path == "addon":
+        script = ["-s", str(ROOT / "addons" / "monitor.py")]
+        return [str(BIN / "mitmdump"), *script, *common, "--set", "flow_detail=0", *monitor]
+    if path == "lean":
+        return [sys.executable, __file__, "serve-lean", *common]
+    return [str(BIN / "llm-monitor"), "proxy", *common, *monitor]
 
 
 def new_db(workdir: Path) -> tuple[Path, str]:
@@ -363,12 +384,13 @@ def measure(
     token: str,
     pid: int | None = None,
     warmup: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> Result:
     body = STREAM_BODY if kind == "sse" else CHAT_BODY
-    asyncio.run(load(port, warmup, min(concurrency, warmup), body, token))
+    asyncio.run(load(port, warmup, min(concurrency, warmup), body, token, headers=headers))
     rss_start = rss_kb(pid) / 1024 if pid else None
     started = time.perf_counter()
-    timing = asyncio.run(load(port, requests, concurrency, body, token))
+    timing = asyncio.run(load(port, requests, concurrency, body, token, headers=headers))
     seconds = time.perf_counter() - started
     return Result(
         path=path,
@@ -388,6 +410,34 @@ def measure(
     )
 
 
+def run_proxy_path(
+    path: str,
+    kind: str,
+    upstream_port: int,
+    requests: int,
+    concurrency: int,
+    workdir: Path,
+    round_: int,
+) -> Result:
+    port = free_port()
+    run_dir = workdir / f"{path}-{kind}-{round_}"
+    db, token = new_db(run_dir) if path in ("addon", "proxy") else (workdir / "unused.db", "-")
+    args = proxy_args(path, upstream_port, port, db, kind)
+    with process(args, port, workdir / f"{run_dir.name}.log", PROXY_CPU) as proc:
+        result = measure(path, kind, port, requests, concurrency, token, proc.pid)
+    if path in ("addon", "proxy"):
+        result.rows = count_rows(db)
+    result.round = round_
+    return result
+
+
+def rotated(paths: list[str], round_: int) -> list[str]:
+    """The proxies in a different order each round, so that drift on the machine does not
+    favour one of them."""
+    shift = round_ % len(paths) if paths else 0
+    return paths[shift:] + paths[:shift]
+
+
 def run_paths(
     kinds: list[str],
     paths: list[str],
@@ -397,10 +447,10 @@ def run_paths(
     rounds: int,
     workdir: Path,
 ) -> list[Result]:
-    """Each round measures every path once; bare and addon swap order from round to round,
-    so that drift on the machine does not favour one of them."""
+    """Each round measures every path once, the proxies in a rotated order."""
     results = []
     upstream_port = free_port()
+    proxies = [p for p in PROXY_PATHS if p in paths]
     with upstream(upstream_port, workdir, first_event_ms=first_event_ms):
         for round_ in range(rounds):
             for kind in kinds:
@@ -408,20 +458,12 @@ def run_paths(
                     result = measure("direct", kind, upstream_port, requests, concurrency, "-")
                     result.round = round_
                     results.append(result)
-                order = ("bare", "addon") if round_ % 2 == 0 else ("addon", "bare")
-                for path in (p for p in order if p in paths):
-                    port = free_port()
-                    run_dir = workdir / f"{path}-{kind}-{round_}"
-                    db, token = new_db(run_dir) if path == "addon" else (None, "-")
-                    args = mitmdump_args(
-                        upstream_port, port, path == "addon", db or workdir / "unused.db", kind
+                for path in rotated(proxies, round_):
+                    results.append(
+                        run_proxy_path(
+                            path, kind, upstream_port, requests, concurrency, workdir, round_
+                        )
                     )
-                    with process(args, port, workdir / f"{run_dir.name}.log", PROXY_CPU) as proc:
-                        result = measure(path, kind, port, requests, concurrency, token, proc.pid)
-                    if db is not None:
-                        result.rows = count_rows(db)
-                    result.round = round_
-                    results.append(result)
     return results
 
 
@@ -450,9 +492,18 @@ def print_table(results: list[Result]) -> None:
         click.echo("  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
 
 
+# (numerator, denominator): throughput ratios that say what each layer costs.
+THROUGHPUT_RATIOS = [
+    ("addon", "bare"),  # the addon under mitmdump
+    ("lean", "bare"),  # the lean master against mitmdump, neither with the addon
+    ("proxy", "lean"),  # the addon under the lean master
+    ("proxy", "addon"),  # llm-monitor proxy against mitmdump + addon
+]
+
+
 def ratios(results: list[Result]) -> list[dict[str, object]]:
-    """Per kind, the median over rounds of: the addon against bare mitmdump, and both
-    against direct."""
+    """Per kind, medians over rounds: throughput ratios between paths, latency and time to
+    first token added over direct, rows recorded against requests sent."""
     out = []
     for kind in sorted({r.kind for r in results}):
         rounds = sorted({r.round for r in results if r.kind == kind})
@@ -464,26 +515,28 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
         def median(values: list[float]) -> float:
             return round(statistics.median(values), 3)
 
-        if all("bare" in by and "addon" in by for by in per_round):
-            entry["addon_throughput_vs_bare"] = median(
-                [by["addon"].req_per_s / by["bare"].req_per_s for by in per_round]
-            )
-            entry["addon_p50_added_vs_bare_ms"] = median(
-                [by["addon"].p50_ms - by["bare"].p50_ms for by in per_round]
-            )
-            if kind == "sse":
-                entry["addon_ttft_p50_added_vs_bare_ms"] = median(
-                    [by["addon"].ttft_p50_ms - by["bare"].ttft_p50_ms for by in per_round]
+        def everywhere(*paths: str, per_round: list[dict[str, Result]] = per_round) -> bool:
+            return all(all(p in by for p in paths) for by in per_round)
+
+        for top, bottom in THROUGHPUT_RATIOS:
+            if everywhere(top, bottom):
+                entry[f"{top}_vs_{bottom}_throughput"] = median(
+                    [by[top].req_per_s / by[bottom].req_per_s for by in per_round]
                 )
-            entry["rows_recorded_vs_sent"] = " ".join(
-                f"{by['addon'].rows}/{by['addon'].requests + 200}" for by in per_round
-            )
-        if all("direct" in by for by in per_round):
-            for path in ("bare", "addon"):
-                if all(path in by for by in per_round):
-                    entry[f"{path}_p50_added_vs_direct_ms"] = median(
-                        [by[path].p50_ms - by["direct"].p50_ms for by in per_round]
+        for path in PROXY_PATHS:
+            if everywhere(path, "direct"):
+                entry[f"{path}_p50_added_ms"] = median(
+                    [by[path].p50_ms - by["direct"].p50_ms for by in per_round]
+                )
+                if kind == "sse":
+                    entry[f"{path}_ttft_p50_added_ms"] = median(
+                        [by[path].ttft_p50_ms - by["direct"].ttft_p50_ms for by in per_round]
                     )
+        for path in ("addon", "proxy"):
+            if everywhere(path):
+                entry[f"{path}_rows_recorded_vs_sent"] = " ".join(
+                    f"{by[path].rows}/{by[path].requests + 200}" for by in per_round
+                )
         out.append(entry)
     return out
 
@@ -502,8 +555,8 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
     "--only",
     "paths",
     multiple=True,
-    type=click.Choice(["direct", "bare", "addon"]),
-    help="Paths to measure (default: all three).",
+    type=click.Choice(["direct", *PROXY_PATHS]),
+    help="Paths to measure (default: all five).",
 )
 @click.option(
     "--first-event-ms",
@@ -535,14 +588,15 @@ def main(
     rounds: int,
     out: str,
 ) -> None:
-    """Measure the proxy: direct vs bare mitmdump vs mitmdump with the monitor addon."""
+    """Measure the proxy: direct, bare mitmdump, mitmdump with the monitor addon, the lean
+    master alone, and `llm-monitor proxy`."""
     if ctx.invoked_subcommand is not None:
         return
     pin(os.getpid(), OTHER_CPUS)
     with tempfile.TemporaryDirectory() as tmp:
         results = run_paths(
             list(kinds or ("json", "sse")),
-            list(paths or ("direct", "bare", "addon")),
+            list(paths or ("direct", *PROXY_PATHS)),
             requests,
             concurrency,
             first_event_ms,
@@ -578,6 +632,285 @@ def serve_upstream_command(
 ) -> None:
     """(internal) Run the fast upstream."""
     asyncio.run(serve_upstream(port, first_event_ms, events, interval_ms))
+
+
+# Peers: other LLM gateways, installed on first use into a cache of their own.
+
+PEERS_CACHE = Path.home() / ".cache" / "llm-monitor-bench"
+PORTKEY_VERSION = "1.15.2"
+# Portkey's streams need @hono/node-server 1.13.5 (Portkey-AI/gateway#1389).
+PORTKEY_PACKAGE = {
+    "private": True,
+    "dependencies": {"@portkey-ai/gateway": PORTKEY_VERSION, "@hono/node-server": "1.13.5"},
+    "overrides": {"@hono/node-server": "1.13.5"},
+}
+# The gateway's start-server listens on every interface: keep it on 127.0.0.1.
+BIND_LOCAL_JS = """import net from "node:net";
+const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+  if (typeof args[0] === "number" && typeof args[1] !== "string") args.splice(1, 0, "127.0.0.1");
+  else if (args[0] && typeof args[0] === "object" && !args[0].host)
+    args[0] = { ...args[0], host: "127.0.0.1" };
+  return listen.apply(this, args);
+};
+"""
+LITELLM_CONFIG = """model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:{upstream}/v1
+      api_key: sk-bench
+litellm_settings:
+  telemetry: false
+"""
+
+
+@dataclass
+class Peer:
+    name: str
+    args: list[str]  # {port} and {upstream} are filled in
+    env: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # {upstream} is filled in
+    version: str = ""
+
+
+def install(command: list[str], log: Path, cwd: Path | None = None) -> bool:
+    with log.open("ab") as out:
+        return subprocess.run(command, stdout=out, stderr=out, cwd=cwd).returncode == 0
+
+
+def litellm_peer(cache: Path, workdir: Path) -> Peer | str:
+    """LiteLLM's proxy in a venv of its own, one worker, its price map read locally."""
+    venv_dir = cache / "litellm-venv"
+    binary = venv_dir / "bin" / "litellm"
+    log = cache / "litellm-install.log"
+    if not binary.exists() and not (
+        install([sys.executable, "-m", "venv", str(venv_dir)], log)
+        and install([str(venv_dir / "bin" / "pip"), "install", "-q", "litellm[proxy]"], log)
+    ):
+        return f"could not install litellm[proxy] (see {log})"
+    version = subprocess.run(
+        [
+            str(venv_dir / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m;print(m.version('litellm'))",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    config = workdir / "litellm.yaml"
+    return Peer(
+        name="litellm",
+        args=[
+            str(binary),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--num_workers",
+            "1",
+        ],
+        env={
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            # No master key: the benchmark sends no LiteLLM key, as to the other proxies.
+            "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+        },
+        version=version,
+    )
+
+
+def portkey_peer(cache: Path, workdir: Path) -> Peer | str:
+    """The Portkey gateway (npm), headless, bound to 127.0.0.1, routed to the upstream by
+    its custom-host header."""
+    node = shutil.which("node")
+    npm = shutil.which("npm")
+    if node is None or npm is None:
+        return "node and npm are not installed (apt-get install nodejs npm)"
+    home = cache / "portkey"
+    server = home / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    log = cache / "portkey-install.log"
+    if not server.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "package.json").write_text(json.dumps(PORTKEY_PACKAGE, indent=2))
+        if not install([npm, "install", "--no-audit", "--no-fund"], log, cwd=home):
+            return f"could not install @portkey-ai/gateway (see {log})"
+    bind_local = workdir / "bind-local.mjs"
+    bind_local.write_text(BIND_LOCAL_JS)
+    return Peer(
+        name="portkey",
+        args=[node, "--import", bind_local.as_uri(), str(server), "--port={port}", "--headless"],
+        env={"TRUSTED_CUSTOM_HOSTS": "127.0.0.1", "NODE_ENV": "production"},
+        headers={
+            "x-portkey-provider": "openai",
+            "x-portkey-custom-host": "http://127.0.0.1:{upstream}/v1",
+        },
+        version=PORTKEY_VERSION,
+    )
+
+
+def run_peer(
+    peer: Peer,
+    kind: str,
+    upstream_port: int,
+    requests: int,
+    concurrency: int,
+    workdir: Path,
+    round_: int,
+) -> Result:
+    port = free_port()
+    args = [a.format(port=port, upstream=upstream_port) for a in peer.args]
+    headers = {k: v.format(upstream=upstream_port) for k, v in peer.headers.items()}
+    log = workdir / f"{peer.name}-{kind}-{round_}.log"
+    with process(args, port, log, PROXY_CPU, env=peer.env, ready_timeout=120) as proc:
+        result = measure(
+            peer.name, kind, port, requests, concurrency, "-", proc.pid, headers=headers
+        )
+    result.round = round_
+    return result
+
+
+def peers_table(results: list[Result]) -> list[dict[str, object]]:
+    """One row per system and kind, medians over rounds, and each system's throughput as a
+    ratio of Portkey's and LiteLLM's."""
+    rows = []
+    for kind in sorted({r.kind for r in results}):
+        by_path: dict[str, list[Result]] = {}
+        for r in results:
+            if r.kind == kind:
+                by_path.setdefault(r.path, []).append(r)
+
+        def med(path: str, attr: str, by_path: dict[str, list[Result]] = by_path) -> float | None:
+            values = [getattr(r, attr) for r in by_path.get(path, [])]
+            values = [v for v in values if v is not None]
+            return round(statistics.median(values), 2) if values else None
+
+        direct_ttft = med("direct", "ttft_p50_ms")
+        for path in by_path:
+            row: dict[str, object] = {
+                "system": path,
+                "kind": kind,
+                "req_per_s": med(path, "req_per_s"),
+                "p50_ms": med(path, "p50_ms"),
+                "p99_ms": med(path, "p99_ms"),
+                "ttft_added_ms": (
+                    round(med(path, "ttft_p50_ms") - direct_ttft, 2)
+                    if kind == "sse" and direct_ttft is not None and path != "direct"
+                    else None
+                ),
+                "peak_rss_mb": med(path, "rss_peak_mb"),
+                "errors": sum(r.errors for r in by_path[path]),
+            }
+            for peer in ("portkey", "litellm"):
+                theirs = med(peer, "req_per_s")
+                row[f"x_{peer}"] = round(row["req_per_s"] / theirs, 2) if theirs else None
+            rows.append(row)
+    return rows
+
+
+@main.command("peers")
+@click.option("--requests", default=3000, show_default=True, help="Requests per system and kind.")
+@click.option("--concurrency", default=10, show_default=True, help="Keep-alive connections.")
+@click.option("--rounds", default=3, show_default=True, help="Medians over this many rounds.")
+@click.option(
+    "--kind", "kinds", multiple=True, type=click.Choice(["json", "sse"]), help="Default: both."
+)
+@click.option("--first-event-ms", default=20.0, show_default=True)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), default="benchmark-peers.json", show_default=True
+)
+def peers_command(
+    requests: int,
+    concurrency: int,
+    rounds: int,
+    kinds: tuple[str, ...],
+    first_event_ms: float,
+    out: str,
+) -> None:
+    """LLM Monitor next to other gateways: direct, bare mitmdump, mitmdump + addon,
+    `llm-monitor proxy`, the Portkey gateway and LiteLLM's proxy (one worker), each pinned
+    to one core, in a rotated order each round. Peers are installed on first use into
+    ~/.cache/llm-monitor-bench; one that cannot be installed is named and left out."""
+    pin(os.getpid(), OTHER_CPUS)
+    PEERS_CACHE.mkdir(parents=True, exist_ok=True)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        peers = []
+        for make in (portkey_peer, litellm_peer):
+            found = make(PEERS_CACHE, workdir)
+            if isinstance(found, str):
+                click.echo(f"left out: {found}", err=True)
+            else:
+                click.echo(f"{found.name} {found.version}", err=True)
+                peers.append(found)
+        upstream_port = free_port()
+        (workdir / "litellm.yaml").write_text(LITELLM_CONFIG.format(upstream=upstream_port))
+        systems: list[str | Peer] = ["bare", "addon", "proxy", *peers]
+        with upstream(upstream_port, workdir, first_event_ms=first_event_ms):
+            for round_ in range(rounds):
+                for kind in kinds or ("json", "sse"):
+                    result = measure("direct", kind, upstream_port, requests, concurrency, "-")
+                    result.round = round_
+                    results.append(result)
+                    for system in rotated(systems, round_):
+                        if isinstance(system, Peer):
+                            result = run_peer(
+                                system, kind, upstream_port, requests, concurrency, workdir, round_
+                            )
+                        else:
+                            result = run_proxy_path(
+                                system, kind, upstream_port, requests, concurrency, workdir, round_
+                            )
+                        click.echo(
+                            f"round {round_} {kind} {result.path}: {result.req_per_s} req/s",
+                            err=True,
+                        )
+                        results.append(result)
+    table = peers_table(results)
+    columns = list(table[0])
+    rows = [[row[c] if row[c] is not None else "" for c in columns] for row in table]
+    widths = [max(len(str(x)) for x in [c, *(r[i] for r in rows)]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        click.echo("  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "peers": {p.name: p.version for p in peers},
+                "table": table,
+                "results": [asdict(r) for r in results],
+            },
+            indent=2,
+        )
+    )
+    click.echo(f"\nwritten to {out}")
+
+
+@main.command("serve-lean")
+@click.option("--mode", "modes", multiple=True)
+@click.option("--set", "settings", multiple=True)
+def serve_lean_command(modes: tuple[str, ...], settings: tuple[str, ...]) -> None:
+    """(internal) The lean master of `llm-monitor proxy` without the monitor addon."""
+    from mitmproxy import hooks, master, options
+
+    from llm_monitor.proxy.master import configure_logging, lean_addons
+
+    async def serve() -> None:
+        configure_logging()
+        opts = options.Options()
+        lean = master.Master(opts, with_termlog=True)
+        lean.addons.add(*lean_addons())
+        opts.set(*settings)
+        opts.update(mode=list(modes))
+        lean.addons.trigger(hooks.ConfigureHook(set(opts.keys())))
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lean.shutdown)
+        await lean.run()
+
+    asyncio.run(serve())
 
 
 @main.command("workers")
@@ -622,17 +955,17 @@ def workers_command(requests: int, concurrency: int, max_workers: int) -> None:
 @click.option("--seconds", default=30.0, show_default=True, help="Length of each stream.")
 @click.option("--interval-ms", default=50.0, show_default=True, help="Between events.")
 def soak_command(streams: int, seconds: float, interval_ms: float) -> None:
-    """Many long streams at once through one proxy, bare and with the addon: memory, time
-    to first token, and every row."""
+    """Many long streams at once through one proxy, bare mitmdump and `llm-monitor proxy`:
+    memory, time to first token, and every row."""
     events = int(seconds * 1000 / interval_ms)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         upstream_port = free_port()
         with upstream(upstream_port, workdir, events=events, interval_ms=interval_ms):
-            for path in ("bare", "addon"):
-                db, token = new_db(workdir / path) if path == "addon" else (workdir / "x", "-")
+            for path in ("bare", "proxy"):
+                db, token = new_db(workdir / path) if path == "proxy" else (workdir / "x", "-")
                 port = free_port()
-                args = mitmdump_args(upstream_port, port, path == "addon", db, "sse")
+                args = proxy_args(path, upstream_port, port, db, "sse")
                 with process(args, port, workdir / f"{path}.log", PROXY_CPU) as proc:
                     # One short request first: the port opens before the addon has finished
                     # starting, and that wait is not what is measured here.
@@ -648,7 +981,7 @@ def soak_command(streams: int, seconds: float, interval_ms: float) -> None:
                     f"{quantile(timing.ttft, 0.5):.1f} ms, p99 {quantile(timing.ttft, 0.99):.1f} ms"
                     f"; RSS {rss_before:.1f} MB before, {rss_peak:.1f} MB peak"
                 )
-                if path == "addon":
+                if path == "proxy":
                     with sqlite3.connect(db) as conn:
                         rows = conn.execute(
                             "select count(*), sum(outcome = 'ok'), "
@@ -656,7 +989,7 @@ def soak_command(streams: int, seconds: float, interval_ms: float) -> None:
                             "from usage"
                         ).fetchone()
                     click.echo(
-                        f"addon rows: {rows[0]} for {streams} streams + 1 warm-up; ok {rows[1]}, "
+                        f"proxy rows: {rows[0]} for {streams} streams + 1 warm-up; ok {rows[1]}, "
                         f"exact tokens {rows[2]}, priced {rows[3]}"
                     )
 
