@@ -55,13 +55,29 @@
       default: return count(v);
     }
   }
-  // Axis labels: shorter than cell values ($1.2k), never ambiguous.
-  function axisFmt(how, v) {
-    if (how === 'usd' && Math.abs(v) >= 1000) {
-      return '$' + (v / 1000).toLocaleString('en-US', {maximumFractionDigits: 1}) + 'k';
+  // Axis labels: as many decimals as the step between ticks needs (so that no two ticks
+  // read alike), and thousands as k.
+  function stepDecimals(step, least) {
+    for (let d = least; d < 12; d++) {
+      if (Math.abs(Math.round(step * 10 ** d) - step * 10 ** d) < 1e-6) return d;
     }
-    if (how === 'count' && Math.abs(v) >= 10000) {
-      return (v / 1000).toLocaleString('en-US', {maximumFractionDigits: 1}) + 'k';
+    return 12;
+  }
+  function axisFmt(how, v, step) {
+    const k = x => (x / 1000).toLocaleString('en-US', {maximumFractionDigits: 1}) + 'k';
+    if (how === 'usd') {
+      if (Math.abs(v) >= 1000) return '$' + k(v);
+      const d = stepDecimals(step || 1, step >= 1 ? 0 : 2);
+      return (v < 0 ? '-$' : '$') + Math.abs(v).toLocaleString('en-US',
+        {minimumFractionDigits: d, maximumFractionDigits: d});
+    }
+    if ((how === 'count' || how === 'ms') && Math.abs(v) >= 10000) {
+      return k(v) + (how === 'ms' ? ' ms' : '');
+    }
+    if (how === 'count' || how === 'ms') {
+      const d = stepDecimals(step || 1, 0);
+      return v.toLocaleString('en-US', {minimumFractionDigits: d, maximumFractionDigits: d}) +
+        (how === 'ms' ? ' ms' : '');
     }
     return fmt(how, v);
   }
@@ -100,7 +116,7 @@
     for (let v = Math.ceil(start / step) * step; v <= stop + step * 1e-9; v += step) {
       values.push(+v.toPrecision(12));
     }
-    return {lo: start, hi: stop, ticks: values};
+    return {lo: start, hi: stop, ticks: values, step};
   }
   function truncate(text, chars) {
     text = String(text);
@@ -137,7 +153,7 @@
     for (const t of dom.ticks) {
       el('line', {x1: x(t), x2: x(t), y1: top, y2: axisY, class: 'lm-grid'}, svg);
       el('text', {x: x(t), y: axisY + 16, 'text-anchor': 'middle', class: 'lm-tick'}, svg,
-        axisFmt(how, t));
+        axisFmt(how, t, dom.step));
     }
     shown.forEach((r, i) => {
       const v = r[spec.value];
@@ -204,7 +220,7 @@
     for (const t of dom.ticks) {
       el('line', {x1: left, x2: width - right, y1: y(t), y2: y(t), class: 'lm-grid'}, svg);
       el('text', {x: left - 6, y: y(t) + 4, 'text-anchor': 'end', class: 'lm-tick'}, svg,
-        axisFmt(how, t));
+        axisFmt(how, t, dom.step));
     }
     const hourly = keys[0].length > 10;
     const every = Math.max(1, Math.ceil(keys.length / Math.max(2, Math.floor(plotW / 64))));
@@ -258,7 +274,7 @@
     for (const t of dom.ticks) {
       el('line', {x1: left, x2: width - right, y1: y(t), y2: y(t), class: 'lm-grid'}, svg);
       el('text', {x: left - 6, y: y(t) + 4, 'text-anchor': 'end', class: 'lm-tick'}, svg,
-        axisFmt(how, t));
+        axisFmt(how, t, dom.step));
     }
     const labels = Math.max(2, Math.floor((width - left - right) / 80));
     const step = STEPS.find(s => (t1 - t0) / s <= labels) || STEPS[STEPS.length - 1];
@@ -396,7 +412,7 @@
           cls = points === 0 ? 'lm-flat' : (points < 0) === (good === 'down') ? 'lm-good' : 'lm-bad';
         } else if (changePct !== null && changePct !== undefined) {
           delta = pct(changePct, true);
-          cls = changePct === 0 ? 'lm-flat' : key === 'requests' || key === 'tokens' ? 'lm-flat'
+          cls = changePct === 0 || ['requests', 'tokens', 'cost'].includes(key) ? 'lm-flat'
             : (changePct < 0) === (good === 'down') ? 'lm-good' : 'lm-bad';
         }
         const arrow = delta.startsWith('+') ? '▲ ' : delta.startsWith('-') ? '▼ ' : '';
