@@ -1,4 +1,7 @@
-"""The dashboard in a real headless Chromium: login, landing page numbers, drawn charts.
+"""The dashboard in a real headless Chromium, as an organisation: every view and the overview at
+1366x768 and 390x844 (a chart with marks above the fold, no sideways scrolling, a labelled
+form, money as USD, no SQL), a bad parameter's message on the page, and the overview's
+numbers refreshing in place.
 
 Everything is local: a database filled through the real CLI and recorder, the real
 `llm-monitor dashboard` server as a child process, and Debian's chromium + chromedriver.

@@ -165,8 +165,8 @@
       const bar = el('rect', {x: x0, y: y + 5, width: w, height: rowH - 10, rx: 2,
         class: 'lm-mark', fill: v < 0 ? PALETTE[1] : PALETTE[0]}, svg);
       el('title', {}, bar, `${r[spec.label] ?? '(none)'}: ${fmt(how, v)}`);
-      const outside = v >= 0 ? x(v) + 6 : x(v) - 6;
-      el('text', {x: outside, y: y + rowH / 2 + 4, 'text-anchor': v >= 0 ? 'start' : 'end',
+      // A negative bar's value goes right of zero, clear of the labels on the left.
+      el('text', {x: v >= 0 ? x(v) + 6 : x(0) + 6, y: y + rowH / 2 + 4, 'text-anchor': 'start',
         class: 'lm-value'}, svg, fmt(how, v));
     });
     el('line', {x1: x(0), x2: x(0), y1: top, y2: axisY, class: 'lm-axis'}, svg);

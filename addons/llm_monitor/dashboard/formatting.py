@@ -34,7 +34,7 @@ _LABELS = {
 }
 _COUNT_NAMES = {"requests", "errors", "unpriced", "orgs", "snapshots", "live_tokens"}
 _FLAGS = {"streamed", "usage_injected", "billable", "revoked", "is_admin", "priced"}
-_TIME_SUFFIXES = ("_at", "_seen")
+_TIME_SUFFIXES = ("_at", "_seen", "_start", "_end")
 
 
 def label(column: str) -> str:
