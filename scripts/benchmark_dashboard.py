@@ -1,7 +1,9 @@
 """How fast each dashboard view answers on a large database, as Datasette measures it.
 
 Every view is asked through Datasette's own in-process client, as the busiest, a middling
-and the quietest organisation (admin views as root), a few times each; the table shows
+and the quietest organisation (admin views as root), a few times each (the overview page
+reads summary, month_spend, cost_series, by_family, by_token, by_user, unpriced and
+recent_requests, each measured here); the table shows
 Datasette's `query_ms`: the first answer (which may read a cold page cache from disk), then
 the median and worst of the repeats, and the rows returned. Make the database with
 `scripts/generate_usage_db.py` (5 million rows, 50 organisations, 90 days by default):
@@ -48,6 +50,14 @@ def cases(today: dt.date, rare_model: str) -> list[tuple[str, dict[str, str]]]:
         ("recent_errors", {}),
         ("recent_errors", {"model": rare_model}),
         ("my_tokens", {}),
+        ("by_family", {}),
+        ("by_family", {"from": ninety}),
+        ("family_models", {"family": "gpt-4o-mini", "from": ninety}),
+        ("cost_series", {"by": "provider"}),
+        ("cost_series", {"by": "model", "from": ninety}),
+        ("month_spend", {}),
+        ("unpriced", {"from": ninety}),
+        ("request", {"id": "1"}),
     ]
 
 

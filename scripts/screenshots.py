@@ -1,8 +1,9 @@
 """The README's screenshots, taken from `llm-monitor demo` in headless Chromium.
 
 Runs the demo into a temporary database (`--no-serve`), serves the dashboard on a free
-port, logs in as the demo's Acme Corp and saves the landing page and a few views with
-their default charts. Needs Debian's chromium and chromium-driver.
+port, logs in as the demo's Acme Corp and saves the overview and a few views, at 1366 px
+wide and the overview also at 390 px (a phone). Needs Debian's chromium and
+chromium-driver.
 
     .venv/bin/python scripts/screenshots.py [OUT_DIR]
 """
@@ -24,11 +25,15 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from llm_monitor.demo.setup import DEMO_ORGS
 
+# name: (address, page width, page height)
 PAGES = {
-    "landing": "/",
-    "summary": "/llm-monitor/summary",
-    "timeline": "/llm-monitor/timeline?granularity=day",
-    "by-model": "/llm-monitor/by_model",
+    "landing": ("/", 1366, 1100),
+    "landing-phone": ("/", 390, 844),
+    "by-family": ("/llm-monitor/by_family", 1366, 900),
+    "timeline": ("/llm-monitor/timeline?granularity=day", 1366, 900),
+    "summary": ("/llm-monitor/summary", 1366, 900),
+    "by-model": ("/llm-monitor/by_model", 1366, 900),
+    "recent-errors-phone": ("/llm-monitor/recent_errors", 390, 844),
 }
 
 
@@ -49,7 +54,7 @@ def main(out_dir: Path) -> None:
         server = subprocess.Popen([*llm_monitor, "--db", db, "dashboard", "--port", str(port)])
         options = webdriver.ChromeOptions()
         options.binary_location = "/usr/bin/chromium"
-        for argument in ("--headless=new", "--no-sandbox", "--window-size=1280,1400"):
+        for argument in ("--headless=new", "--no-sandbox", "--hide-scrollbars"):
             options.add_argument(argument)
         browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         try:
@@ -60,14 +65,15 @@ def main(out_dir: Path) -> None:
             browser.find_element(By.ID, "email").send_keys(email)
             browser.find_element(By.ID, "password").send_keys(password)
             browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-            for name, path in PAGES.items():
+            for name, (path, width, height) in PAGES.items():
+                browser.set_window_size(width, height)
+                inner = browser.execute_script("return [window.innerWidth, window.innerHeight]")
+                browser.set_window_size(2 * width - inner[0], 2 * height - inner[1])
                 browser.get(base + path)
-                if name != "landing":
-                    WebDriverWait(browser, 15).until(
-                        lambda b: b.find_elements(By.CSS_SELECTOR, ".vega-embed canvas")
-                    )
-                    time.sleep(0.5)  # let Vega finish drawing
-                    browser.execute_script("window.scrollTo(0, 0)")
+                WebDriverWait(browser, 15).until(
+                    lambda b: b.find_elements(By.CSS_SELECTOR, "#lm-chart svg .lm-mark")
+                )
+                time.sleep(0.5)  # the overview's other panels
                 target = out_dir / f"{name}.png"
                 browser.save_screenshot(str(target))
                 click.echo(target)

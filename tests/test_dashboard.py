@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import markupsafe
 import pytest
 import yaml
 
-from llm_monitor.dashboard import CONFIG_DIR, make_datasette
+from llm_monitor.dashboard import CONFIG_DIR, formatting, make_datasette
+from llm_monitor.dashboard.views import model_family
 from llm_monitor.store.recorder import Recorder
 from llm_monitor.store.rollups import latency_le
 from llm_monitor.usage import UsageRecord, utc_timestamp
@@ -44,6 +46,12 @@ ORG_VIEWS = [
     "recent_requests",
     "recent_errors",
     "my_tokens",
+    "by_family",
+    "family_models",
+    "cost_series",
+    "month_spend",
+    "unpriced",
+    "request",
 ]
 ADMIN_VIEWS = ["admin_orgs", "admin_unpriced_models"]
 MODELS = [
@@ -72,6 +80,9 @@ def varied_usage(org_tokens: dict[int, list[int]], now: float, count: int) -> li
         org_id = rng.choices(orgs, weights=[6, 3, 1][: len(orgs)])[0]
         provider, model = rng.choice(MODELS)
         error = rng.random() < 0.06
+        # As OpenAI does: asked for by alias, answered by a dated snapshot; errors carry
+        # only the alias (the models-by-family view puts both under one model).
+        answered = "gpt-4o-mini-2024-07-18" if model == "gpt-4o-mini" and not error else None
         streamed = rng.random() < 0.4
         # Most requests recent, so that a day and a week hold enough rows to compare.
         age = rng.random() ** 2 * 65 * 86400
@@ -84,6 +95,7 @@ def varied_usage(org_tokens: dict[int, list[int]], now: float, count: int) -> li
                 method="POST",
                 path="/v1/chat/completions",
                 model=model,
+                response_model=answered,
                 status=rng.choice([429, 500]) if error else 200,
                 outcome="provider_error" if error else "ok",
                 streamed=streamed,
@@ -347,6 +359,11 @@ def test_recent_requests_and_errors_equal_direct_sql(site: Site, org: str) -> No
         ),
         (
             "recent_requests",
+            {"model": "gpt-4o-mini-2024-07-18"},
+            [r for r in usage if r["response_model"] == "gpt-4o-mini-2024-07-18"],
+        ),
+        (
+            "recent_requests",
             {"model": "gpt-4o", "status": "200"},
             [r for r in usage if r["model"] == "gpt-4o" and r["status"] == 200],
         ),
@@ -390,13 +407,140 @@ def test_admin_views_equal_direct_sql(site: Site) -> None:
         assert rows[name]["error_rate_pct"] == round(100 * errors / len(usage), 2)
     unpriced = site.view("admin_unpriced_models", {"id": "root"})
     expected = group(
-        [r for r in site.usage() if r["priced"] == 0], lambda r: [(r["provider"], r["model"])]
+        [r for r in site.usage() if r["priced"] == 0],
+        lambda r: [(r["provider"], r["response_model"] or r["model"])],
     )
     assert {(r["provider"], r["model"]): r["unpriced_requests"] for r in unpriced} == {
         key: len(rows) for key, rows in expected.items()
     }
     mystery = next(r for r in unpriced if r["model"] == "mystery-model")
     assert mystery["orgs"] == 3 and mystery["unpriced_requests"] > 0
+
+
+def family_totals(rows: list[dict]) -> dict[str, Any]:
+    expected = totals(rows)
+    expected["error_rate_pct"] = round(100 * expected["errors"] / len(rows), 2)
+    return expected
+
+
+@pytest.mark.parametrize("org", ["Acme", "Globex"])
+def test_models_by_family_equal_direct_sql(site: Site, org: str) -> None:
+    rows = site.view("by_family", site.actor(org))
+    usage = last_30_days(site.usage(site.org_ids[org]))
+    families = group(usage, lambda r: [model_family(r["response_model"] or r["model"])])
+    assert [r["family"] for r in rows][: len(families)] and {r["family"] for r in rows} == set(
+        families
+    )
+    all_cost = sum(r["cost_usd"] or 0 for r in usage)
+    for row in rows:
+        assert_same(row, family_totals(families[row["family"]]))
+        share = sum(r["cost_usd"] or 0 for r in families[row["family"]]) / all_cost * 100
+        assert row["cost_share_pct"] == pytest.approx(share, abs=0.051)
+    # Requested and answered names reconciled: gpt-4o-mini's errors (under the alias) and
+    # its spend (under the snapshot) are one model's.
+    mini = next(r for r in rows if r["family"] == "gpt-4o-mini")
+    assert mini["snapshots"] == 2 and mini["errors"] > 0 and mini["cost_usd"] > 0
+    assert 0 < mini["error_rate_pct"] < 20
+    costs = [r["cost_usd"] or 0 for r in rows]
+    assert costs == sorted(costs, reverse=True)  # ranked by cost
+    # The drill-down: the names behind one model.
+    snapshots = site.view("family_models", site.actor(org), family="gpt-4o-mini")
+    by_name = group(families["gpt-4o-mini"], lambda r: [r["response_model"] or r["model"]])
+    assert (
+        {r["model"] for r in snapshots}
+        == set(by_name)
+        == {
+            "gpt-4o-mini",
+            "gpt-4o-mini-2024-07-18",
+        }
+    )
+    for row in snapshots:
+        assert_same(row, family_totals(by_name[row["model"]]))
+
+
+@pytest.mark.parametrize("org", ["Acme", "Globex"])
+@pytest.mark.parametrize("by", ["provider", "model"])
+def test_cost_series_equals_direct_sql(site: Site, org: str, by: str) -> None:
+    rows = site.view("cost_series", site.actor(org), by=by)
+    usage = last_30_days(site.usage(site.org_ids[org]))
+
+    def series(r: dict) -> str:
+        return model_family(r["response_model"] or r["model"]) if by == "model" else r["provider"]
+
+    days = group(usage, lambda r: [(r["ts"][:10], series(r))])
+    assert {(r["day"], r["series"]) for r in rows} == set(days)  # fewer than 8 series here
+    for row in rows:
+        assert_same(
+            row,
+            {
+                k: totals(days[(row["day"], row["series"])])[k]
+                for k in ("requests", "cost_usd", "unpriced")
+            },
+        )
+
+
+@pytest.mark.parametrize("org", ["Acme", "Globex"])
+def test_month_spend_and_projection_equal_direct_sql(site: Site, org: str) -> None:
+    before = dt.datetime.now(dt.UTC)
+    rows = {r["figure"]: r for r in site.view("month_spend", site.actor(org))}
+    usage = site.usage(site.org_ids[org])
+    today = before.date()
+    month_start = today.replace(day=1)
+    next_month = (month_start + dt.timedelta(days=32)).replace(day=1)
+    last_month_start = (month_start - dt.timedelta(days=1)).replace(day=1)
+    this_month = [r for r in usage if r["ts"][:10] >= month_start.isoformat()]
+    last_month = [
+        r for r in usage if last_month_start.isoformat() <= r["ts"][:10] < month_start.isoformat()
+    ]
+    assert last_month
+    mtd_totals = {k: totals(this_month)[k] for k in ("requests", "cost_usd", "unpriced")}
+    assert_same(rows["month to date"], mtd_totals | {"month": month_start.isoformat()[:7]})
+    assert_same(rows["last month"], {k: totals(last_month)[k] for k in ("requests", "cost_usd")})
+    assert rows["last month"]["month"] == last_month_start.isoformat()[:7]
+    # Month to date, plus the last 7 whole days' daily average for the rest of the month.
+    week = [
+        r
+        for r in usage
+        if (today - dt.timedelta(days=7)).isoformat() <= r["ts"][:10] < today.isoformat()
+    ]
+    rate = sum(r["cost_usd"] or 0 for r in week) / 7
+    remaining = (dt.datetime.combine(next_month, dt.time(), dt.UTC) - before).total_seconds()
+    mtd = sum(r["cost_usd"] or 0 for r in this_month)
+    projected = rows["projected month"]
+    assert projected["daily_rate_usd"] == pytest.approx(rate, abs=2e-6)
+    assert projected["remaining_days"] == pytest.approx(remaining / 86400, abs=0.01)
+    assert projected["cost_usd"] == pytest.approx(mtd + rate * remaining / 86400, rel=1e-4)
+    assert rows["projected month"]["days_in_month"] == (next_month - month_start).days
+
+
+@pytest.mark.parametrize("org", ["Acme", "Globex"])
+def test_unpriced_requests_with_reasons_equal_direct_sql(site: Site, org: str) -> None:
+    rows = site.view("unpriced", site.actor(org))
+    usage = [r for r in last_30_days(site.usage(site.org_ids[org])) if r["priced"] == 0]
+    models = group(usage, lambda r: [(r["provider"], r["response_model"] or r["model"])])
+    assert {(r["provider"], r["model"]): r["unpriced_requests"] for r in rows} == {
+        key: len(group_rows) for key, group_rows in models.items()
+    }
+    assert next(r for r in rows if r["model"] == "mystery-model")["reason"] == (
+        "no price for this model"
+    )
+
+
+@pytest.mark.parametrize("org", ["Acme", "Globex"])
+def test_a_request_page_shows_everything_recorded(site: Site, org: str) -> None:
+    actor = site.actor(org)
+    usage = site.usage(site.org_ids[org])
+    row = next(r for r in reversed(usage) if r["priced"] == 1)
+    [shown] = site.view("request", actor, id=str(row["id"]))
+    assert {k: shown[k] for k in row} == row  # every column of `usage`, as recorded
+    page = site.get("/llm-monitor/request", actor, params={"id": row["id"]}).text
+    assert f"Request #{row['id']}" in page and 'id="cost"' in page
+    assert formatting.usd(row["cost_usd"]) in page
+    for column in row:
+        assert f"<dt>{column}</dt>" in page, column
+    unpriced = next(r for r in usage if r["priced"] == 0)
+    page = site.get("/llm-monitor/request", actor, params={"id": unpriced["id"]}).text
+    assert "Billable, but its cost is unknown" in page
 
 
 # Who sees what.
@@ -445,6 +589,23 @@ def test_an_organisation_sees_only_its_own_rows(site: Site, org: str) -> None:
     own_ts = {r["ts"] for r in site.usage(site.org_ids[org])}
     assert {r["ts"] for r in mine} <= own_ts
     assert site.view("summary", actor) != site.view("summary", site.actor(other))
+    # Another organisation's request is not found, by page or API, whatever is forged.
+    theirs = site.usage(site.org_ids[other])[-1]["id"]
+    forged_id = {"id": str(theirs), "_actor_org_id": str(site.org_ids[other])}
+    for params in [{"id": str(theirs)}, forged_id]:
+        assert site.view("request", actor, **params) == []
+        page = site.get("/llm-monitor/request", actor, params=params).text
+        assert f"There is no request #{theirs}" in page
+    for view in ["by_family", "family_models", "cost_series", "month_spend", "unpriced"]:
+
+        def stable(rows: list[dict]) -> list[dict]:  # a projection moves with the clock
+            return [
+                {k: v for k, v in r.items() if r.get("figure") != "projected month"} for r in rows
+            ]
+
+        forged = site.view(view, actor, _actor_org_id=str(site.org_ids[other]))
+        assert stable(forged) == stable(site.view(view, actor)), view
+    assert site.view("by_family", actor) != site.view("by_family", site.actor(other))
     # The database page lists the views and no table.
     page = site.get("/llm-monitor", actor).text
     assert "summary" in page and "usage_hourly" not in page
@@ -462,37 +623,113 @@ def test_admins_see_every_organisation_and_run_sql(site: Site) -> None:
 # Pages, charts and parameters.
 
 
-def test_every_query_is_guarded_and_charts_its_own_columns(site: Site) -> None:
+def test_every_query_is_guarded_and_has_a_designed_page(site: Site) -> None:
     queries = yaml.safe_load((CONFIG_DIR / "metadata.yml").read_text())["databases"]["llm-monitor"][
         "queries"
     ]
     assert set(queries) == set(ORG_VIEWS + ADMIN_VIEWS)
+    templates = CONFIG_DIR / "templates"
     for name, query in queries.items():
         actor = {"id": "root"} if name in ADMIN_VIEWS else site.actor("Acme")
         assert query["allow"] in ({"org_id": "*"}, {"id": "root", "admin": True}), name
         if ":_actor_org_id" in query["sql"]:
             assert query["allow"] == {"org_id": "*"}, name
+        assert query["question"] and query["title"], name
+        assert (templates / f"query-llm-monitor-{name}.html").exists(), name
         columns = site.get(f"/llm-monitor/{name}.json", actor).json()["columns"]
-        chart = dict(part.split("=") for part in query["fragment"].split("&"))
-        assert chart["g.x_column"] in columns and chart["g.y_column"] in columns, name
         page = site.get(f"/llm-monitor/{name}", actor)
         assert page.status_code == 200
-        assert f"history.replaceState(null, '', \"#{query['fragment']}\")" in page.text
-        assert "datasette_vega" in page.text  # the chart's script is on the page
+        assert f"<title>{query['title']}: LLM Monitor</title>" in page.text
+        # A designed page: no SQL, no SQL form, no datasette-vega panel (an admin gets a
+        # link to the query in the SQL console).
+        for text in ["Custom SQL", "Run SQL", "<textarea", "sql-query", "export-links"]:
+            assert text not in page.text, (name, text)
+        assert ("usage_daily" in page.text) == (name in ADMIN_VIEWS), name
+        if name != "request":
+            chart = query["chart"]
+            for key in ("x", "label", "value", "series"):
+                assert key not in chart or chart[key] in columns, (name, key)
+            assert 'id="lm-chart"' in page.text and 'id="lm-rows"' in page.text, name
+        assert "/-/llm-monitor/static/llm-monitor.js" in page.text
+        sources = re.findall(
+            r'<(?:script[^>]* src|link rel="stylesheet" href)="([^"]+)"', page.text
+        )
+        assert sources and all(src.startswith("/") for src in sources), sources  # no CDN
         csv = site.get(f"/llm-monitor/{name}.csv", actor)
         assert csv.status_code == 200 and csv.text.splitlines()[0] == ",".join(columns)
 
 
-def test_landing_page_shows_the_overview_and_links_every_view(site: Site) -> None:
+def test_a_view_page_formats_its_table(site: Site) -> None:
+    page = site.get("/llm-monitor/by_model", site.actor("Acme")).text
+    rows = site.view("by_model", site.actor("Acme"))
+    priced = next(r for r in rows if r["cost_usd"])
+    assert f">{formatting.usd(priced['cost_usd'])}<" in page
+    assert re.search(r'<td data-label="Cost" class="lm-usd num[^"]*"', page)
+    assert f">{priced['requests']:,}<" in page
+    # Its form: date pickers with the dates used, presets, CSV and JSON.
+    assert 'type="date" id="lm-from" name="from"' in page
+    today = dt.datetime.now(dt.UTC).date()
+    assert f'value="{(today - dt.timedelta(days=29)).isoformat()}"' in page
+    assert "Last 90 days" in page and ".csv?" in page and ".json" in page
+    errors = site.get("/llm-monitor/recent_errors", site.actor("Acme")).text
+    assert '<select id="lm-outcome" name="outcome">' in errors
+    assert '<option value="gpt-4o-mini-2024-07-18">' in errors  # models seen, as shown
+    assert '<a href="/llm-monitor/request?id=' in errors
+
+
+def test_usd_and_numbers_are_formatted_for_reading() -> None:
+    assert formatting.usd(24.765653) == "$24.77"
+    assert formatting.usd(3.8e-06) == "$0.0000038"
+    assert formatting.usd(0.0042) == "$0.0042"
+    assert formatting.usd(1234567.891) == "$1,234,567.89"
+    assert formatting.usd(0) == "$0.00"
+    assert formatting.usd(None) == ""
+    assert formatting.cell("cost_usd", None).text == "—"  # unknown, never $0
+    assert formatting.cell("input_tokens", 1234567).text == "1,234,567"
+    assert formatting.cell("change_pct", 12.5).text == "+12.5%"
+    assert formatting.cell("avg_latency_ms", 1234.5).text == "1,234 ms"
+    assert formatting.cell("ts", "2026-11-23T20:15:45.542Z").text == "2026-11-23 20:15:45"
+    assert formatting.label("avg_ttft_ms") == "Avg time to first token"
+
+
+def test_landing_page_is_the_overview_and_links_every_view(site: Site) -> None:
     page = site.get("/", site.actor("Acme")).text
-    usage = site.usage(site.org_ids["Acme"])
-    since = time.strftime("%Y-%m-%dT%H", time.gmtime(site.now - 719 * 3600))
-    thirty_days = [r for r in usage if r["ts"][:13] >= since]
-    assert f"<td>Last 30 days</td><td>{len(thirty_days):,}</td>" in page
+    assert "<title>Overview: LLM Monitor</title>" in page
+    assert 'id="lm-overview" data-base="/llm-monitor" data-refresh="15"' in page
+    for part in [
+        "lm-month",
+        "lm-cards",
+        "lm-chart",
+        "lm-top-models",
+        "lm-top-tokens",
+        "lm-top-users",
+        "lm-unpriced",
+        "lm-recent",
+        "lm-alerts",
+    ]:
+        assert f'id="{part}"' in page, part
     for view in ORG_VIEWS:
-        assert f'href="/llm-monitor/{view}#g.' in page, view
-    assert "admin_orgs" not in page
-    assert "admin_orgs" in site.get("/", site.actor("Ops")).text
+        assert f'href="/llm-monitor/{view}"' in page, view
+    assert "admin_orgs" not in page and 'href="/llm-monitor">SQL' not in page
+    admin = site.get("/", site.actor("Ops")).text
+    assert "admin_orgs" in admin and '<a href="/llm-monitor">SQL</a>' in admin
+
+
+def test_static_files_come_from_the_package_and_hold_no_data(site: Site) -> None:
+    for name in ["llm-monitor.js", "llm-monitor.css"]:
+        served = site.get(f"/-/llm-monitor/static/{name}")  # public: the login page uses it
+        assert served.status_code == 200
+        assert served.content == (CONFIG_DIR / "static" / name).read_bytes()
+        # No CDN: the only absolute address is the SVG namespace (a name, never fetched).
+        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", served.text)
+    for path in [
+        "/-/llm-monitor/static/../metadata.yml",
+        "/-/llm-monitor/static/%2e%2e/x.js",
+        "/-/llm-monitor/static/",
+        "/-/llm-monitor/static/nope.js",
+    ]:
+        for actor in (None, site.actor("Acme")):  # anonymous: sent to the login page
+            assert site.get(path, actor).status_code in (302, 404), path
 
 
 @pytest.mark.parametrize(
@@ -515,14 +752,21 @@ def test_landing_page_shows_the_overview_and_links_every_view(site: Site) -> Non
         ),
         ("timeline", {"from": "2020-01-01"}, "a timeline has at most 1,000 buckets"),
         ("summary", {"_timelimit": "abc"}, "_timelimit must be a number of milliseconds"),
+        ("request", {"id": "1 or 1=1"}, "id must be a request number such as 42"),
+        ("cost_series", {"by": "colour"}, "by must be one of provider, model"),
+        ("cost_series", {"from": "2026-01-01", "to": "2026-12-01"}, "at most 125 here"),
     ],
 )
 def test_bad_parameters_get_a_clear_400(site: Site, view: str, params: dict, message: str) -> None:
     response = site.get(f"/llm-monitor/{view}.json", site.actor("Acme"), params=params)
     assert response.status_code == 400
     assert message in response.json()["error"]
+    # A page is drawn again, with the message beside its field and no results.
     page = site.get(f"/llm-monitor/{view}", site.actor("Acme"), params=params)
-    assert page.status_code == 400 and message in page.text
+    assert page.status_code == 400 and str(markupsafe.escape(message)) in page.text
+    assert 'class="lm-error"' in page.text and 'id="lm-chart"' not in page.text
+    if not params.get("_timelimit"):
+        assert 'aria-invalid="true"' in page.text
     # However the database's name is spelled in the address.
     tilde = site.get(f"/llm~2Dmonitor/{view}.json", site.actor("Acme"), params=params)
     assert tilde.status_code == 400 and message in tilde.json()["error"]

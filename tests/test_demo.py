@@ -45,7 +45,16 @@ def test_demo_fills_every_view_for_both_organisations(tmp_path: Path) -> None:
 
     async def view(name: str, actor: dict) -> list:
         cookies = {"ds_actor": datasette.sign({"a": actor}, "actor")}
-        response = await datasette.client.get(f"/llm-monitor/{name}.json", cookies=cookies)
+        params = {}
+        if name == "request":  # one request's page: the organisation's latest
+            with sqlite3.connect(db_path) as conn:
+                [[latest]] = conn.execute(
+                    "select max(id) from usage where org_id = ?", [actor["org_id"]]
+                ).fetchall()
+            params = {"id": str(latest)}
+        response = await datasette.client.get(
+            f"/llm-monitor/{name}.json", params=params, cookies=cookies
+        )
         assert response.status_code == 200, response.text
         return response.json()["rows"]
 

@@ -1,8 +1,10 @@
-"""The dashboard's pages: the landing page's numbers, default charts and parameter checks.
-The hooks only; what they do is `llm_monitor.dashboard.views`."""
+"""The dashboard's pages: overview, designed views, their scripts and styles, a SQL function
+for model families and parameter checks. The hooks only; what they do is
+`llm_monitor.dashboard.views`."""
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from datasette import hookimpl
@@ -13,15 +15,33 @@ from llm_monitor.dashboard import views
 
 
 @hookimpl
-def extra_template_vars(template: str, request: Request, datasette: Datasette) -> Any:
-    return views.extra_template_vars(template, request, datasette)
+def prepare_connection(conn: sqlite3.Connection) -> None:
+    views.prepare_connection(conn)
 
 
 @hookimpl
-def extra_body_script(
-    template: str, database: str | None, request: Request, datasette: Datasette
-) -> Any:
-    return views.extra_body_script(template, database, request, datasette)
+def prepare_jinja2_environment(env: Any) -> None:
+    views.prepare_jinja2_environment(env)
+
+
+@hookimpl
+def register_routes() -> list[tuple[str, Any]]:
+    return views.register_routes()
+
+
+@hookimpl
+def extra_css_urls(template: str) -> list[str]:
+    return views.extra_css_urls(template)
+
+
+@hookimpl
+def extra_js_urls(template: str) -> list[dict[str, Any]]:
+    return views.extra_js_urls(template)
+
+
+@hookimpl
+def extra_template_vars(template: str, request: Request, datasette: Datasette) -> Any:
+    return views.extra_template_vars(template, request, datasette)
 
 
 @hookimpl
