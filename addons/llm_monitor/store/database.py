@@ -153,6 +153,12 @@ def m004_dashboard(db: Database) -> None:
     rollups.rebuild(db, names=names)
 
 
+@migrations()
+def m005_unread_reason(db: Database) -> None:
+    """Why the proxy passed a body on without reading it (a limit), when it did."""
+    db["usage"].add_column("unread_reason", str)
+
+
 def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = True) -> Database:
     """Open (creating if need be) the database with the pragmas every writer relies on.
 
