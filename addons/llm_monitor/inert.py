@@ -60,19 +60,30 @@ def ascii_int(value: str) -> int | None:
     return int(value) if value.isascii() and value.isdigit() else None
 
 
+# mitmproxy says so for every streamed body; the proxy streams every response.
+_NOISE = ("Streaming response from ", "Streaming request to ")
+
+
 class InertLogFilter(logging.Filter):
-    """On a handler: every record leaves as one line, credentials redacted."""
+    """On a handler: every record leaves as one line, credentials redacted (and
+    mitmproxy's line per streamed body is dropped)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if message.startswith(_NOISE):
+            return False
         clean = printable(redact(message))
         if clean != message:
             record.msg, record.args = clean, None
         return True
 
 
-def install_log_filter(logger: logging.Logger | None = None) -> None:
-    """Add the filter to every handler of `logger` (default: the root), once each."""
-    for handler in (logger or logging.getLogger()).handlers:
-        if not any(isinstance(f, InertLogFilter) for f in handler.filters):
-            handler.addFilter(InertLogFilter())
+def install_log_filter() -> None:
+    """Add the filter to every handler of the root logger (what reaches the terminal) and
+    to mitmproxy's connection logger, whose lines quote request lines and heads (a filter
+    on a logger covers that logger's records in every handler); once each."""
+    holders: list[logging.Filterer] = [logging.getLogger("mitmproxy.proxy.server")]
+    holders += logging.getLogger().handlers
+    for holder in holders:
+        if not any(isinstance(f, InertLogFilter) for f in holder.filters):
+            holder.addFilter(InertLogFilter())

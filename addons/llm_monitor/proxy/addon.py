@@ -31,7 +31,7 @@ from llm_monitor.proxy.budget import json_too_complex
 from llm_monitor.proxy.content_coding import TooLarge, decode_body, is_supported
 from llm_monitor.proxy.limits import GUARD_KEY, BodyGuard
 from llm_monitor.proxy.providers import KNOWN_HOSTS, Provider, RequestInfo, provider_named
-from llm_monitor.proxy.reading import BodyCollector, MiB, StreamTap
+from llm_monitor.proxy.reading import BodyCollector, MiB, StreamTap, request_decode_limit
 from llm_monitor.store.database import open_db
 from llm_monitor.store.recorder import Recorder
 from llm_monitor.usage import TokenUsage, UsageRecord, utc_timestamp
@@ -326,6 +326,17 @@ class Monitor:
         if self._running:
             self._raise_backlog()
 
+    def client_disconnected(self, client: object) -> None:
+        """Work around a mitmproxy 12 leak: when it closes a connection whose client is
+        still sending (a cut-off body, an overlong head), the socket can stay open and the
+        client hang. Abort whatever transport is left (internal API, looked up defensively)."""
+        proxyserver = ctx.master.addons.get("proxyserver")
+        handler = getattr(proxyserver, "connections", {}).get(getattr(client, "id", None))
+        io = getattr(handler, "transports", {}).get(client) if handler is not None else None
+        writer = getattr(io, "writer", None)
+        if writer is not None and not writer.transport.is_closing():
+            writer.transport.abort()
+
     def _close(self) -> None:
         if self.tokens is not None:
             self.tokens.stop()
@@ -345,6 +356,7 @@ class Monitor:
         listener = self._listener(mode)
         provider = provider_named(listener.provider)
         request = flow.request
+        request.authority = ""  # an absolute-form target goes upstream in origin form
         guard = flow.metadata[GUARD_KEY] = BodyGuard(
             limit=self.max_request,
             drain=2 * self.max_request,
@@ -408,6 +420,10 @@ class Monitor:
             state.info = state.provider.inspect_request(request, inject_usage=state.inject_usage)
         except Exception as e:  # an odd body is the provider's to judge, not ours
             logger.warning("llm-monitor: could not read request body (%s)", e)
+        if state.info.usage_injected:
+            # A stream the proxy rewrites is best not compressed: re-encoding costs, and a
+            # re-encoded stream cannot fall back to passing the upstream's bytes on.
+            flow.request.headers["accept-encoding"] = "identity"
 
     def _readable_request(self, request: http.Request, state: FlowState) -> bool:
         """Whether the body may be read here; a compressed one is decoded (at most
@@ -416,10 +432,15 @@ class Monitor:
         encoding = request.headers.get("content-encoding", "").strip()
         limit_mb = self.max_read // MiB
         if encoding and encoding.lower() != "identity":
+            limit = request_decode_limit(len(raw), self.max_read)
             try:
-                body = decode_body(raw, encoding, self.max_read)
+                body = decode_body(raw, encoding, limit)
             except TooLarge:
-                state.unread = f"request body over {limit_mb} MB decoded: not read"
+                state.unread = (
+                    f"request body over {limit_mb} MB decoded: not read"
+                    if limit == self.max_read
+                    else "request body expands over 32 times when decoded: not read"
+                )
                 return False
             except ValueError as e:
                 state.unread = f"request body not read: {e}"[:200]
@@ -493,11 +514,10 @@ class Monitor:
         whole when within the limits, else from its tail (OpenAI's usage comes last)."""
         assert state.tap is not None and isinstance(state.tap.reader, BodyCollector)
         collector, provider = state.tap.reader, state.provider
-        body = collector.body
-        reason = collector.unread
+        body, reason = None, collector.unread  # a body read in part is not read
         if state.tap.broken:
-            body, reason = None, "response body could not be decoded"
-        elif body is None and reason is None:
+            reason = "response body could not be decoded"
+        elif reason is None and (body := collector.body) is None:
             reason = f"response body over {self.max_read // MiB} MB decoded: usage not read"
         elif body is not None and (too_complex := json_too_complex(body)) is not None:
             body, reason = None, f"response body: {too_complex}"
@@ -507,8 +527,8 @@ class Monitor:
         else:
             usage, model = provider.usage_from_body(collector.tail, state.info)
             error = None
-            if usage is None:
-                state.unread = reason
+            if usage is None and reason is not None:
+                state.unread = f"{state.unread}; {reason}" if state.unread else reason
         if status >= 400:
             error = error or f"HTTP {status}"
         return usage, model, error
@@ -639,8 +659,10 @@ class Monitor:
         if stream is not None:
             usage, response_model = stream.reader.usage, stream.reader.response_model
         unread = state.unread
-        if state.tap is not None and unread is None:
-            unread = state.tap.unread or getattr(state.tap.reader, "unread", None)
+        if state.tap is not None and not isinstance(state.tap.reader, BodyCollector):
+            stream_unread = state.tap.unread or getattr(state.tap.reader, "unread", None)
+            if stream_unread is not None:
+                unread = f"{unread}; {stream_unread}" if unread else stream_unread
         state.recorded = True
         self._inflight.pop(flow.id, None)
         if self.recorder is None:

@@ -5,7 +5,8 @@ and a decoded copy goes to a reader (a provider's stream reader, or a `BodyColle
 a JSON body). The event loop never decodes, keeps or parses more than the limits allow:
 
 - decoded bytes may not outgrow the compressed bytes by more than `MAX_RATIO` (after a
-  first allowance): a compression bomb is noticed after a few MB, not after a GB;
+  first allowance; `request_decode_limit` for requests): a compression bomb is noticed
+  after a few MB, not after a GB;
 - one SSE line or event, one JSON body, at most `max_read` bytes;
 - a JSON body is parsed only when `budget.json_too_complex` allows it.
 
@@ -27,12 +28,18 @@ logger = logging.getLogger(__name__)
 MiB = 1024 * 1024
 # Decoded bytes per compressed byte beyond which a body is a bomb (gzip'd SSE is 10-20x),
 # after a first allowance: a stream's events are handled one by one in Python, so a bomb
-# must stop within a few MB; a JSON body is only copied, so its allowance is `max_read`.
+# must stop within a few hundred KB; a JSON body is only copied, so it may reach a few MB.
 MAX_RATIO = 32
 STREAM_SLACK = 256 * 1024
+BODY_SLACK = 4 * 1024 * 1024
 # The end of a body kept when the whole is not: OpenAI ends even a 40 MB embeddings
 # answer with its `"usage"`, which the OpenAI parser reads from the last 4 KB.
 TAIL = 68 * 1024
+
+
+def request_decode_limit(encoded_size: int, max_read: int) -> int:
+    """How many bytes a compressed request body may decode to before it is left unread."""
+    return min(max_read, encoded_size * MAX_RATIO + BODY_SLACK)
 
 
 class BodyCollector:
@@ -101,7 +108,7 @@ class StreamTap:
         self._cut = False  # a re-encoded stream that could not be read on: nothing more
         self.unread: str | None = None  # why the rest of the body was not read
         self.max_total = max_total
-        self.slack = max_read if isinstance(reader, BodyCollector) else STREAM_SLACK
+        self.slack = BODY_SLACK if isinstance(reader, BodyCollector) else STREAM_SLACK
         self.received = 0  # bytes as they came (encoded)
         self.decoded = 0
         self._identity = content_encoding.strip().lower() in ("", "identity")
