@@ -134,6 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "head": head,
             }
         )
+        self.request_head = head
         getattr(self, f"reply_{case.replace('-', '_')}", self.reply_canary)()
 
     def _send(self, status: int, body: bytes, content_type: str, **headers: str) -> None:
@@ -159,6 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def reply_canary(self) -> None:
         self._send(200, chat_json(), "application/json")
+
+    def reply_echo_model(self) -> None:
+        self._send(200, chat_json(json.loads(self.request_head)["model"]), "application/json")
 
     def reply_json_bomb(self) -> None:
         body = self.server.payloads["json-bomb"]
@@ -664,3 +668,109 @@ def test_requests_never_forwarded_leave_no_row(
     time.sleep(0.5)
     assert len(rows(hostile.db_path)) == before
     assert origin.connections == connections
+
+
+# Output that stays inert.
+
+EVIL = "evil\x1b[2J\n2026-01-01 INFO forged line"
+
+
+def test_client_values_cannot_forge_log_lines_or_drive_terminals(
+    hostile: Proxy, token: str, origin: Upstream
+) -> None:
+    response = httpx.post(
+        f"{hostile.base_url}/chat/completions?case=echo-model&n=evil",
+        json={**CHAT, "model": EVIL},
+        headers=auth(token),
+    )
+    assert response.status_code == 200
+    row = row_where(hostile, "path like '%n=evil%'")
+    assert row["response_model"] == EVIL  # stored as sent: the database keeps what came
+    wait_for_rows(hostile.db_path, "1")
+    time.sleep(0.3)
+    log = hostile.log()
+    assert "\x1b" not in log
+    assert "\n2026-01-01 INFO forged line" not in log
+    assert "evil\\x1b[2J\\n2026-01-01 INFO forged line" in log
+    # ...nor in the command line's tables
+    for args in (["stats"], ["pricing", "unpriced"]):
+        output = cli_output(hostile.db_path, *args)
+        assert "\x1b" not in output and "\n2026-01-01" not in output
+        assert "evil\\x1b[2J\\n2026" in output
+
+
+def cli_output(db_path: Path, *args: str) -> str:
+    from click.testing import CliRunner
+
+    from llm_monitor.cli import cli
+
+    result = CliRunner().invoke(cli, ["--db", str(db_path), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def cli_refuses(db_path: Path, *args: str) -> str:
+    from click.testing import CliRunner
+
+    from llm_monitor.cli import cli
+
+    result = CliRunner().invoke(cli, ["--db", str(db_path), *args])
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def test_command_line_checks_names_ids_amounts_and_file_sizes(tmp_path: Path) -> None:
+    db_path = tmp_path / "llm-monitor.db"
+    invoke(db_path, "init")
+    assert "printable" in cli_refuses(db_path, "orgs", "create", "Acme\nEvil", "--email", "a@x")
+    assert "printable" in cli_refuses(db_path, "orgs", "create", "x" * 101, "--email", "a@x")
+    new_org(db_path, "Acme")
+    assert "printable" in cli_refuses(
+        db_path, "tokens", "create", "--org", "Acme", "--name", "a\x1b[2Jb"
+    )
+    cli_refuses(db_path, "tokens", "revoke", "\u0661")  # ARABIC-INDIC DIGIT ONE is not 1
+    assert cli_output(db_path, "tokens", "list", "--json").count('"revoked_at": null') == 1
+    cli_refuses(db_path, "pricing", "set", "m", "--input", "\u0661", "--output", "1")
+    assert "larger than 16 MB" in cli_refuses(db_path, "pricing", "import", "/dev/zero")
+
+
+def test_logout_ends_the_session_on_the_server(tmp_path: Path) -> None:
+    import re
+
+    from tests.conftest import invoke_with_password
+    from tests.proxy import running_dashboard
+
+    db_path = tmp_path / "llm-monitor.db"
+    invoke(db_path, "init")
+    new_org(db_path, "Acme")
+    assert invoke_with_password(db_path, "a-long-password", "orgs", "set-password", "Acme")
+    with (
+        running_dashboard(db_path, tmp_path / "dashboard.log") as url,
+        httpx.Client(base_url=url) as browser,
+    ):
+        form = browser.get("/-/login")
+        csrftoken = re.search(r'name="csrftoken" value="([^"]+)"', form.text).group(1)
+        login = browser.post(
+            "/-/login",
+            data={"email": "ops@x.example", "password": "a-long-password", "csrftoken": csrftoken},
+        )
+        assert login.status_code == 302
+        session = browser.cookies["ds_actor"]
+        assert httpx.get(
+            f"{url}/llm-monitor/summary.json", cookies={"ds_actor": session}
+        ).is_success
+        page = browser.get("/-/logout")
+        csrftoken = re.search(r'name="csrftoken" value="([^"]+)"', page.text).group(1)
+        assert browser.post("/-/logout", data={"csrftoken": csrftoken}).status_code == 302
+        # A copy of the cookie, kept from before the logout, no longer works.
+        stolen = httpx.get(f"{url}/llm-monitor/summary.json", cookies={"ds_actor": session})
+        assert stolen.status_code == 403
+        again = browser.get("/-/login")  # a new login works
+        csrftoken = re.search(r'name="csrftoken" value="([^"]+)"', again.text).group(1)
+        relogin = browser.post(
+            "/-/login",
+            data={"email": "ops@x.example", "password": "a-long-password", "csrftoken": csrftoken},
+        )
+        assert relogin.status_code == 302
+        assert browser.get("/llm-monitor/summary.json").is_success
