@@ -83,6 +83,9 @@ class UsageRecord(BaseModel):
     tags: str | None = None
     error: str | None = None
     raw_usage: str | None = None
+    # Why the proxy did not read a body it would have read (over a limit): usage or model
+    # may then be unknown.
+    unread_reason: str | None = None
 
     @field_validator("ts")
     @classmethod

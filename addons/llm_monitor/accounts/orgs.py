@@ -12,6 +12,7 @@ from sqlite_utils import Database
 
 from llm_monitor.accounts.tokens import create_token
 from llm_monitor.errors import Conflict, DomainError, NotFound
+from llm_monitor.inert import check_name, printable
 from llm_monitor.usage import utc_timestamp
 
 
@@ -27,7 +28,7 @@ def find_org(db: Database, name: str) -> int:
     """The id of the organisation named `name`."""
     row = next(db.query("select id from orgs where name = ?", [name]), None)
     if row is None:
-        raise NotFound(f"no organisation named {name!r} (see `llm-monitor orgs list`)")
+        raise NotFound(f"no organisation named {printable(name)!r} (see `llm-monitor orgs list`)")
     return row["id"]
 
 
@@ -58,11 +59,10 @@ def create_org(
     token_label: str | None = "default",
 ) -> NewOrg:
     """A new organisation with its first monitor token, in one transaction."""
-    name, email = name.strip(), email.strip()
-    if not name:
-        raise DomainError("NAME must not be empty")
-    if "@" not in email:
-        raise DomainError(f"{email!r} is not an email address")
+    name = check_name(name, "an organisation name")
+    email = email.strip()
+    if "@" not in email or len(email) > 320 or not email.isprintable():
+        raise DomainError(f"{printable(email)!r} is not an email address")
     with db.atomic():
         if db["orgs"].count_where("name = ?", [name]):
             raise Conflict(f"organisation {name!r} already exists")

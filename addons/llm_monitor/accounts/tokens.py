@@ -21,6 +21,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from llm_monitor.errors import Invalid, NotFound
+from llm_monitor.inert import ascii_int, check_name
 from llm_monitor.usage import utc_timestamp
 
 PREFIX = "mon_"
@@ -54,6 +55,8 @@ TOKEN_TABLES = {
 def create_token(db: Database, table: str, org_id: int, label: str | None) -> tuple[int, str]:
     """A new token in `table` (monitor_tokens or dashboard_tokens) for an organisation:
     only its hash and a display prefix are stored. Returns its id and the token."""
+    if label is not None:
+        label = check_name(label, "a token label")
     token = new_token(TOKEN_TABLES[table][0])
     row = {
         "org_id": org_id,
@@ -80,8 +83,8 @@ def list_tokens(db: Database, table: str, org_id: int | None = None) -> list[dic
 def revoke_token(db: Database, table: str, id_or_token: str) -> str:
     """Revoke a token by its id or the full token; says what happened."""
     prefix, list_command = TOKEN_TABLES[table]
-    if id_or_token.isdigit():
-        where, params = "id = ?", [int(id_or_token)]
+    if (token_id := ascii_int(id_or_token)) is not None:
+        where, params = "id = ?", [token_id]
     elif id_or_token.startswith(prefix):
         where, params = "token_hash = ?", [hash_token(id_or_token)]
     else:

@@ -12,6 +12,7 @@ from llm_monitor.cli.accounts import dashboard_token, orgs, tokens
 from llm_monitor.cli.common import emit, get_db, handle_errors, json_option
 from llm_monitor.cli.prices import pricing
 from llm_monitor.cli.run import dashboard, demo, import_spool, proxy, up
+from llm_monitor.inert import printable
 from llm_monitor.money.prices import shipped_prices, upsert_prices
 from llm_monitor.store.reports import usage_by_model
 
@@ -75,7 +76,7 @@ def stats(ctx: click.Context, period: str, org_name: str | None, as_json: bool) 
     if as_json:
         emit(rows, True)
         return
-    scope = f" for {org_name}" if org_name else ""
+    scope = f" for {printable(org_name)}" if org_name else ""
     click.echo(f"Last {period}{scope} (since {since}Z):\n")
     emit(rows, False, empty="no requests in this period")
     if rows:

@@ -17,6 +17,7 @@ from tabulate import tabulate
 
 from llm_monitor.accounts.passwords import check_strength, hash_password
 from llm_monitor.errors import DomainError, Invalid
+from llm_monitor.inert import printable
 from llm_monitor.money.prices import PriceFileError
 from llm_monitor.store.database import open_db
 
@@ -36,7 +37,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Invalid as e:
             raise click.UsageError(str(e)) from None
         except (DomainError, PriceFileError) as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(printable(str(e))) from None
         except OSError as e:
             raise click.ClickException(f"{e.filename or 'file'}: {e.strerror}") from None
         except UnicodeDecodeError:
@@ -57,10 +58,13 @@ def get_db(ctx: click.Context, *, create: bool = False) -> Database:
 
 
 def emit(rows: list[dict[str, Any]], as_json: bool, empty: str = "(none)") -> None:
+    """Rows as JSON (which escapes control characters itself) or as a table whose text
+    cells are escaped: names and models come from clients and providers."""
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
     elif rows:
-        click.echo(tabulate(rows, headers="keys", floatfmt=".6g"))
+        safe = [{k: printable(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows]
+        click.echo(tabulate(safe, headers="keys", floatfmt=".6g"))
     else:
         click.echo(empty)
 

@@ -12,6 +12,7 @@ import click
 from pydantic import ValidationError
 
 from llm_monitor.cli.common import emit, get_db, handle_errors, json_option
+from llm_monitor.inert import check_name, printable
 from llm_monitor.money.prices import (
     PriceEntry,
     dump_prices,
@@ -46,6 +47,8 @@ def decimal_option(name: str, help: str, required: bool = False) -> Callable[...
     def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> Decimal | None:
         if value is None:
             return None
+        if not value.isascii():  # Decimal reads other scripts' digits too
+            raise click.BadParameter(f"{printable(value)!r} is not a number")
         try:
             number = Decimal(value)
         except InvalidOperation:
@@ -92,6 +95,8 @@ def pricing_set(
     Use `pricing reprice --since DATE` to recompute rows already written.
     """
     today = dt.datetime.now(dt.UTC).date()
+    model = check_name(model, "MODEL", max_length=200)
+    provider = check_name(provider, "--provider", max_length=100)
     try:
         entry = PriceEntry(
             provider=provider,

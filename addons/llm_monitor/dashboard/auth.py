@@ -3,9 +3,11 @@
 
 - An organisation logs in at /-/login with its email and password (salted scrypt, set by
   `llm-monitor orgs create/set-password`). Its session is the `ds_actor` cookie (so that
-  Datasette shows "Log out" and /-/logout ends it) signed in a namespace of our own: it
-  names the organisation and a fingerprint of its password hash, and each request reloads
-  the organisation, so a new password or a revoked admin flag takes effect at once.
+  Datasette shows "Log out") signed in a namespace of our own: it names the organisation,
+  a fingerprint of its password hash and a random session id, and each request reloads the
+  organisation, so a new password or a revoked admin flag takes effect at once. Logging
+  out (/-/logout, ours) ends the session on the server too: its id goes into
+  `ended_sessions`, so a copy of the cookie no longer works.
 - Scripts send `Authorization: Bearer dash_...` (`llm-monitor dashboard-token`).
 - The actor carries `org_id`; the canned queries read it as `:_actor_org_id`.
 - Table pages, raw SQL and downloads are for admins only (Datasette's root, or an
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import secrets
 import time
 from typing import Any
 from urllib.parse import quote
@@ -135,7 +138,16 @@ async def actor_from_session(datasette: Datasette, session: Any) -> dict[str, An
         return None
     if fingerprint(row["password_hash"]) != session.get("f"):
         return None  # the password changed since this session began
+    if not isinstance(session.get("s"), str) or await session_ended(datasette, session["s"]):
+        return None  # logged out (or a cookie from before sessions had ids)
     return org_actor(row, via="password")
+
+
+async def session_ended(datasette: Datasette, session_id: str) -> bool:
+    ended = await usage_db(datasette).execute(
+        "select 1 from ended_sessions where session_id = ?", [session_id]
+    )
+    return ended.first() is not None
 
 
 def forbidden(request: Request, message: str) -> Response | None:
@@ -189,7 +201,7 @@ def asgi_wrapper() -> Any:
 
 
 def register_routes() -> list[tuple[str, Any]]:
-    return [(r"^/-/login$", login)]
+    return [(r"^/-/login$", login), (r"^/-/logout$", logout)]
 
 
 def safe_next(target: str | None) -> str:
@@ -241,6 +253,7 @@ async def login(datasette: Datasette, request: Request) -> Response:
                 "o": row["org_id"],
                 "f": fingerprint(row["password_hash"]),
                 "e": int(time.time()) + SESSION_SECONDS,
+                "s": secrets.token_urlsafe(16),  # what logging out ends
             }
             response.set_cookie(
                 SESSION_COOKIE,
@@ -257,3 +270,38 @@ async def login(datasette: Datasette, request: Request) -> Response:
         "login.html", {"error": error, "email": email, "next": target}, request=request
     )
     return Response.html(html, status=401 if error else 200)
+
+
+async def logout(datasette: Datasette, request: Request) -> Response:
+    """Datasette's logout page and form, and the session ended on the server as well as
+    in the browser (POST only: Datasette's CSRF check guards it)."""
+    if request.method != "POST":
+        if request.actor is None:
+            return Response.redirect(datasette.urls.instance())
+        html = await datasette.render_template(
+            "logout.html", {"actor": request.actor}, request=request
+        )
+        return Response.html(html)
+    try:
+        session = datasette.unsign(request.cookies.get(SESSION_COOKIE, ""), SESSION_NAMESPACE)
+    except BadSignature:
+        session = None  # root's cookie, or none: only the browser's copy is dropped
+    if isinstance(session, dict) and isinstance(session.get("s"), str):
+        now = int(time.time())
+        expires = session.get("e") if isinstance(session.get("e"), int) else now
+        await usage_db(datasette).execute_write_fn(
+            lambda conn: _end_session(conn, session["s"], expires, now)
+        )
+    response = Response.redirect(datasette.urls.instance())
+    response.set_cookie(SESSION_COOKIE, "", expires=0, max_age=0)
+    datasette.add_message(request, "You are now logged out", datasette.WARNING)
+    return response
+
+
+def _end_session(conn: Any, session_id: str, expires_at: int, now: int) -> None:
+    with conn:
+        conn.execute("delete from ended_sessions where expires_at < ?", [now])
+        conn.execute(
+            "insert or replace into ended_sessions (session_id, expires_at) values (?, ?)",
+            [session_id, expires_at],
+        )

@@ -83,10 +83,17 @@ def _validate_entry(raw: Any, index: int, origin: str) -> PriceEntry:
         raise PriceFileError(f"{origin}: entry {index} ({name}): {problems}") from None
 
 
+MAX_PRICE_FILE = 16 * 1024 * 1024  # the shipped files are a few KB; /dev/zero is endless
+
+
 def load_price_file(path: str | Path) -> list[PriceEntry]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_PRICE_FILE + 1)
+        if len(data) > MAX_PRICE_FILE:
+            raise PriceFileError(f"{path}: larger than {MAX_PRICE_FILE // 1024 // 1024} MB")
+        text = data.decode("utf-8")
     except OSError as e:
         raise PriceFileError(f"{path}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError:

@@ -19,14 +19,19 @@ from mitmproxy import addonmanager, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from llm_monitor.accounts.tokens import TokenIndex, TokenOwner
-from llm_monitor.proxy.content_coding import decoder_for, encoder_for, is_supported
-from llm_monitor.proxy.providers import (
-    KNOWN_HOSTS,
-    Provider,
-    RequestInfo,
-    StreamReader,
-    provider_named,
+from llm_monitor.inert import (
+    install_log_filter,
+    is_credential_param,
+    is_our_name,
+    printable,
+    redact,
 )
+from llm_monitor.proxy import limits
+from llm_monitor.proxy.budget import json_too_complex
+from llm_monitor.proxy.content_coding import TooLarge, decode_body, is_supported
+from llm_monitor.proxy.limits import GUARD_KEY, BodyGuard
+from llm_monitor.proxy.providers import KNOWN_HOSTS, Provider, RequestInfo, provider_named
+from llm_monitor.proxy.reading import BodyCollector, MiB, StreamTap, request_decode_limit
 from llm_monitor.store.database import open_db
 from llm_monitor.store.recorder import Recorder
 from llm_monitor.usage import TokenUsage, UsageRecord, utc_timestamp
@@ -40,8 +45,8 @@ MAX_USER_LENGTH = 256
 MAX_TAGS_LENGTH = 1024
 _TAG = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 _METADATA_KEY = "llm_monitor"
-# Query parameters that carry credentials (Gemini's `?key=`): never stored.
-SECRET_QUERY_PARAMS = frozenset({"key", "api-key", "api_key"})
+
+__all__ = ["Monitor", "StreamTap", "parse_tags", "stored_path"]
 
 
 class BadMonitorHeader(ValueError):
@@ -92,7 +97,7 @@ def parse_listeners(values: Sequence[str]) -> dict[int, Listener]:
             port, _, rest = item.partition(":")
             name, _, flag = rest.partition(":")
             if (
-                not port.isdigit()
+                not (port.isascii() and port.isdigit())
                 or not re.fullmatch(r"[a-z0-9_.-]+", name)
                 or flag not in ("", "noinject")
             ):
@@ -105,81 +110,36 @@ def parse_listeners(values: Sequence[str]) -> dict[int, Listener]:
 
 
 def stored_path(request: http.Request) -> str:
-    """The request path as stored: credentials in the query string removed."""
+    """The request path as stored and logged: credential and `x-monitor-*` query
+    parameters removed."""
     path, _, query = request.path.partition("?")
     if not query:
         return path
-    kept = [
-        (k, v) for k, v in request.query.items(multi=True) if k.lower() not in SECRET_QUERY_PARAMS
-    ]
+    kept = [(k, v) for k, v in request.query.items(multi=True) if not is_credential_param(k)]
     return f"{path}?{urlencode(kept)}" if kept else path
+
+
+def strip_our_parts(request: http.Request) -> None:
+    """Remove every `x-monitor-*` header (`x_monitor_*` too) and query parameter: they are
+    ours, never the provider's."""
+    for name in {n for n in request.headers if is_our_name(n)}:
+        del request.headers[name]
+    if "?" in request.path and any(is_our_name(k) for k in request.query):
+        query = request.query
+        for name in {k for k in query if is_our_name(k)}:
+            del query[name]
+
+
+def head_size(request: http.Request) -> int:
+    """The bytes of the request line and headers, as sent."""
+    fields = sum(len(k) + len(v) + 4 for k, v in request.headers.fields)
+    return len(request.method) + len(request.path) + 12 + fields
 
 
 def is_json(content_type: str) -> bool:
     """application/json or a +json type; not NDJSON/JSON Lines, which stream."""
     media_type = content_type.split(";")[0].strip().lower()
     return media_type == "application/json" or media_type.endswith("+json")
-
-
-def read_body(
-    provider: Provider, info: RequestInfo, response: http.Response
-) -> tuple[TokenUsage | None, str | None, str | None]:
-    """Usage, answering model and error code of a whole buffered response."""
-    body = response.get_content(strict=False) or b""
-    usage, model = provider.usage_from_body(body, info)
-    error = None
-    if response.status_code >= 400:
-        error = provider.error_code(body) or f"HTTP {response.status_code}"
-    return usage, model, error
-
-
-class StreamTap:
-    """`flow.response.stream`: pass each chunk on as it arrives and read usage on the side.
-
-    Never raises and never returns b"" before the end (that would end the client's
-    response). When the reader rewrites (injected usage to hide), chunks are decoded,
-    rewritten and encoded again with the response's own Content-Encoding.
-    """
-
-    def __init__(self, reader: StreamReader, content_encoding: str) -> None:
-        self.reader = reader
-        self.first_chunk_at: float | None = None
-        self.last_chunk_at: float | None = None
-        self.rewrites = reader.rewrites
-        self.broken = False
-        self._decoder = decoder_for(content_encoding)
-        self._encoder = encoder_for(content_encoding) if self.rewrites else None
-
-    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
-        if not chunk:
-            return self._end()
-        self.last_chunk_at = time.time()
-        if self.first_chunk_at is None:
-            self.first_chunk_at = self.last_chunk_at
-        if self.broken:
-            return chunk
-        try:
-            kept = self.reader.feed(self._decoder.decode(chunk))
-            if self._encoder is None:
-                return chunk
-            return self._encoder.encode(kept) or []
-        except Exception as e:  # a corrupt encoding upstream: stop reading, keep passing on
-            self.broken = True
-            logger.warning("llm-monitor: cannot read stream body (%s); passing it on unread", e)
-            return chunk
-
-    def _end(self) -> bytes:
-        if self.broken:
-            return b""
-        try:
-            rest = self.reader.finish()
-            if self._encoder is None:
-                return b""
-            return self._encoder.encode(rest) + self._encoder.finish()
-        except Exception as e:
-            self.broken = True
-            logger.warning("llm-monitor: cannot finish reading stream (%s)", e)
-            return b""
 
 
 @dataclass(slots=True)
@@ -194,7 +154,15 @@ class FlowState:
     tags: str | None
     info: RequestInfo = field(default_factory=RequestInfo)
     tap: StreamTap | None = None
+    forwarded: bool = False  # the whole request was read and is going to the provider
+    unread: str | None = None  # why the proxy did not read a body it would have read
     recorded: bool = False
+
+    @property
+    def stream(self) -> StreamTap | None:
+        """The tap of a streamed answer (SSE, Gemini's JSON array), else None."""
+        tap = self.tap
+        return tap if tap is not None and not isinstance(tap.reader, BodyCollector) else None
 
 
 class Monitor:
@@ -207,6 +175,9 @@ class Monitor:
         self._listener_by_spec: dict[str, Listener] = {}
         self.inject_usage = True
         self.log_requests = False
+        self.max_request = 32 * MiB
+        self.max_read = 16 * MiB
+        self.max_header = 64 * 1024
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("monitor_db", str, "llm-monitor.db", "SQLite file to record usage in.")
@@ -244,6 +215,35 @@ class Monitor:
             1000,
             "Milliseconds between reloads of the monitor tokens (a revoked token stops within it).",
         )
+        loader.add_option(
+            "monitor_max_request_mb",
+            int,
+            32,
+            "Largest request body, as sent, in MB: a larger one gets 413 in the provider's "
+            "shape and is never buffered.",
+        )
+        loader.add_option(
+            "monitor_max_header_kb",
+            int,
+            64,
+            "Largest request line and headers, in KB: a larger head gets 431.",
+        )
+        loader.add_option(
+            "monitor_max_read_mb",
+            int,
+            16,
+            "Most decoded MB of one request body, response body or stream event the proxy "
+            "reads for model and usage; a larger one passes on unread, and its row says why.",
+        )
+        loader.add_option(
+            "monitor_listen_backlog",
+            int,
+            4096,
+            "Length of each listener's queue of connections not yet accepted (asyncio's "
+            "default is 100; Linux caps it at net.core.somaxconn).",
+        )
+        limits.install()
+        install_log_filter()
 
     def configure(self, updated: set[str]) -> None:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
@@ -264,6 +264,21 @@ class Monitor:
             raise exceptions.OptionsError("monitor_token_refresh_ms must be from 10 to 60000")
         if "monitor_flush_ms" in updated and not 1 <= ctx.options.monitor_flush_ms <= 10_000:
             raise exceptions.OptionsError("monitor_flush_ms must be from 1 to 10000")
+        for name, low, high in (
+            ("monitor_max_request_mb", 1, 4096),
+            ("monitor_max_header_kb", 1, 1024),
+            ("monitor_max_read_mb", 1, 1024),
+            ("monitor_listen_backlog", 1, 65535),
+        ):
+            if name in updated and not low <= getattr(ctx.options, name) <= high:
+                raise exceptions.OptionsError(f"{name} must be from {low} to {high}")
+        self.max_request = ctx.options.monitor_max_request_mb * MiB
+        self.max_read = ctx.options.monitor_max_read_mb * MiB
+        self.max_header = ctx.options.monitor_max_header_kb * 1024
+        limits.settings.max_header_bytes = self.max_header
+        limits.settings.header_rejection = self._head_rejection
+        if self._running and "monitor_listen_backlog" in updated:
+            self._raise_backlog()
         # mitmproxy applies a script's --set options after its first configure: opening the
         # database now would open the default file. It is opened in `running`, once.
         if self._running and {"monitor_db", "monitor_token_refresh_ms", "monitor_flush_ms"} & (
@@ -273,6 +288,8 @@ class Monitor:
 
     def running(self) -> None:
         self._running = True
+        install_log_filter()  # handlers added since `load` (mitmdump's own) get it too
+        self._raise_backlog()
         try:
             self._open()
         except exceptions.OptionsError as e:
@@ -300,6 +317,26 @@ class Monitor:
             )
         logger.info("llm-monitor: recording usage in %s", db_path)
 
+    def _raise_backlog(self) -> None:
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver is not None:
+            limits.raise_backlog(proxyserver.servers, ctx.options.monitor_listen_backlog)
+
+    def server_started(self, *_: object) -> None:  # a listener added while running
+        if self._running:
+            self._raise_backlog()
+
+    def client_disconnected(self, client: object) -> None:
+        """Work around a mitmproxy 12 leak: when it closes a connection whose client is
+        still sending (a cut-off body, an overlong head), the socket can stay open and the
+        client hang. Abort whatever transport is left (internal API, looked up defensively)."""
+        proxyserver = ctx.master.addons.get("proxyserver")
+        handler = getattr(proxyserver, "connections", {}).get(getattr(client, "id", None))
+        io = getattr(handler, "transports", {}).get(client) if handler is not None else None
+        writer = getattr(io, "writer", None)
+        if writer is not None and not writer.transport.is_closing():
+            writer.transport.abort()
+
     def _close(self) -> None:
         if self.tokens is not None:
             self.tokens.stop()
@@ -311,16 +348,31 @@ class Monitor:
     # Hooks, in the order a flow meets them.
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.error is not None:
+            return  # refused by mitmproxy itself (smuggling checks): never forwarded, no row
         mode = flow.client_conn.proxy_mode
         if not isinstance(mode, ReverseMode):
             return
         listener = self._listener(mode)
         provider = provider_named(listener.provider)
-        if self.tokens is None:  # not running yet, or the database failed: nothing passes
-            self._reject(flow, provider, 503, "LLM Monitor is not ready.", "monitor_not_ready")
+        request = flow.request
+        request.authority = ""  # an absolute-form target goes upstream in origin form
+        guard = flow.metadata[GUARD_KEY] = BodyGuard(
+            limit=self.max_request,
+            drain=2 * self.max_request,
+            too_large=lambda: self._response(flow, provider, *self._too_large()),
+        )
+        headers = request.headers
+        token, user, tags = (headers.get(h) for h in (TOKEN_HEADER, USER_HEADER, TAGS_HEADER))
+        strip_our_parts(request)
+        if head_size(request) > self.max_header:
+            message = f"Request headers larger than {self.max_header // 1024} KB (LLM Monitor)."
+            self._reject(flow, provider, guard, 431, message, "request_headers_too_large")
             return
-        headers = flow.request.headers
-        token, user, tags = (headers.pop(h, None) for h in (TOKEN_HEADER, USER_HEADER, TAGS_HEADER))
+        if self.tokens is None:  # not running yet, or the database failed: nothing passes
+            message = "LLM Monitor is not ready."
+            self._reject(flow, provider, guard, 503, message, "monitor_not_ready")
+            return
         owner = self.tokens.owner(token)
         if owner is None:
             message = (
@@ -328,7 +380,13 @@ class Monitor:
                 if not token
                 else f"Invalid or revoked {TOKEN_HEADER}"
             )
-            self._reject(flow, provider, 401, f"{message} (LLM Monitor).", "invalid_monitor_token")
+            self._reject(
+                flow, provider, guard, 401, f"{message} (LLM Monitor).", "invalid_monitor_token"
+            )
+            return
+        declared = headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_request:
+            self._reject(flow, provider, guard, *self._too_large())
             return
         try:
             state = FlowState(
@@ -340,69 +398,151 @@ class Monitor:
                 parse_tags(tags),
             )
         except BadMonitorHeader as e:
-            self._reject(flow, provider, 400, f"{e} (LLM Monitor).", "invalid_monitor_header")
+            message = f"{e} (LLM Monitor)."
+            self._reject(flow, provider, guard, 400, message, "invalid_monitor_header")
             return
         flow.metadata[_METADATA_KEY] = state
         self._inflight[flow.id] = flow
 
     def request(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
-        if state is None:
-            return
+        if state is None or flow.response is not None:
+            return  # answered by the proxy (e.g. a body over the limit): not forwarded
+        state.forwarded = True
+        request = flow.request
+        readable = self._readable_request(request, state)
+        if not readable:
+            # Unread, passed on untouched; what the path alone tells is still known.
+            probe = request.copy()
+            probe.content = b""
+            request = probe
         try:
-            state.info = state.provider.inspect_request(
-                flow.request, inject_usage=state.inject_usage
-            )
+            state.info = state.provider.inspect_request(request, inject_usage=state.inject_usage)
         except Exception as e:  # an odd body is the provider's to judge, not ours
             logger.warning("llm-monitor: could not read request body (%s)", e)
+        if state.info.usage_injected:
+            # A stream the proxy rewrites is best not compressed: re-encoding costs, and a
+            # re-encoded stream cannot fall back to passing the upstream's bytes on.
+            flow.request.headers["accept-encoding"] = "identity"
+
+    def _readable_request(self, request: http.Request, state: FlowState) -> bool:
+        """Whether the body may be read here; a compressed one is decoded (at most
+        `max_read` bytes) and forwarded decoded, so that no decoded copy is cached."""
+        raw = request.raw_content or b""
+        encoding = request.headers.get("content-encoding", "").strip()
+        limit_mb = self.max_read // MiB
+        if encoding and encoding.lower() != "identity":
+            limit = request_decode_limit(len(raw), self.max_read)
+            try:
+                body = decode_body(raw, encoding, limit)
+            except TooLarge:
+                state.unread = (
+                    f"request body over {limit_mb} MB decoded: not read"
+                    if limit == self.max_read
+                    else "request body expands over 32 times when decoded: not read"
+                )
+                return False
+            except ValueError as e:
+                state.unread = f"request body not read: {e}"[:200]
+                return False
+            del request.headers["content-encoding"]
+            request.content = body
+        elif len(raw) > self.max_read:
+            state.unread = f"request body over {limit_mb} MB: not read"
+            return False
+        if (reason := json_too_complex(request.raw_content or b"")) is not None:
+            state.unread = f"request body: {reason}"
+            return False
+        return True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
-        if state is None or flow.response is None or flow.response.status_code >= 400:
-            return  # error bodies are small: buffered, so the error code can be read
-        content_type = flow.response.headers.get("content-type", "").lower()
-        encoding = flow.response.headers.get("content-encoding", "")
+        response = flow.response
+        if state is None or response is None or not state.forwarded:
+            return
+        encoding = response.headers.get("content-encoding", "")
+        content_type = response.headers.get("content-type", "").lower()
+        if not is_supported(encoding):
+            response.stream = True
+            state.unread = f"response content-encoding {encoding[:40]!r} not read"
+            return
         reader = None
-        if is_supported(encoding):
+        if response.status_code < 400:
             reader = state.provider.stream_reader(state.info, content_type)
-        if reader is not None:
-            state.tap = StreamTap(reader, encoding)
-            flow.response.stream = state.tap
-            if reader.rewrites and "content-length" in flow.response.headers:
-                del flow.response.headers["content-length"]  # the length changes
-                if flow.response.http_version == "HTTP/1.1":
-                    flow.response.headers["transfer-encoding"] = "chunked"
-        elif not is_json(content_type):
-            flow.response.stream = True  # files, audio, images: no usage to read, don't buffer
+        if reader is None:
+            if response.status_code < 400 and not is_json(content_type):
+                response.stream = True  # files, audio, images: no usage to read
+                return
+            reader = BodyCollector(self.max_read)  # JSON and errors: read on the side
+        state.tap = StreamTap(reader, encoding, max_read=self.max_read)
+        response.stream = state.tap
+        if reader.rewrites and "content-length" in response.headers:
+            del response.headers["content-length"]  # the length changes
+            if response.http_version == "HTTP/1.1":
+                response.headers["transfer-encoding"] = "chunked"
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
         if state is None or state.recorded or flow.response is None:
             return
+        if not state.forwarded:
+            self._forget(flow, state)
+            return
         response = flow.response
-        if state.tap is not None:
-            reader = state.tap.reader
+        if (stream := state.stream) is not None:
+            reader = stream.reader
             if reader.error or response.status_code >= 400:
                 self._record(flow, state, outcome="provider_error", error=reader.error)
-            elif not reader.complete and not state.tap.broken:
+            elif not reader.complete and not stream.broken and stream.unread is None:
                 error = "stream ended before its final event"
                 self._record(flow, state, outcome="upstream_error", error=error)
             else:
                 self._record(flow, state, outcome="ok", error=None)
             return
         usage, response_model, error = None, None, None
-        if response.stream is not True and response.raw_content is not None:
-            usage, response_model, error = read_body(state.provider, state.info, response)
+        if state.tap is not None:
+            usage, response_model, error = self._read_body(state, response.status_code)
         outcome = "provider_error" if response.status_code >= 400 else "ok"
         self._record(
             flow, state, outcome=outcome, error=error, usage=usage, response_model=response_model
         )
+
+    def _read_body(
+        self, state: FlowState, status: int
+    ) -> tuple[TokenUsage | None, str | None, str | None]:
+        """Usage, answering model and error code of a JSON body read on the side: parsed
+        whole when within the limits, else from its tail (OpenAI's usage comes last)."""
+        assert state.tap is not None and isinstance(state.tap.reader, BodyCollector)
+        collector, provider = state.tap.reader, state.provider
+        body, reason = None, collector.unread  # a body read in part is not read
+        if state.tap.broken:
+            reason = "response body could not be decoded"
+        elif reason is None and (body := collector.body) is None:
+            reason = f"response body over {self.max_read // MiB} MB decoded: usage not read"
+        elif body is not None and (too_complex := json_too_complex(body)) is not None:
+            body, reason = None, f"response body: {too_complex}"
+        if body is not None:
+            usage, model = provider.usage_from_body(body, state.info)
+            error = provider.error_code(body) if status >= 400 else None
+        else:
+            usage, model = provider.usage_from_body(collector.tail, state.info)
+            error = None
+            if usage is None and reason is not None:
+                state.unread = f"{state.unread}; {reason}" if state.unread else reason
+        if status >= 400:
+            error = error or f"HTTP {status}"
+        return usage, model, error
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
         if state is None or state.recorded:
             return
         message = flow.error.msg if flow.error else "unknown error"
+        if not state.forwarded:
+            # Refused or abandoned before the whole request was read: nothing reached
+            # the provider, so there is nothing to record.
+            self._forget(flow, state)
+            return
         if state.tap is not None and state.tap.reader.complete:
             # The whole answer had passed (an SDK may hang up on `[DONE]` before the
             # stream's last bytes): nothing was lost.
@@ -423,7 +563,7 @@ class Monitor:
         """mitmdump is stopping (SIGTERM): record flows still open, then flush the recorder."""
         for flow in list(self._inflight.values()):
             state = self._state(flow)
-            if state is not None and not state.recorded:
+            if state is not None and not state.recorded and state.forwarded:
                 self._record(
                     flow,
                     state,
@@ -436,6 +576,10 @@ class Monitor:
 
     def _state(self, flow: http.HTTPFlow) -> FlowState | None:
         return flow.metadata.get(_METADATA_KEY)
+
+    def _forget(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        state.recorded = True
+        self._inflight.pop(flow.id, None)
 
     @staticmethod
     def _upstream_silence(flow: http.HTTPFlow, state: FlowState) -> float:
@@ -468,12 +612,40 @@ class Monitor:
         )
         return Listener(host)
 
+    def _too_large(self) -> tuple[int, str, str]:
+        message = f"Request body larger than {self.max_request // MiB} MB (LLM Monitor)."
+        return 413, message, "request_too_large"
+
+    @staticmethod
+    def _response(
+        flow: http.HTTPFlow, provider: Provider, status: int, message: str, code: str
+    ) -> http.Response:
+        headers = {"content-type": "application/json"}
+        if flow.request.http_version.startswith("HTTP/1"):
+            headers["connection"] = "close"  # the body, if any, is dropped: start afresh
+        return http.Response.make(status, provider.rejection(status, message, code), headers)
+
     def _reject(
-        self, flow: http.HTTPFlow, provider: Provider, status: int, message: str, code: str
+        self,
+        flow: http.HTTPFlow,
+        provider: Provider,
+        guard: BodyGuard,
+        status: int,
+        message: str,
+        code: str,
     ) -> None:
-        flow.response = http.Response.make(
-            status, provider.rejection(status, message, code), {"content-type": "application/json"}
-        )
+        """Answer from the headers; the body, if any, is dropped as it arrives."""
+        flow.response = self._response(flow, provider, status, message, code)
+        flow.request.headers.pop("expect", None)  # no "100 Continue" for a refused body
+        guard.answered = True
+
+    def _head_rejection(self, mode: object) -> bytes:
+        """The 431 body for a head too long to parse (see `limits`)."""
+        name = "openai"
+        if isinstance(mode, ReverseMode):
+            name = self._listener(mode).provider
+        message = f"Request headers larger than {self.max_header // 1024} KB (LLM Monitor)."
+        return provider_named(name).rejection(431, message, "request_headers_too_large")
 
     def _record(
         self,
@@ -486,8 +658,14 @@ class Monitor:
         response_model: str | None = None,
     ) -> None:
         """Queue the flow's row; a stream's usage is whatever its reader has seen so far."""
-        if state.tap is not None:
-            usage, response_model = state.tap.reader.usage, state.tap.reader.response_model
+        stream = state.stream
+        if stream is not None:
+            usage, response_model = stream.reader.usage, stream.reader.response_model
+        unread = state.unread
+        if state.tap is not None and not isinstance(state.tap.reader, BodyCollector):
+            stream_unread = state.tap.unread or getattr(state.tap.reader, "unread", None)
+            if stream_unread is not None:
+                unread = f"{unread}; {stream_unread}" if unread else stream_unread
         state.recorded = True
         self._inflight.pop(flow.id, None)
         if self.recorder is None:
@@ -495,7 +673,7 @@ class Monitor:
         request, response = flow.request, flow.response
         started = request.timestamp_start
         ended = (response.timestamp_end if response is not None else None) or time.time()
-        first = state.tap.first_chunk_at if state.tap else None
+        first = stream.first_chunk_at if stream else None
         # Built from this module's own typed values: constructed without re-validating them
         # on the event loop (a spooled row is validated when it is imported).
         record = UsageRecord.model_construct(
@@ -509,7 +687,7 @@ class Monitor:
             response_model=response_model,
             status=response.status_code if response is not None else None,
             outcome=outcome,
-            streamed=state.tap is not None,
+            streamed=stream is not None,
             usage_injected=state.info.usage_injected,
             billable=state.info.billable,
             latency_ms=round((ended - started) * 1000, 3),
@@ -517,7 +695,8 @@ class Monitor:
             request_id=_request_id(response),
             user=state.user,
             tags=state.tags,
-            error=error,
+            error=redact(error)[:500] if error else None,
+            unread_reason=unread,
             **UsageRecord.usage_fields(usage),
         )
         self.recorder.submit(record)
@@ -530,8 +709,8 @@ class Monitor:
             "%s %s %s %s -> %s %s: %s in, %s out tokens, %.0f ms",
             record.provider,
             record.method,
-            record.path,
-            record.billed_model or "-",
+            printable(record.path),
+            printable(record.billed_model or "-"),
             record.status if record.status is not None else "-",
             record.outcome,
             record.input_tokens if record.input_tokens is not None else "-",

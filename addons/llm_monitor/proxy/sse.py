@@ -23,38 +23,66 @@ class Event:
     data: str
 
 
+class LineTooLong(ValueError):
+    """One line grew past the splitter's cap: the stream is not read any further."""
+
+
+# Where a line ends; a lone CR at the very end of the input may be half a CRLF.
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
 class EventSplitter:
-    def __init__(self) -> None:
-        self._partial_line = b""
+    """Amortised linear: each byte is scanned for line ends once, whatever the chunking,
+    and a line is kept only up to `max_line` bytes (LineTooLong past that)."""
+
+    def __init__(self, max_line: int = 16 * 1024 * 1024) -> None:
+        self.max_line = max_line
+        self._partial = bytearray()  # the current line, not yet ended
         self._event_lines: list[bytes] = []
+        self._event_size = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Whole events completed by `chunk`, each as its raw bytes incl. the blank line."""
-        lines = (self._partial_line + chunk).splitlines(keepends=True)
-        self._partial_line = b""
-        # A last line without its terminator is incomplete; a lone CR may be half a CRLF.
-        if lines and (not lines[-1].endswith((b"\n", b"\r")) or lines[-1].endswith(b"\r")):
-            self._partial_line = lines.pop()
-        events = []
-        for line in lines:
-            if line in (b"\n", b"\r\n", b"\r"):
-                if self._event_lines:
-                    self._event_lines.append(line)
-                    events.append(b"".join(self._event_lines))
-                    self._event_lines = []
-                elif events:
-                    events[-1] += line  # extra blank lines travel with the event before them
-                else:
-                    self._event_lines.append(line)
+        events: list[bytes] = []
+        # A CR ending the last chunk may be half a CRLF: look at it again with this one.
+        carry = 1 if self._partial.endswith(b"\r") else 0
+        scan_from = len(self._partial) - carry
+        self._partial += chunk
+        data = self._partial
+        start = 0  # where the current line began in `data`
+        pos = scan_from
+        while (match := _EOL.search(data, pos)) is not None:
+            end = match.end()
+            if match.group() == b"\r" and end == len(data):
+                break  # maybe half a CRLF: wait for the next chunk
+            self._line(bytes(data[start:end]), events)
+            start = pos = end
+        del data[:start]
+        if len(data) > self.max_line or self._event_size > self.max_line:
+            raise LineTooLong(f"an SSE line or event longer than {self.max_line} bytes")
+        return events
+
+    def _line(self, line: bytes, events: list[bytes]) -> None:
+        if line in (b"\n", b"\r\n", b"\r"):
+            if self._event_lines:
+                self._event_lines.append(line)
+                events.append(b"".join(self._event_lines))
+                self._event_lines = []
+                self._event_size = 0
+            elif events:
+                events[-1] += line  # extra blank lines travel with the event before them
             else:
                 self._event_lines.append(line)
-        return events
+        else:
+            self._event_lines.append(line)
+            self._event_size += len(line)
 
     def flush(self) -> bytes:
         """Whatever is left at the end of the stream: an event without its blank line."""
-        rest = b"".join(self._event_lines) + self._partial_line
+        rest = b"".join(self._event_lines) + bytes(self._partial)
         self._event_lines = []
-        self._partial_line = b""
+        self._event_size = 0
+        self._partial = bytearray()
         return rest
 
 

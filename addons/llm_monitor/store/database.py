@@ -153,6 +153,14 @@ def m004_dashboard(db: Database) -> None:
     rollups.rebuild(db, names=names)
 
 
+@migrations()
+def m005_unread_reason_and_ended_sessions(db: Database) -> None:
+    """Why the proxy passed a body on without reading it (a limit), when it did; and the
+    dashboard sessions ended by logging out, until they would have expired anyway."""
+    db["usage"].add_column("unread_reason", str)
+    db["ended_sessions"].create({"session_id": str, "expires_at": int}, pk="session_id")
+
+
 def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = True) -> Database:
     """Open (creating if need be) the database with the pragmas every writer relies on.
 

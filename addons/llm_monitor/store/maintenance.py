@@ -40,13 +40,20 @@ def reprice(db: Database, since: str) -> Repriced:
     return Repriced(len(updates), changed)
 
 
+MAX_SPOOL_LINE = 1024 * 1024  # a spooled row is well under 100 KB
+
+
 def import_spool(db: Database, file: str | Path) -> int:
     """Price and write every row of a spool file (JSONL of usage records), all or none;
     returns how many. A line that is not a usage record refuses the whole file."""
     book = load_price_book(db)
     rows = []
     with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+        for number, line in enumerate(iter(lambda: f.readline(MAX_SPOOL_LINE + 1), ""), 1):
+            if len(line) > MAX_SPOOL_LINE:
+                raise DomainError(
+                    f"{file}:{number}: a line longer than {MAX_SPOOL_LINE} characters"
+                )
             if not line.strip():
                 continue
             try:

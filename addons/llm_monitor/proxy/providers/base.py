@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 
 from mitmproxy import http
 
+from llm_monitor.proxy.budget import json_too_complex
 from llm_monitor.proxy.sse import EventSplitter
 from llm_monitor.usage import TokenUsage
 
@@ -88,6 +89,7 @@ class SSEReader:
         self.response_model: str | None = None
         self.error: str | None = None
         self.complete = False
+        self.unread: str | None = None  # why an event was passed on without being read
         self._splitter = EventSplitter()
 
     def on_event(self, raw: bytes) -> bytes:
@@ -108,8 +110,16 @@ class SSEReader:
         rest = self._read(rest) if rest else rest
         return rest if self.rewrites else b""
 
+    def abandon(self) -> bytes:
+        """The bytes held back, for a stream that is no longer read (see StreamTap)."""
+        rest = self._splitter.flush()
+        return rest if self.rewrites else b""
+
     def _read(self, raw: bytes) -> bytes:
         """One event through `on_event`; an event it cannot read is passed on as it came."""
+        if (reason := json_too_complex(raw)) is not None:
+            self.unread = reason
+            return raw
         try:
             return self.on_event(raw)
         except Exception as e:

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 from mitmproxy import http
 
+from llm_monitor.proxy.budget import json_too_complex
+from llm_monitor.proxy.content_coding import TooLarge
 from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, load_json
 from llm_monitor.proxy.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
@@ -114,8 +116,10 @@ class JsonArrayReader(_ResponseReader):
     """
 
     rewrites: ClassVar[bool] = False
+    max_element = 16 * 1024 * 1024  # one element kept at most (StreamTap sets it)
 
     def __init__(self) -> None:
+        self.unread: str | None = None
         self.usage = None
         self.response_model = None
         self.error = None
@@ -150,13 +154,19 @@ class JsonArrayReader(_ResponseReader):
                 self._depth -= 1
                 if self._depth == 1 and self._collecting:
                     self._element += data[start : j + 1]
-                    self.take(load_json(bytes(self._element)))
+                    element = bytes(self._element)
+                    if (reason := json_too_complex(element)) is None:
+                        self.take(load_json(element))
+                    else:
+                        self.unread = reason
                     self._element.clear()
                     self._collecting = False
                 elif self._depth == 0:
                     self.complete = True
         if self._collecting:
             self._element += data[start:]
+            if len(self._element) > self.max_element:
+                raise TooLarge(f"a streamed JSON element longer than {self.max_element} bytes")
         return data
 
     def finish(self) -> bytes:
