@@ -83,6 +83,8 @@ class UsageRecord(BaseModel):
     tags: str | None = None
     error: str | None = None
     raw_usage: str | None = None
+    # The provider key as the provider itself displays it (`sk-...abcd`), never more.
+    key_hint: str | None = None
 
     @field_validator("ts")
     @classmethod

@@ -9,6 +9,7 @@ import click
 
 from llm_monitor.accounts.orgs import find_org
 from llm_monitor.cli.accounts import dashboard_token, orgs, tokens
+from llm_monitor.cli.billing import billing
 from llm_monitor.cli.common import emit, get_db, handle_errors, json_option
 from llm_monitor.cli.prices import pricing
 from llm_monitor.cli.run import dashboard, demo, import_spool, up
@@ -87,5 +88,5 @@ def stats(ctx: click.Context, period: str, org_name: str | None, as_json: bool) 
         )
 
 
-for command in (orgs, tokens, dashboard_token, pricing, up, dashboard, demo, import_spool):
+for command in (orgs, tokens, dashboard_token, pricing, billing, up, dashboard, demo, import_spool):
     cli.add_command(command)

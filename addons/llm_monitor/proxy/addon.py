@@ -195,6 +195,7 @@ class FlowState:
     info: RequestInfo = field(default_factory=RequestInfo)
     tap: StreamTap | None = None
     recorded: bool = False
+    key_hint: str | None = None
 
 
 class Monitor:
@@ -207,6 +208,7 @@ class Monitor:
         self._listener_by_spec: dict[str, Listener] = {}
         self.inject_usage = True
         self.log_requests = False
+        self.key_hints = True
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("monitor_db", str, "llm-monitor.db", "SQLite file to record usage in.")
@@ -239,6 +241,13 @@ class Monitor:
             "Milliseconds the recorder gathers rows into one transaction before writing them.",
         )
         loader.add_option(
+            "monitor_key_hints",
+            bool,
+            True,
+            "Record which provider key a request used, in the provider's own display form "
+            "(OpenAI sk-...abcd, Anthropic's partial hint), for `llm-monitor billing reconcile`.",
+        )
+        loader.add_option(
             "monitor_token_refresh_ms",
             int,
             1000,
@@ -255,6 +264,7 @@ class Monitor:
         # Read per request: kept as attributes, since option look-ups are not free.
         self.inject_usage = ctx.options.monitor_inject_usage
         self.log_requests = ctx.options.monitor_log_requests
+        self.key_hints = ctx.options.monitor_key_hints
         if "flow_detail" in updated and ctx.options.flow_detail > 0:
             # mitmdump's flow lines print URLs (Gemini's ?key=) and, above 1, headers
             # (Authorization): keys must never reach a log. The addon logs its own line.
@@ -342,6 +352,8 @@ class Monitor:
         except BadMonitorHeader as e:
             self._reject(flow, provider, 400, f"{e} (LLM Monitor).", "invalid_monitor_header")
             return
+        if self.key_hints:
+            state.key_hint = provider.key_hint(headers)
         flow.metadata[_METADATA_KEY] = state
         self._inflight[flow.id] = flow
 
@@ -515,6 +527,7 @@ class Monitor:
             user=state.user,
             tags=state.tags,
             error=error,
+            key_hint=state.key_hint,
             **UsageRecord.usage_fields(usage),
         )
         self.recorder.submit(record)

@@ -122,3 +122,9 @@ class Anthropic:
         return json.dumps(
             {"type": "error", "error": {"type": error_type, "message": message, "code": code}}
         ).encode()
+
+    def key_hint(self, headers: http.Headers) -> str | None:
+        """`sk-ant-api03-R2D...igAA`: the `partial_key_hint` Anthropic's console and Admin
+        API show (the first 16 and the last 4 characters of a key of about 108)."""
+        key = headers.get("x-api-key", "").strip()
+        return f"{key[:16]}...{key[-4:]}" if len(key) >= 40 else None
