@@ -44,8 +44,9 @@ ORG_VIEWS = [
     "recent_requests",
     "recent_errors",
     "my_tokens",
+    "reconciliation",
 ]
-ADMIN_VIEWS = ["admin_orgs", "admin_unpriced_models"]
+ADMIN_VIEWS = ["admin_orgs", "admin_unpriced_models", "admin_reconciliation"]
 MODELS = [
     ("openai", "gpt-4o-mini"),
     ("openai", "gpt-4o"),

@@ -454,7 +454,10 @@ def _row(
     flags: list[str],
 ) -> ReconRow:
     their_cost = theirs.cost if theirs.has_cost else None
-    our_cost = ours.cost if ours.has_cost and not ours.unpriced else None
+    # The proxy's side is known, and zero, where it saw no request at all.
+    seen = ours.has_cost or ours.requests == 0
+    our_cost = ours.cost if seen and not ours.unpriced else None
+    our_tokens = ours.has_tokens or ours.requests == 0
     difference = our_cost - their_cost if None not in (our_cost, their_cost) else None
     capture = None
     if our_cost is not None and their_cost:
@@ -469,9 +472,9 @@ def _row(
         org_id=org_id,
         proxy_requests=ours.requests,
         provider_requests=theirs.requests or None,
-        proxy_input_tokens=ours.tokens["input_tokens"] if ours.has_tokens else None,
+        proxy_input_tokens=ours.tokens["input_tokens"] if our_tokens else None,
         provider_input_tokens=theirs.tokens["input_tokens"] if theirs.has_tokens else None,
-        proxy_output_tokens=ours.tokens["output_tokens"] if ours.has_tokens else None,
+        proxy_output_tokens=ours.tokens["output_tokens"] if our_tokens else None,
         provider_output_tokens=theirs.tokens["output_tokens"] if theirs.has_tokens else None,
         proxy_cost_usd=_plain(our_cost),
         provider_cost_usd=_plain(their_cost),

@@ -252,7 +252,8 @@ def reconcile_command(
     if flagged:
         click.echo("\nFlags:")
         for r, flag in flagged:
-            click.echo(f"  {r.day} {r.provider} {r.model or ''}: {flag}".replace("  :", ":"))
+            where = " ".join(filter(None, (r.day, r.provider, r.model)))
+            click.echo(f"  {where}: {flag}")
 
 
 @billing.command("link")
