@@ -18,8 +18,9 @@ import pytest
 
 from llm_monitor.billing import ledger
 from llm_monitor.dashboard import make_datasette
+from llm_monitor.store.recorder import Recorder
 from tests.billing_standin import BillingStandIn
-from tests.conftest import invoke, new_org
+from tests.conftest import invoke, new_org, usage_record
 from tests.proxy import Proxy, row_for, running_proxy
 from tests.replay import ReplayServer, Reply
 from tests.test_billing import ADMIN_KEYS, assert_no_key_leaked, ok, query, run
@@ -306,3 +307,58 @@ def test_reconcile_refuses_a_backward_range(fresh_db: Path) -> None:
         "nothing to reconcile"
         in ok(fresh_db, "billing", "reconcile", "--from", "2026-11-01", "--to", "2026-11-02").output
     )
+
+
+def test_anthropic_tokens_that_disagree_and_workbench_spend(
+    fresh_db: Path, standin: BillingStandIn
+) -> None:
+    """Anthropic's usage names keys but its cost report does not. Proxied rows written by
+    the real recorder: one day whose tokens agree (the price is then checked at the model
+    level), one whose input tokens do not (a parsing error, no price verdict); Workbench
+    usage (no key) is spend the proxy never saw."""
+    from tests.test_billing import day, fill_anthropic
+
+    new_org(fresh_db, "Acme")
+    fill_anthropic(standin, range(11, 13))
+    recorder = Recorder(fresh_db)
+    recorder.start()
+    for offset, uncached in ((12, 1012), (11, 1500)):
+        recorder.submit(
+            usage_record(
+                ts=f"{day(offset).isoformat()}T10:00:00.000Z",
+                provider="anthropic",
+                path="/v1/messages",
+                model="claude-sonnet-4-5",
+                response_model="claude-sonnet-4-5-20250929",
+                input_tokens=uncached + 300 + 300,
+                cached_input_tokens=300,
+                cache_write_tokens=300,
+                cache_write_1h_tokens=100,
+                output_tokens=50,
+                key_hint="sk-ant-api03-R2D...igAA",
+            )
+        )
+    recorder.close()
+    ok(fresh_db, "billing", "import", "anthropic", "--since", day(13).isoformat(),
+       "--base-url", standin.url)  # fmt: skip
+    rows = json.loads(
+        ok(
+            fresh_db, "billing", "reconcile", "--from", day(12).isoformat(),
+            "--to", day(11).isoformat(), "--json",
+        ).output
+    )  # fmt: skip
+    agree, disagree = (
+        by(rows, day=day(n).isoformat(), level="model", model="claude-sonnet-4-5")[0]
+        for n in (12, 11)
+    )
+    assert agree["proxy_input_tokens"] == agree["provider_input_tokens"] == 1612
+    # The stand-in bills $1.23455 for what the price table makes far less: a price error.
+    assert [f.split(":")[0] for f in agree["flags"]] == ["price"]
+    assert agree["provider_cost_usd"] == "1.23455"
+    assert disagree["flags"] == ["tokens: claude-sonnet-4-5 differs (input 2100 vs 1611)"]
+    (key,) = by(rows, day=day(12).isoformat(), level="key", model="claude-sonnet-4-5")
+    assert key["key"] == "sk-ant-api03-R2D...igAA" and key["proxy_requests"] == 1
+    assert key["provider_cost_usd"] is None  # the cost report has no keys
+    (workbench,) = by(rows, day=day(12).isoformat(), level="key", key="(no key)")
+    assert workbench["model"] == "claude-haiku-4-5"
+    assert workbench["flags"][0].startswith("bypass: key (no key)")
