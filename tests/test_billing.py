@@ -209,6 +209,11 @@ def test_a_refused_admin_key_is_one_clear_line(fresh_db: Path, standin: BillingS
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "answered 401" in result.output and "admin key" in result.output
     assert "sk-admin-wrong-key-000000" not in result.output
+    future = (TODAY + dt.timedelta(days=1)).isoformat()
+    late = run(
+        fresh_db, "billing", "import", "openai", "--since", future, "--base-url", standin.url
+    )
+    assert late.exit_code != 0 and "is in the future" in late.output
     no_key = run(fresh_db, "billing", "import", "openai", "--base-url", standin.url, env={})
     assert no_key.exit_code != 0 and "set OPENAI_ADMIN_KEY or give --key-file" in no_key.output
 

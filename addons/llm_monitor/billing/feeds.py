@@ -21,6 +21,7 @@ from sqlite_utils import Database
 
 from llm_monitor.billing import ledger
 from llm_monitor.billing.http import ApiClient, ApiError
+from llm_monitor.errors import Invalid
 
 Progress = Callable[[int], None]
 # Given the number of days to import, a context that yields the function told each day done
@@ -69,6 +70,8 @@ def run_feeds(
     progress: ProgressFactory | None = None,
 ) -> list[FeedResult]:
     """Every feed in turn, each from where its cursor says, under one progress count."""
+    if since is not None and since > today:
+        raise Invalid(f"--since {since} is in the future (today is {today}, UTC)")
     end = today + dt.timedelta(days=1)
     plans = [
         (feed, *ledger.first_day(ledger.load_cursor(db, feed.name), since, today, trailing_days))
