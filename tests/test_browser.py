@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -72,6 +72,11 @@ VIEWS = {
     "my_tokens": ({}, False, False),
 }
 USD = re.compile(r"(\$[\d,]+\.\d{2}|\$0\.0+\d{1,2}|—)")
+
+
+def settle(driver: webdriver.Chrome, seconds: float = 10) -> WebDriverWait:
+    """A wait that looks again when the overview's refresh has replaced what it looked at."""
+    return WebDriverWait(driver, seconds, ignored_exceptions=[StaleElementReferenceException])
 
 
 def build_database(db: Path) -> dict[str, int]:
@@ -220,9 +225,9 @@ def test_every_view_reads_well_at_desktop_and_phone_sizes(
                 page = f"overview-{width}"
                 driver.get(f"{base}/")
                 wait_for_marks(driver)
-                WebDriverWait(driver, 10).until(
-                    lambda b: b.find_elements(By.CSS_SELECTOR, "#lm-recent tbody tr td a")
-                )
+                WebDriverWait(
+                    driver, 10, ignored_exceptions=[StaleElementReferenceException]
+                ).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#lm-recent tbody tr td a"))
                 assert_reads_well(driver, (width, height))
                 assert driver.find_element(By.TAG_NAME, "h1").text == "LLM Monitor: Acme"
                 screenshot(driver, page)
@@ -296,7 +301,7 @@ def test_the_overview_shows_the_numbers_and_refreshes_itself(
             assert "mystery-model" in driver.find_element(By.ID, "lm-unpriced").text
             assert "no price for this model" in driver.find_element(By.ID, "lm-unpriced").text
             Select(driver.find_element(By.ID, "lm-split")).select_by_value("model")
-            WebDriverWait(driver, 10).until(
+            settle(driver).until(
                 lambda b: "gpt-4o-mini" in b.find_element(By.CSS_SELECTOR, ".lm-legend").text
             )
             # A request lands: the overview shows it within one refresh, without reloading.
@@ -331,7 +336,7 @@ def test_the_overview_shows_the_numbers_and_refreshes_itself(
             screenshot(driver, page)
             # Each of the latest requests opens its page.
             driver.find_element(By.CSS_SELECTOR, "#lm-recent tbody tr:first-child a").click()
-            WebDriverWait(driver, 10).until(lambda b: "/llm-monitor/request?id=" in b.current_url)
+            settle(driver).until(lambda b: "/llm-monitor/request?id=" in b.current_url)
             assert "gpt-4o-2024-11-20" in driver.find_element(By.TAG_NAME, "h2").text
             assert driver.find_element(By.ID, "cost").text.startswith("Cost\n$")
             screenshot(driver, "request")

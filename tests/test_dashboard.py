@@ -52,8 +52,9 @@ ORG_VIEWS = [
     "month_spend",
     "unpriced",
     "request",
+    "reconciliation",
 ]
-ADMIN_VIEWS = ["admin_orgs", "admin_unpriced_models"]
+ADMIN_VIEWS = ["admin_orgs", "admin_unpriced_models", "admin_reconciliation"]
 MODELS = [
     ("openai", "gpt-4o-mini"),
     ("openai", "gpt-4o"),
@@ -639,12 +640,12 @@ def test_every_query_is_guarded_and_has_a_designed_page(site: Site) -> None:
         columns = site.get(f"/llm-monitor/{name}.json", actor).json()["columns"]
         page = site.get(f"/llm-monitor/{name}", actor)
         assert page.status_code == 200
-        assert f"<title>{query['title']}: LLM Monitor</title>" in page.text
+        assert f"<title>{markupsafe.escape(query['title'])}: LLM Monitor</title>" in page.text
         # A designed page: no SQL, no SQL form, no datasette-vega panel (an admin gets a
         # link to the query in the SQL console).
         for text in ["Custom SQL", "Run SQL", "<textarea", "sql-query", "export-links"]:
             assert text not in page.text, (name, text)
-        assert ("usage_daily" in page.text) == (name in ADMIN_VIEWS), name
+        assert ("Open in the SQL console" in page.text) == (name in ADMIN_VIEWS), name
         if name != "request":
             chart = query["chart"]
             for key in ("x", "label", "value", "series"):

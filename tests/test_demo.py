@@ -58,12 +58,16 @@ def test_demo_fills_every_view_for_both_organisations(tmp_path: Path) -> None:
         assert response.status_code == 200, response.text
         return response.json()["rows"]
 
+    # The demo imports no provider billing figures: nothing to reconcile (still answered).
+    billing_views = {"reconciliation", "admin_reconciliation"}
+
     async def check() -> None:
         for org_id, _, _ in orgs:
             for name in ORG_VIEWS:
-                assert await view(name, {"id": f"org:{org_id}", "org_id": org_id}), name
+                rows = await view(name, {"id": f"org:{org_id}", "org_id": org_id})
+                assert rows or name in billing_views, name
         for name in ADMIN_VIEWS:
-            assert await view(name, {"id": "root"}), name
+            assert await view(name, {"id": "root"}) or name in billing_views, name
         unpriced = await view("admin_unpriced_models", {"id": "root"})
         assert UNPRICED_MODEL in {row[0] for row in unpriced}
 

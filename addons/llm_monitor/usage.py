@@ -86,6 +86,8 @@ class UsageRecord(BaseModel):
     # Why the proxy did not read a body it would have read (over a limit): usage or model
     # may then be unknown.
     unread_reason: str | None = None
+    # The provider key as the provider itself displays it (`sk-...abcd`), never more.
+    key_hint: str | None = None
 
     @field_validator("ts")
     @classmethod

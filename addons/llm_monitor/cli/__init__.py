@@ -9,6 +9,7 @@ import click
 
 from llm_monitor.accounts.orgs import find_org
 from llm_monitor.cli.accounts import dashboard_token, orgs, tokens
+from llm_monitor.cli.billing import billing
 from llm_monitor.cli.common import emit, get_db, handle_errors, json_option
 from llm_monitor.cli.prices import pricing
 from llm_monitor.cli.run import dashboard, demo, import_spool, proxy, up
@@ -88,5 +89,17 @@ def stats(ctx: click.Context, period: str, org_name: str | None, as_json: bool) 
         )
 
 
-for command in (orgs, tokens, dashboard_token, pricing, proxy, up, dashboard, demo, import_spool):
+COMMANDS = (
+    orgs,
+    tokens,
+    dashboard_token,
+    pricing,
+    billing,
+    proxy,
+    up,
+    dashboard,
+    demo,
+    import_spool,
+)
+for command in COMMANDS:
     cli.add_command(command)

@@ -157,6 +157,7 @@ class FlowState:
     forwarded: bool = False  # the whole request was read and is going to the provider
     unread: str | None = None  # why the proxy did not read a body it would have read
     recorded: bool = False
+    key_hint: str | None = None
 
     @property
     def stream(self) -> StreamTap | None:
@@ -178,6 +179,7 @@ class Monitor:
         self.max_request = 32 * MiB
         self.max_read = 16 * MiB
         self.max_header = 64 * 1024
+        self.key_hints = True
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("monitor_db", str, "llm-monitor.db", "SQLite file to record usage in.")
@@ -208,6 +210,13 @@ class Monitor:
             int,
             200,
             "Milliseconds the recorder gathers rows into one transaction before writing them.",
+        )
+        loader.add_option(
+            "monitor_key_hints",
+            bool,
+            True,
+            "Record which provider key a request used, in the provider's own display form "
+            "(OpenAI sk-...abcd, Anthropic's partial hint), for `llm-monitor billing reconcile`.",
         )
         loader.add_option(
             "monitor_token_refresh_ms",
@@ -255,6 +264,7 @@ class Monitor:
         # Read per request: kept as attributes, since option look-ups are not free.
         self.inject_usage = ctx.options.monitor_inject_usage
         self.log_requests = ctx.options.monitor_log_requests
+        self.key_hints = ctx.options.monitor_key_hints
         if "flow_detail" in updated and ctx.options.flow_detail > 0:
             # mitmdump's flow lines print URLs (Gemini's ?key=) and, above 1, headers
             # (Authorization): keys must never reach a log. The addon logs its own line.
@@ -401,6 +411,8 @@ class Monitor:
             message = f"{e} (LLM Monitor)."
             self._reject(flow, provider, guard, 400, message, "invalid_monitor_header")
             return
+        if self.key_hints:
+            state.key_hint = provider.key_hint(headers)
         flow.metadata[_METADATA_KEY] = state
         self._inflight[flow.id] = flow
 
@@ -697,6 +709,7 @@ class Monitor:
             tags=state.tags,
             error=redact(error)[:500] if error else None,
             unread_reason=unread,
+            key_hint=state.key_hint,
             **UsageRecord.usage_fields(usage),
         )
         self.recorder.submit(record)

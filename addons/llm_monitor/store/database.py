@@ -161,6 +161,132 @@ def m005_unread_reason_and_ended_sessions(db: Database) -> None:
     db["ended_sessions"].create({"session_id": str, "expires_at": int}, pk="session_id")
 
 
+@migrations()
+def m006_billing(db: Database) -> None:
+    """The providers' own figures (usage and cost APIs, console exports), what links them to
+    organisations, and the proxy's key hint, for reconciliation (llm_monitor.billing).
+
+    Amounts are decimal strings in USD, never floats. A row belongs to one bucket, a
+    (source, day): re-importing the bucket replaces its rows.
+    """
+    # No index of its own: reconciliation reads a date range through the one on `ts`, and
+    # each index slows the recorder.
+    db["usage"].add_column("key_hint", str)
+    common = {
+        "id": int,
+        "source": str,
+        "provider": str,
+        "day": str,
+        "model": str,
+        "model_raw": str,
+        "api_key_id": str,
+        "api_key_name": str,
+        "key_hint": str,
+        "project_id": str,
+    }
+    tail = {"provisional": int, "imported_at": str, "raw": str}
+    db["provider_usage"].create(
+        {
+            **common,
+            "kind": str,
+            "input_tokens": int,
+            "cached_input_tokens": int,
+            "cache_write_tokens": int,
+            "cache_write_1h_tokens": int,
+            "output_tokens": int,
+            "requests": int,
+            "web_search_requests": int,
+            **tail,
+        },
+        pk="id",
+        not_null={"source", "provider", "day", "provisional", "imported_at"},
+    )
+    db["provider_costs"].create(
+        {**common, "line_item": str, "token_type": str, "amount_usd": str, **tail},
+        pk="id",
+        not_null={"source", "provider", "day", "amount_usd", "provisional", "imported_at"},
+    )
+    for table in ("provider_usage", "provider_costs"):
+        db[table].create_index(["source", "day"])
+        db[table].create_index(["day", "provider"])
+    db["billing_keys"].create(
+        {
+            "provider": str,
+            "key_id": str,
+            "name": str,
+            "hint": str,
+            "project_id": str,
+            "fetched_at": str,
+        },
+        pk=("provider", "key_id"),
+        not_null={"fetched_at"},
+    )
+    # A (provider, project or workspace) or a (provider, API key) belongs to one organisation.
+    db["billing_links"].create(
+        {"id": int, "org_id": int, "provider": str, "project_id": str, "api_key_id": str},
+        pk="id",
+        not_null={"org_id", "provider"},
+        foreign_keys=[("org_id", "orgs", "id")],
+    )
+    db.execute(
+        "create unique index idx_billing_links_target on billing_links "
+        "(provider, coalesce(project_id, ''), coalesce(api_key_id, ''))"
+    )
+    # Where an interrupted import resumes: the last day whose buckets were all written.
+    db["billing_cursors"].create(
+        {
+            "feed": str,
+            "since": str,
+            "until": str,
+            "done_through": str,
+            "finished_at": str,
+            "updated_at": str,
+        },
+        pk="feed",
+    )
+    # Sources `billing sync` runs again: never a key, at most the name of a key file.
+    db["billing_sources"].create(
+        {
+            "name": str,
+            "provider": str,
+            "team_id": str,
+            "base_url": str,
+            "key_file": str,
+            "last_run_at": str,
+        },
+        pk="name",
+    )
+    db["billing_reconciliation"].create(
+        {
+            "id": int,
+            "scope_org_id": int,
+            "day": str,
+            "provider": str,
+            "model": str,
+            "level": str,
+            "key": str,
+            "key_name": str,
+            "org_id": int,
+            "proxy_requests": int,
+            "provider_requests": int,
+            "proxy_input_tokens": int,
+            "provider_input_tokens": int,
+            "proxy_output_tokens": int,
+            "provider_output_tokens": int,
+            "proxy_cost_usd": str,
+            "provider_cost_usd": str,
+            "difference_usd": str,
+            "capture_pct": str,
+            "provisional": int,
+            "flags": str,
+            "computed_at": str,
+        },
+        pk="id",
+        not_null={"day", "provider", "level", "computed_at"},
+    )
+    db["billing_reconciliation"].create_index(["scope_org_id", "day"])
+
+
 def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = True) -> Database:
     """Open (creating if need be) the database with the pragmas every writer relies on.
 

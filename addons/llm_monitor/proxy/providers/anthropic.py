@@ -18,7 +18,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, load_json
+from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, bearer_token, load_json
 from llm_monitor.proxy.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
@@ -122,3 +122,10 @@ class Anthropic:
         return json.dumps(
             {"type": "error", "error": {"type": error_type, "message": message, "code": code}}
         ).encode()
+
+    def key_hint(self, headers: http.Headers) -> str | None:
+        """`sk-ant-api03-R2D...igAA`: the `partial_key_hint` Anthropic's console and Admin
+        API show (the first 16 and the last 4 characters of a key of about 108). Recent SDKs
+        send the key as a bearer token rather than in `x-api-key`."""
+        key = headers.get("x-api-key", "").strip() or bearer_token(headers) or ""
+        return f"{key[:16]}...{key[-4:]}" if len(key) >= 40 else None

@@ -70,6 +70,15 @@ class Provider(Protocol):
         """A JSON error body in this provider's own shape, so its SDK shows `message`."""
         ...
 
+    def key_hint(self, headers: http.Headers) -> str | None:
+        """The request's provider key in the form the provider's console shows it, or None."""
+        ...
+
+
+def bearer_token(headers: http.Headers) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
 
 def load_json(body: bytes) -> Any:
     """Parsed JSON, or None for anything that is not valid JSON."""

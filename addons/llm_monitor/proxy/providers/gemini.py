@@ -231,3 +231,7 @@ class Gemini:
                 }
             }
         ).encode()
+
+    def key_hint(self, headers: http.Headers) -> str | None:
+        """None: Google's billing data has no per-key dimension to compare with."""
+        return None

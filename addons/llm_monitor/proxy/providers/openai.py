@@ -19,7 +19,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, load_json
+from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, bearer_token, load_json
 from llm_monitor.proxy.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
@@ -235,3 +235,13 @@ class OpenAI:
         return json.dumps(
             {"error": {"message": message, "type": error_type, "param": None, "code": code}}
         ).encode()
+
+    def key_hint(self, headers: http.Headers) -> str | None:
+        """`sk-...abcd`, as OpenAI's console lists keys: the type prefix and the last four
+        characters. Other OpenAI-compatible keys keep their prefix up to the first dash."""
+        key = bearer_token(headers)
+        if key is None or len(key) < 20:
+            return None
+        dash = key.find("-", 0, 8)
+        prefix = "sk-" if key.startswith("sk-") else key[: dash + 1]
+        return f"{prefix}...{key[-4:]}"
