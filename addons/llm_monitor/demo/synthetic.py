@@ -24,8 +24,9 @@ from typing import Any
 from sqlite_utils import Database
 
 from llm_monitor.accounts.tokens import display_prefix, hash_token, new_token
-from llm_monitor.money.costs import PriceBook, priced_cost
-from llm_monitor.money.prices import PriceEntry, read_prices, shipped_prices, upsert_prices
+from llm_monitor.money.costs import PriceBook, load_price_book, priced_cost
+from llm_monitor.money.prices import PriceEntry
+from llm_monitor.money.sync import install_defaults
 from llm_monitor.store import rollups
 from llm_monitor.usage import utc_timestamp
 
@@ -213,7 +214,7 @@ def generate(
         owners = _create_orgs(db, orgs, setup, start_ms)
     else:
         owners = _existing_orgs(db, org_ids)
-    book = PriceBook(_prices(db))
+    book = _price_book(db)
     priced_models = [m for m in CATALOGUE if book.lookup(m.provider, m.name, end.date())]
     if not priced_models:
         raise ValueError("the price book has no price for any model of the synthetic catalogue")
@@ -330,13 +331,11 @@ def _existing_orgs(db: Database, org_ids: Sequence[int]) -> list[tuple[int, str,
     return owners
 
 
-def _prices(db: Database) -> list[PriceEntry]:
-    """The database's prices, as the recorder reads them; the shipped ones if it has none."""
-    entries = read_prices(db)
-    if not entries:
-        entries = shipped_prices()
-        upsert_prices(db, entries)
-    return entries
+def _price_book(db: Database) -> PriceBook:
+    """The database's prices, as the recorder reads them; the defaults if it has none."""
+    if not db.execute("select count(*) from prices").fetchone()[0]:
+        install_defaults(db)
+    return load_price_book(db)
 
 
 # Each organisation's habits.

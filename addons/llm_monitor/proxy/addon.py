@@ -7,11 +7,13 @@ chunks are passed on as they arrive (read on the side), and rows go to the recor
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -126,7 +128,14 @@ def read_body(
 ) -> tuple[TokenUsage | None, str | None, str | None]:
     """Usage, answering model and error code of a whole buffered response."""
     body = response.get_content(strict=False) or b""
-    usage, model = provider.usage_from_body(body, info)
+    content_type = response.headers.get("content-type", "").lower()
+    reader = provider.stream_reader(info, content_type) if response.status_code < 400 else None
+    if reader is not None:  # a stream that came buffered (sent again unchanged: see Monitor)
+        reader.feed(body)
+        reader.finish()
+        usage, model = reader.usage, reader.response_model
+    else:
+        usage, model = provider.usage_from_body(body, info)
     error = None
     if response.status_code >= 400:
         error = provider.error_code(body) or f"HTTP {response.status_code}"
@@ -207,6 +216,7 @@ class Monitor:
         self._listener_by_spec: dict[str, Listener] = {}
         self.inject_usage = True
         self.log_requests = False
+        self._retries: dict[str, asyncio.Future[None]] = {}  # flow id -> its original waits
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("monitor_db", str, "llm-monitor.db", "SQLite file to record usage in.")
@@ -312,7 +322,7 @@ class Monitor:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         mode = flow.client_conn.proxy_mode
-        if not isinstance(mode, ReverseMode):
+        if flow.is_replay or not isinstance(mode, ReverseMode):  # a replay: not a client's
             return
         listener = self._listener(mode)
         provider = provider_named(listener.provider)
@@ -375,11 +385,63 @@ class Monitor:
         elif not is_json(content_type):
             flow.response.stream = True  # files, audio, images: no usage to read, don't buffer
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if (waiting := self._retries.pop(flow.id, None)) is not None:
+            waiting.set_result(None)  # a request sent again unchanged: its original goes on
+            return None
         state = self._state(flow)
         if state is None or state.recorded or flow.response is None:
-            return
+            return None
+        if (
+            state.info.unchanged_body is not None
+            and 400 <= flow.response.status_code < 500
+            and state.tap is None
+        ):
+            # mitmproxy awaits what a hook returns: only this flow waits for the answer.
+            return self._send_unchanged(flow, state)
+        self._record_response(flow, state)
+        return None
+
+    async def _send_unchanged(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """The provider refused a body the proxy changed (usage injection): send the
+        client's own body once more, and stop changing bodies on this listener. The client
+        gets the answer it would have had without the proxy."""
+        mode = flow.client_conn.proxy_mode
+        listener = self._listener_by_spec.get(mode.full_spec)
+        if listener is not None and listener.inject_usage:
+            self._listener_by_spec[mode.full_spec] = dataclasses.replace(
+                listener, inject_usage=False
+            )
+            logger.warning(
+                "llm-monitor: %s answered %d (%s) to a stream the proxy had asked for usage "
+                "(stream_options.include_usage); sent it again unchanged and stopped asking "
+                "on this listener (to make it permanent: --set monitor_providers=PORT:%s:noinject)",
+                state.provider_name,
+                flow.response.status_code,
+                read_body(state.provider, state.info, flow.response)[2],
+                state.provider_name,
+            )
+        retry = http.HTTPFlow(flow.client_conn, flow.server_conn)
+        retry.request = flow.request.copy()
+        retry.request.raw_content = state.info.unchanged_body
+        if "content-length" in retry.request.headers:
+            retry.request.headers["content-length"] = str(len(state.info.unchanged_body or b""))
+        answered = self._retries[retry.id] = asyncio.get_running_loop().create_future()
+        ctx.master.commands.call("replay.client", [retry])
+        try:
+            await asyncio.wait_for(answered, ctx.options.tcp_timeout)
+        except TimeoutError:
+            self._retries.pop(retry.id, None)
+        if retry.response is not None:
+            flow.response = retry.response
+            state.info.usage_injected = False
+            state.info.unchanged_body = None
+        if not state.recorded:  # the client may have hung up meanwhile (recorded by `error`)
+            self._record_response(flow, state)
+
+    def _record_response(self, flow: http.HTTPFlow, state: FlowState) -> None:
         response = flow.response
+        assert response is not None
         if state.tap is not None:
             reader = state.tap.reader
             if reader.error or response.status_code >= 400:
@@ -399,6 +461,9 @@ class Monitor:
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
+        if (waiting := self._retries.pop(flow.id, None)) is not None:
+            waiting.set_result(None)  # sending it again failed: the original answer stands
+            return
         state = self._state(flow)
         if state is None or state.recorded:
             return
