@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from llm_monitor.accounts.passwords import verify_password
 from llm_monitor.accounts.tokens import hash_token
 from llm_monitor.cli import cli
+from llm_monitor.money.library import PROVIDERS, library_prices
 from llm_monitor.usage import utc_timestamp
 from tests.conftest import invoke, invoke_with_password, new_org
 
@@ -33,15 +34,43 @@ def query(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
 
-def test_init_creates_schema_and_loads_shipped_prices(tmp_path: Path) -> None:
+def test_init_creates_schema_and_loads_default_prices(tmp_path: Path) -> None:
     db_path = tmp_path / "new.db"
-    assert "shipped prices loaded" in invoke(db_path, "init")
+    output = invoke(db_path, "init")
+    assert f"{len(library_prices())} prices added from genai-prices 0.2.3" in output
+    assert "1 local overrides loaded" in output
     prices = json.loads(invoke(db_path, "pricing", "list", "--json"))
-    gpt_4o = [p for p in prices if p["model"] == "gpt-4o"]
-    assert gpt_4o and gpt_4o[0]["input"] == "2.50" and gpt_4o[0]["source"]
+    gpt_4o = [p for p in prices if p["model"] == "gpt-4o" and p["provider"] == "openai"]
+    standard = [p for p in gpt_4o if not p["variant"]]
+    assert [(p["input"], p["output"], p["source"]) for p in standard] == [
+        ("2.5", "10", "genai-prices 0.2.3")
+    ]
     assert all(p["as_of"] and p["source"] for p in prices)
-    invoke(db_path, "init")  # again: idempotent
+    # Every provider we name has its prices, Groq's included, under our names.
+    assert {p["provider"] for p in prices} == set(PROVIDERS)
+    assert "0 prices added" in invoke(db_path, "init")  # again: idempotent
     assert len(json.loads(invoke(db_path, "pricing", "list", "--json"))) == len(prices)
+
+
+def test_pricing_list_shows_the_price_in_force_with_its_source(fresh_db: Path) -> None:
+    groq = json.loads(invoke(fresh_db, "pricing", "list", "--provider", "groq", "--json"))
+    llama = [p for p in groq if p["model"] == "llama-3.3-70b-versatile"]
+    assert [(p["input"], p["output"], p["origin"]) for p in llama] == [("0.59", "0.79", "library")]
+    # o3's override ended on 2025-06-10: today the library's price is in force.
+    o3 = [
+        p
+        for p in json.loads(invoke(fresh_db, "pricing", "list", "--json"))
+        if p["model"] == "o3" and not p["variant"]
+    ]
+    assert [(p["input"], p["cached_input"], p["origin"]) for p in o3] == [("2", "0.5", "library")]
+    # A local price wins over the library's from its first day on.
+    invoke(fresh_db, "pricing", "set", "o3", "--input", "1", "--output", "4")
+    o3 = [
+        p for p in json.loads(invoke(fresh_db, "pricing", "list", "--json")) if p["model"] == "o3"
+    ]
+    assert [(p["input"], p["origin"], p["source"]) for p in o3] == [("1", "local", "set by hand")]
+    table = invoke(fresh_db, "pricing", "list", "--provider", "openai")
+    assert "local: set by hand" in table and "genai-prices 0.2.3" in table
 
 
 def test_db_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,7 +270,16 @@ def insert_usage(db_path: Path, **values: object) -> None:
 
 
 def test_reprice_and_unpriced(fresh_db: Path) -> None:
-    insert_usage(fresh_db, model="acme-llm", input_tokens=1000, output_tokens=500, priced=0)
+    insert_usage(
+        fresh_db,
+        model="acme-llm",
+        input_tokens=1000,
+        output_tokens=500,
+        priced=0,
+        unpriced_reason="no_price",
+    )
+    # A hung-up client's request has a price; its usage was never seen: not "unpriced".
+    insert_usage(fresh_db, model="gpt-4o", outcome="client_disconnected", priced=0, status=None)
     insert_usage(
         fresh_db,
         model="gpt-4o",
@@ -253,29 +291,45 @@ def test_reprice_and_unpriced(fresh_db: Path) -> None:
     )
     unpriced = json.loads(invoke(fresh_db, "pricing", "unpriced", "--json"))
     assert [(u["model"], u["requests"]) for u in unpriced] == [("acme-llm", 1)]
+    # What a reprice would do, without doing it: rows and totals before and after.
+    invoke(
+        fresh_db, "pricing", "set", "acme-llm", "--input", "3", "--output", "15",
+        "--effective-from", "2026-03-01", "--source", "acme's price list",
+    )  # fmt: skip
+    dry = json.loads(
+        invoke(fresh_db, "pricing", "reprice", "--since", "2026-03-01", "--dry-run", "--json")
+    )
+    acme = next(m for m in dry if m["model"] == "acme-llm")
+    assert (acme["requests"], acme["changed"], acme["cost_before"], acme["cost_after"]) == (
+        1,
+        1,
+        0.0,
+        0.0105,
+    )
+    assert (acme["unpriced_before"], acme["unpriced_after"]) == (1, 0)
+    text = invoke(fresh_db, "pricing", "reprice", "--since", "2026-03-01", "--dry-run")
+    assert "nothing written" in text and "$0.003000 -> $0.013500" in text
+    assert query(fresh_db, "select cost_usd from usage where model = 'acme-llm'") == [(None,)]
 
     # A price from March on changes nothing written until a reprice is asked for.
-    invoke(
-        fresh_db,
-        "pricing",
-        "set",
-        "acme-llm",
-        "--input",
-        "3",
-        "--output",
-        "15",
-        "--effective-from",
-        "2026-03-01",
-    )
-    assert query(fresh_db, "select cost_usd from usage where model = 'acme-llm'") == [(None,)]
-    assert "1 changed" in invoke(fresh_db, "pricing", "reprice", "--since", "2026-03-01")
+    # Three rows change: acme-llm gets a cost; gpt-4o's gets its basis; the hung-up
+    # request keeps no cost but gets its reason.
+    assert "3 changed" in invoke(fresh_db, "pricing", "reprice", "--since", "2026-03-01")
     # 1000 x 3 + 500 x 15 = 10500 per 1M
     assert query(fresh_db, "select cost_usd, priced from usage where model = 'acme-llm'") == [
         (0.0105, 1)
     ]
     # gpt-4o: 600 x 2.50 + 400 x 1.25 + 100 x 10 = 3000 per 1M: recomputed, the same
-    assert query(fresh_db, "select cost_usd from usage where model = 'gpt-4o'") == [(0.003,)]
-    assert "every request seen so far is priced" in invoke(fresh_db, "pricing", "unpriced")
+    assert query(fresh_db, "select cost_usd from usage where model = 'gpt-4o' and priced = 1") == [
+        (0.003,)
+    ]
+    assert "every model seen so far has a price" in invoke(fresh_db, "pricing", "unpriced")
+    reasons = query(fresh_db, "select model, cost_basis, unpriced_reason from usage order by id")
+    assert reasons == [
+        ("acme-llm", "local:openai/acme-llm@2026-03-01", None),
+        ("gpt-4o", None, "usage_unseen"),
+        ("gpt-4o", "genai-prices 0.2.3:openai/gpt-4o@2000-01-01", None),
+    ]
 
     # A price effective later than the rows does not apply to them.
     invoke(

@@ -158,13 +158,14 @@ class Quote:
 
     @property
     def basis(self) -> str:
-        text = _entry_label(self.entry)
+        text = entry_label(self.entry)
         if self.variant is not None:
             text += f" + {self.variant.variant}@{self.variant.effective_from}"
         return f"fallback:{self.fallback} {text}" if self.fallback else text
 
 
-def _entry_label(entry: PriceEntry) -> str:
+def entry_label(entry: PriceEntry) -> str:
+    """`genai-prices 0.2.3:openai/gpt-4o@2000-01-01`: what `cost_basis` names."""
     origin = entry.source if entry.origin == "library" else "local"
     text = f"{origin}:{entry.provider}/{entry.model}@{entry.effective_from}"
     if entry.above_input_tokens:
