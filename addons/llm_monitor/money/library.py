@@ -119,6 +119,14 @@ def _entries_of(provider: str, model: Any, source: str, as_of: dt.date) -> Itera
     )
     common = {"provider": provider, "model": model.id, "origin": "library", "source": source}
     for item in conditional:
+        if not any(v is not None for v in vars(item.prices).values()):
+            # The library lists the model with no rate at all: free (OpenRouter's `:free`
+            # models, free previews). Text in and out cost nothing; any other unit has no
+            # rate, so a request that used one stays unpriced.
+            item = types.ConditionalPrice(
+                constraint=item.constraint,
+                prices=types.ModelPrice(input_mtok=Decimal(0), output_mtok=Decimal(0)),
+            )
         constraint = item.constraint
         since, window = SINCE_EVER, ""
         if isinstance(constraint, types.StartDateConstraint):
