@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -73,6 +74,43 @@ class Line:
         return self.count * self.rate / self.per
 
 
+def _counts(rates: dict[str, Decimal], units: dict[str, int | None]) -> tuple[tuple[str, int], ...]:
+    """Each kind of unit the request used, as counts that are parts of no other."""
+    get = units.get
+    cached = get("cached_input_tokens") or 0
+    cache_write = get("cache_write_tokens") or 0
+    cache_write_1h = get("cache_write_1h_tokens") or 0
+    audio_in, image_in = get("input_audio_tokens") or 0, get("input_image_tokens") or 0
+    audio_out, image_out = get("output_audio_tokens") or 0, get("output_image_tokens") or 0
+    reasoning = get("reasoning_tokens") or 0
+    output = get("output_tokens") or 0
+    reasoning_apart = reasoning if "reasoning" in rates else 0
+    counts = (
+        ("input", (get("input_tokens") or 0) - cached - cache_write - audio_in - image_in),
+        ("cached_input", cached),
+        ("cache_write", cache_write - cache_write_1h),
+        ("cache_write_1h", cache_write_1h),
+        ("input_audio", audio_in),
+        ("input_image", image_in),
+        ("output", output - audio_out - image_out - reasoning_apart),
+        ("reasoning", reasoning_apart),
+        ("output_audio", audio_out),
+        ("output_image", image_out),
+        ("web_search_per_1k", get("web_search_requests") or 0),
+        ("code_execution_per_1k", get("code_executions") or 0),
+    )
+    if reasoning > output or min(count for _, count in counts) < 0:
+        raise Unpriced("inconsistent_usage")  # a part larger than its whole
+    return counts
+
+
+def _rate(rates: dict[str, Decimal], kind: str) -> Decimal:
+    rate = rates.get(kind)
+    if rate is None:
+        raise Unpriced(f"missing_rate:{kind.removesuffix('_per_1k')}")
+    return rate
+
+
 def breakdown(rates: dict[str, Decimal], **units: int | None) -> list[Line]:
     """The cost's terms: each kind of unit the request used, at its own rate.
 
@@ -81,45 +119,23 @@ def breakdown(rates: dict[str, Decimal], **units: int | None) -> list[Line]:
     reasoning, audio and image tokens. Reasoning is output text: billed at the output rate
     unless the price gives it a rate of its own.
     """
+    return [
+        Line(kind, count, _rate(rates, kind), PER_CALL if kind in CALL_RATES else PER_TOKEN)
+        for kind, count in _counts(rates, units)
+        if count
+    ]
 
-    def n(name: str) -> int:
-        return units.get(name) or 0
 
-    cached, cache_write, cache_write_1h = (
-        n("cached_input_tokens"),
-        n("cache_write_tokens"),
-        n("cache_write_1h_tokens"),
-    )
-    audio_in, image_in = n("input_audio_tokens"), n("input_image_tokens")
-    audio_out, image_out = n("output_audio_tokens"), n("output_image_tokens")
-    reasoning = n("reasoning_tokens")
-    own_reasoning = "reasoning" in rates
-    reasoning_apart = reasoning if own_reasoning else 0
-    counts = (
-        ("input", n("input_tokens") - cached - cache_write - audio_in - image_in),
-        ("cached_input", cached),
-        ("cache_write", cache_write - cache_write_1h),
-        ("cache_write_1h", cache_write_1h),
-        ("input_audio", audio_in),
-        ("input_image", image_in),
-        ("output", n("output_tokens") - audio_out - image_out - reasoning_apart),
-        ("reasoning", reasoning_apart),
-        ("output_audio", audio_out),
-        ("output_image", image_out),
-        ("web_search_per_1k", n("web_search_requests")),
-        ("code_execution_per_1k", n("code_executions")),
-    )
-    if reasoning > n("output_tokens") or any(count < 0 for _, count in counts):
-        raise Unpriced("inconsistent_usage")  # a part larger than its whole
-    lines = []
-    for kind, count in counts:
-        if not count:
-            continue
-        rate = rates.get(kind)
-        if rate is None:
-            raise Unpriced(f"missing_rate:{kind.removesuffix('_per_1k')}")
-        lines.append(Line(kind, count, rate, PER_CALL if kind in CALL_RATES else PER_TOKEN))
-    return lines
+def total(rates: dict[str, Decimal], units: dict[str, int | None]) -> Decimal:
+    """The sum of `breakdown`'s terms, computed without building them (the recorder's path)."""
+    tokens = calls = Decimal(0)
+    for kind, count in _counts(rates, units):
+        if count:
+            if kind in CALL_RATES:
+                calls += count * _rate(rates, kind)
+            else:
+                tokens += count * _rate(rates, kind)
+    return tokens / PER_TOKEN + calls / PER_CALL
 
 
 def cost_usd(price: PriceEntry, **units: int | None) -> Decimal:
@@ -147,7 +163,7 @@ def tier_variant(service_tier: str | None) -> str:
     return f"service_tier={service_tier}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Quote:
     """The rates for one request, and which entries they came from."""
 
@@ -156,7 +172,7 @@ class Quote:
     rates: dict[str, Decimal]
     fallback: str | None = None  # the family an unknown snapshot was priced as
 
-    @property
+    @functools.cached_property
     def basis(self) -> str:
         text = entry_label(self.entry)
         if self.variant is not None:
@@ -223,7 +239,14 @@ class PriceBook:
             history.dates.append(entry.effective_from)
             count += 1
         self._count = count
+        # Models whose price depends on the day alone: no long-context tier, no time window.
+        self._plain = {
+            key: all(tier == 0 and not window for g in origins.values() for _, tier, window in g)
+            for key, origins in self._models.items()
+        }
         self._resolved: dict[tuple[str, str], tuple[tuple[str, str] | None, str | None]] = {}
+        # Quotes of models without tiers or time windows depend only on the day: cached.
+        self._quotes: dict[tuple[str, str, str, str], Quote] = {}
 
     def __len__(self) -> int:
         return self._count
@@ -323,6 +346,22 @@ class PriceBook:
             raise Unpriced(f"missing_rate:{variant}")
         return Quote(standard, own, {**standard.rates(), **own.rates()}, fallback)
 
+    def quote_at(
+        self, provider: str, model: str, ts: str, input_tokens: int | None, variant: str = ""
+    ) -> Quote:
+        """`quote` for a row's `ts` (UTC ISO-8601), cached per day where that is exact."""
+        key = (provider, model, ts[:10], variant)
+        quote = self._quotes.get(key)
+        if quote is not None:
+            return quote
+        quote = self.quote(provider, model, when_of(ts), input_tokens, variant)
+        resolved = self.resolve(provider, model)[0]
+        if resolved is not None and self._plain[resolved]:
+            if len(self._quotes) > 50_000:
+                self._quotes.clear()
+            self._quotes[key] = quote
+        return quote
+
     def lookup(
         self, provider: str, model: str, on: dt.date, input_tokens: int | None = None
     ) -> PriceEntry | None:
@@ -402,15 +441,14 @@ def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:
         try:
             if not model:
                 raise Unpriced("no_price")
-            quote = book.quote(
+            quote = book.quote_at(
                 record.provider,
                 model,
-                when_of(record.ts),
+                record.ts,
                 record.input_tokens,
                 tier_variant(record.service_tier),
             )
-            lines = breakdown(quote.rates, **units_of(record))
-            row["cost_usd"] = float(sum((line.amount for line in lines), Decimal(0)))
+            row["cost_usd"] = float(total(quote.rates, row))
             row["priced"], row["cost_basis"] = 1, quote.basis
         except Unpriced as e:
             row["priced"], row["unpriced_reason"] = 0, e.reason
