@@ -15,9 +15,12 @@ from click.testing import CliRunner
 from llm_monitor.accounts.passwords import verify_password
 from llm_monitor.accounts.tokens import hash_token
 from llm_monitor.cli import cli
+from llm_monitor.money.costs import load_price_book, price_row
 from llm_monitor.money.library import PROVIDERS, library_prices
+from llm_monitor.store.database import open_db
+from llm_monitor.store.recorder import write_rows
 from llm_monitor.usage import utc_timestamp
-from tests.conftest import invoke, invoke_with_password, new_org
+from tests.conftest import invoke, invoke_with_password, new_org, usage_record
 
 
 def fails(db_path: Path, *args: str) -> str:
@@ -456,3 +459,45 @@ def test_dashboard_tokens_are_listed_without_the_token_and_revoked(fresh_db: Pat
     assert wrong.exit_code == 2 and "a full mon_ token" in wrong.output
     assert "revoked token 1" in invoke(fresh_db, "dashboard-token", "revoke", token)
     assert "already revoked" in invoke(fresh_db, "dashboard-token", "revoke", "1")
+
+
+def test_explain_shows_each_count_at_its_rate_or_why_there_is_no_cost(fresh_db: Path) -> None:
+    book = load_price_book(open_db(fresh_db))
+    base = {"ts": "2026-12-01T10:15:02.120Z", "org_id": None, "token_id": None}
+    records = [
+        usage_record(
+            **base,
+            provider="anthropic",
+            path="/v1/messages",
+            model="claude-sonnet-4-5",
+            input_tokens=1300,
+            cached_input_tokens=200,
+            cache_write_tokens=100,
+            output_tokens=100,
+            web_search_requests=3,
+        ),
+        usage_record(
+            **base, model="gpt-4o", input_tokens=1000, output_tokens=10, input_audio_tokens=300
+        ),
+        usage_record(**base, model="gpt-4o", outcome="client_disconnected", status=None),
+    ]
+    db = open_db(fresh_db)
+    write_rows(db, [price_row(r, book) for r in records])
+    searched = invoke(fresh_db, "explain", "1")
+    # 1000 x 3 + 200 x 0.3 + 100 x 3.75 + 100 x 15 per 1M, + 3 x 10 per 1,000
+    for line in (
+        "price: genai-prices 0.2.3:anthropic/claude-sonnet-4-5@2000-01-01",
+        "1,000 x $3 / 1M = $0.003",
+        "200 x $0.3 / 1M = $0.00006",
+        "100 x $3.75 / 1M = $0.000375",
+        "100 x $15 / 1M = $0.0015",
+        "3 x $10 / 1,000 = $0.03",
+        "$0.034935",
+        "stored cost_usd: 0.034935 (as computed above)",
+    ):
+        assert line in searched
+    audio = invoke(fresh_db, "explain", "2")
+    assert "no cost: missing_rate:input_audio" in audio
+    assert "the price in force: genai-prices 0.2.3:openai/gpt-4o@2000-01-01" in audio
+    assert "usage_unseen" in invoke(fresh_db, "explain", "3")
+    assert "no usage row with id 9" in fails(fresh_db, "explain", "9")

@@ -329,7 +329,10 @@ def test_unknown_model_is_flagged_not_free(
 
     row = row_for(proxy.db_path, reply.request_id)
     assert (row["cost_usd"], row["priced"], row["input_tokens"]) == (None, 0, 16)
-    assert proxy_log_mentions(proxy, "no price for openai model 'gpt-9-imaginary-2031-01-01'")
+    assert row["unpriced_reason"] == "no_price"
+    assert proxy_log_mentions(
+        proxy, "cannot price openai model 'gpt-9-imaginary-2031-01-01' (no_price)"
+    )
 
 
 def proxy_log_mentions(proxy: Proxy, text: str, timeout: float = 5) -> bool:

@@ -124,6 +124,9 @@ def explain_row(db: Database, row_id: int) -> Explanation:
             record.input_tokens,
             tier_variant(record.service_tier),
         )
+        if row["priced"] == 0:
+            rates = ", ".join(f"{k} {v}" for k, v in quote.rates.items())
+            out.append(f"the price in force: {quote.basis}, with rates for: {rates}")
         lines = breakdown(quote.rates, **units_of(record))
     except Unpriced as e:
         if row["priced"] == 1:
