@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import sqlite3
@@ -501,3 +502,107 @@ def test_explain_shows_each_count_at_its_rate_or_why_there_is_no_cost(fresh_db: 
     assert "the price in force: genai-prices 0.2.3:openai/gpt-4o@2000-01-01" in audio
     assert "usage_unseen" in invoke(fresh_db, "explain", "3")
     assert "no usage row with id 9" in fails(fresh_db, "explain", "9")
+
+
+def test_pricing_sync_adds_new_and_changed_prices_and_keeps_history(fresh_db: Path) -> None:
+    assert "the table has every price" in invoke(fresh_db, "pricing", "sync")
+    # As if the table had been filled by an older library: gpt-4o cost $2 (now $2.50, +25%),
+    # gpt-4.1's output $8.1 (now $8, -1.2%), and grok-4.3 did not exist.
+    with sqlite3.connect(fresh_db) as conn:
+        library = "origin = 'library' and variant = '' and above_input_tokens = 0"
+        conn.execute(
+            f"update prices set input = '2' where provider = 'openai' and model = 'gpt-4o' "
+            f"and {library}"
+        )
+        conn.execute(
+            f"update prices set output = '8.1' where provider = 'openai' and model = 'gpt-4.1' "
+            f"and {library}"
+        )
+        conn.execute("delete from prices where provider = 'xai' and model = 'grok-4.3'")
+    before = query(fresh_db, "select count(*) from prices")[0][0]
+    declined = CliRunner().invoke(cli, ["--db", str(fresh_db), "pricing", "sync"], input="n\n")
+    assert declined.exit_code == 0 and "nothing changed" in declined.output
+    assert query(fresh_db, "select count(*) from prices")[0][0] == before
+    shown = declined.output
+    assert "1 new models:\n  xai/grok-4.3\n" in shown
+    assert " !openai/gpt-4o: input 2 -> 2.5 (+25.0%)" in shown
+    assert "  openai/gpt-4.1: output 8.1 -> 8 (-1.2%)" in shown
+    applied = invoke(fresh_db, "pricing", "sync", "--yes")
+    assert "added" in applied
+    # History stays: the old gpt-4o row is there, the new one applies from today.
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    gpt_4o = query(
+        fresh_db,
+        "select input, effective_from from prices where model = 'gpt-4o' and provider = 'openai' "
+        "and origin = 'library' and variant = '' order by effective_from",
+    )
+    assert gpt_4o == [("2", "2000-01-01"), ("2.5", today)]
+    assert query(fresh_db, "select count(*) from prices where model = 'grok-4.3'")[0][0] > 0
+    assert "the table has every price" in invoke(fresh_db, "pricing", "sync")
+
+
+def test_a_database_from_before_the_price_library_is_upgraded(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from llm_monitor.store.database import migrations
+
+    db_path = tmp_path / "old.db"
+    db = Database(sqlite3.connect(db_path))
+    migrations.apply(db, stop_before="m005_price_library_and_cost_basis")
+    db["prices"].insert_all(
+        [
+            {
+                "provider": "openai",
+                "model": "gpt-4o",
+                "effective_from": "2000-01-01",
+                "input": "2.50",
+                "cached_input": "1.25",
+                "output": "10.00",
+                "above_input_tokens": 0,
+                "source": "https://openai.com/api/pricing/ (figures as in pydantic/genai-prices)",
+                "as_of": "2025-11-13",
+            },
+            {
+                "provider": "groq",
+                "model": "llama-3.3-70b-versatile",
+                "effective_from": "2026-01-01",
+                "input": "0.5",
+                "output": "0.7",
+                "above_input_tokens": 0,
+                "source": "set by hand",
+                "as_of": "2026-01-01",
+            },
+        ]
+    )
+    base = {"ts": "2026-03-01T00:00:00.000Z", "provider": "openai", "method": "POST"}
+    db["usage"].insert_all(
+        [
+            {
+                **base,
+                "path": "/v1/x",
+                "outcome": "ok",
+                "model": "m",
+                "input_tokens": 5,
+                "priced": 0,
+            },
+            {**base, "path": "/v1/x", "outcome": "client_disconnected", "model": "m", "priced": 0},
+        ]
+    )
+    db.conn.commit()
+    db.conn.close()
+    invoke(db_path, "init")
+    # The former shipped price is the library's (it was a copy of the published one); a
+    # price set by hand stays local, and wins.
+    origins = query(
+        db_path,
+        "select model, origin from prices where source not like 'genai-prices%' order by model",
+    )
+    assert origins == [
+        ("gpt-4o", "library"),
+        ("llama-3.3-70b-versatile", "local"),
+        ("o3", "local"),  # the shipped override, loaded by init
+    ]
+    assert query(db_path, "select unpriced_reason from usage order by id") == [
+        ("no_price",),
+        ("usage_unseen",),
+    ]
