@@ -452,7 +452,8 @@ def test_legacy_completions_stream_gets_usage_injected(
     assert [e.to_dict() for e in events] == [{k: v for k, v in chunk.items() if k != "usage"}]
     row = row_for(proxy.db_path, reply.request_id)
     assert (row["input_tokens"], row["output_tokens"], row["total_tokens"]) == (5, 1, 6)
-    assert row["priced"] == 0  # gpt-3.5-turbo-instruct is not in the shipped table
+    # gpt-3.5-turbo-instruct, from genai-prices: 5 x 1.50 + 1 x 2.00 per 1M
+    assert (row["cost_usd"], row["priced"]) == (float(Decimal("0.0000095")), 1)
 
 
 def test_lone_surrogate_in_the_prompt_still_gets_usage_injected(
