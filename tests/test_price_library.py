@@ -250,3 +250,22 @@ def test_costs_equal_calc_price_wherever_both_define_one(book: PriceBook) -> Non
         "id_not_matched_by_library",
         "no_rate_we_bill_by",
     }
+
+
+def test_the_library_is_loaded_off_the_event_loop_and_never_fetches() -> None:
+    """The addon's module does not import genai-prices (0.25 s): the recorder thread does,
+    when it builds its price book; and the library's network auto-update never starts."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, threading\n"
+        "import llm_monitor.proxy.addon\n"
+        "assert 'genai_prices' not in sys.modules\n"
+        "from llm_monitor.money.library import library_index, library_prices\n"
+        "library_prices(); library_index()\n"
+        "assert not [t for t in threading.enumerate() if 'genai_prices' in t.name]\n"
+        "from genai_prices import data_snapshot\n"
+        "assert data_snapshot._custom_snapshot is None\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
