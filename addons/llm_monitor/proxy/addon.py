@@ -216,7 +216,6 @@ class Monitor:
         self._listener_by_spec: dict[str, Listener] = {}
         self.inject_usage = True
         self.log_requests = False
-        self._retries: dict[str, asyncio.Future[None]] = {}  # flow id -> its original waits
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("monitor_db", str, "llm-monitor.db", "SQLite file to record usage in.")
@@ -386,9 +385,6 @@ class Monitor:
             flow.response.stream = True  # files, audio, images: no usage to read, don't buffer
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        if (waiting := self._retries.pop(flow.id, None)) is not None:
-            waiting.set_result(None)  # a request sent again unchanged: its original goes on
-            return None
         state = self._state(flow)
         if state is None or state.recorded or flow.response is None:
             return None
@@ -426,12 +422,19 @@ class Monitor:
         retry.request.raw_content = state.info.unchanged_body
         if "content-length" in retry.request.headers:
             retry.request.headers["content-length"] = str(len(state.info.unchanged_body or b""))
-        answered = self._retries[retry.id] = asyncio.get_running_loop().create_future()
-        ctx.master.commands.call("replay.client", [retry])
+        retry.is_replay = "request"  # passes this addon's hooks untouched
+        # mitmproxy's own replay machinery: the upstream connection, TLS and options as for
+        # any flow, without needing the client-playback addon (a lean master has none).
+        # Imported here: `mitmproxy.addons` is loaded in any running proxy already, and the
+        # command line need not load it.
+        from mitmproxy.addons.clientplayback import ReplayHandler
+
         try:
-            await asyncio.wait_for(answered, ctx.options.tcp_timeout)
+            await asyncio.wait_for(
+                ReplayHandler(retry, ctx.options).replay(), ctx.options.tcp_timeout
+            )
         except TimeoutError:
-            self._retries.pop(retry.id, None)
+            retry.response = None
         if retry.response is not None:
             flow.response = retry.response
             state.info.usage_injected = False
@@ -461,9 +464,6 @@ class Monitor:
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if (waiting := self._retries.pop(flow.id, None)) is not None:
-            waiting.set_result(None)  # sending it again failed: the original answer stands
-            return
         state = self._state(flow)
         if state is None or state.recorded:
             return
