@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import sqlite3
@@ -17,8 +18,12 @@ from click.testing import CliRunner
 from llm_monitor.accounts.passwords import verify_password
 from llm_monitor.accounts.tokens import hash_token
 from llm_monitor.cli import cli
+from llm_monitor.money.costs import load_price_book, price_row
+from llm_monitor.money.library import PROVIDERS, library_prices
+from llm_monitor.store.database import open_db
+from llm_monitor.store.recorder import write_rows
 from llm_monitor.usage import utc_timestamp
-from tests.conftest import invoke, invoke_with_password, new_org
+from tests.conftest import invoke, invoke_with_password, new_org, usage_record
 
 
 def fails(db_path: Path, *args: str) -> str:
@@ -35,15 +40,43 @@ def query(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
 
-def test_init_creates_schema_and_loads_shipped_prices(tmp_path: Path) -> None:
+def test_init_creates_schema_and_loads_default_prices(tmp_path: Path) -> None:
     db_path = tmp_path / "new.db"
-    assert "shipped prices loaded" in invoke(db_path, "init")
+    output = invoke(db_path, "init")
+    assert f"{len(library_prices())} prices added from genai-prices 0.2.3" in output
+    assert "1 local overrides loaded" in output
     prices = json.loads(invoke(db_path, "pricing", "list", "--json"))
-    gpt_4o = [p for p in prices if p["model"] == "gpt-4o"]
-    assert gpt_4o and gpt_4o[0]["input"] == "2.50" and gpt_4o[0]["source"]
+    gpt_4o = [p for p in prices if p["model"] == "gpt-4o" and p["provider"] == "openai"]
+    standard = [p for p in gpt_4o if not p["variant"]]
+    assert [(p["input"], p["output"], p["source"]) for p in standard] == [
+        ("2.5", "10", "genai-prices 0.2.3")
+    ]
     assert all(p["as_of"] and p["source"] for p in prices)
-    invoke(db_path, "init")  # again: idempotent
+    # Every provider we name has its prices, Groq's included, under our names.
+    assert {p["provider"] for p in prices} == set(PROVIDERS)
+    assert "0 prices added" in invoke(db_path, "init")  # again: idempotent
     assert len(json.loads(invoke(db_path, "pricing", "list", "--json"))) == len(prices)
+
+
+def test_pricing_list_shows_the_price_in_force_with_its_source(fresh_db: Path) -> None:
+    groq = json.loads(invoke(fresh_db, "pricing", "list", "--provider", "groq", "--json"))
+    llama = [p for p in groq if p["model"] == "llama-3.3-70b-versatile"]
+    assert [(p["input"], p["output"], p["origin"]) for p in llama] == [("0.59", "0.79", "library")]
+    # o3's override ended on 2025-06-10: today the library's price is in force.
+    o3 = [
+        p
+        for p in json.loads(invoke(fresh_db, "pricing", "list", "--json"))
+        if p["model"] == "o3" and not p["variant"]
+    ]
+    assert [(p["input"], p["cached_input"], p["origin"]) for p in o3] == [("2", "0.5", "library")]
+    # A local price wins over the library's from its first day on.
+    invoke(fresh_db, "pricing", "set", "o3", "--input", "1", "--output", "4")
+    o3 = [
+        p for p in json.loads(invoke(fresh_db, "pricing", "list", "--json")) if p["model"] == "o3"
+    ]
+    assert [(p["input"], p["origin"], p["source"]) for p in o3] == [("1", "local", "set by hand")]
+    table = invoke(fresh_db, "pricing", "list", "--provider", "openai")
+    assert "local: set by hand" in table and "genai-prices 0.2.3" in table
 
 
 def test_db_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,7 +276,16 @@ def insert_usage(db_path: Path, **values: object) -> None:
 
 
 def test_reprice_and_unpriced(fresh_db: Path) -> None:
-    insert_usage(fresh_db, model="acme-llm", input_tokens=1000, output_tokens=500, priced=0)
+    insert_usage(
+        fresh_db,
+        model="acme-llm",
+        input_tokens=1000,
+        output_tokens=500,
+        priced=0,
+        unpriced_reason="no_price",
+    )
+    # A hung-up client's request has a price; its usage was never seen: not "unpriced".
+    insert_usage(fresh_db, model="gpt-4o", outcome="client_disconnected", priced=0, status=None)
     insert_usage(
         fresh_db,
         model="gpt-4o",
@@ -255,29 +297,45 @@ def test_reprice_and_unpriced(fresh_db: Path) -> None:
     )
     unpriced = json.loads(invoke(fresh_db, "pricing", "unpriced", "--json"))
     assert [(u["model"], u["requests"]) for u in unpriced] == [("acme-llm", 1)]
+    # What a reprice would do, without doing it: rows and totals before and after.
+    invoke(
+        fresh_db, "pricing", "set", "acme-llm", "--input", "3", "--output", "15",
+        "--effective-from", "2026-03-01", "--source", "acme's price list",
+    )  # fmt: skip
+    dry = json.loads(
+        invoke(fresh_db, "pricing", "reprice", "--since", "2026-03-01", "--dry-run", "--json")
+    )
+    acme = next(m for m in dry if m["model"] == "acme-llm")
+    assert (acme["requests"], acme["changed"], acme["cost_before"], acme["cost_after"]) == (
+        1,
+        1,
+        0.0,
+        0.0105,
+    )
+    assert (acme["unpriced_before"], acme["unpriced_after"]) == (1, 0)
+    text = invoke(fresh_db, "pricing", "reprice", "--since", "2026-03-01", "--dry-run")
+    assert "nothing written" in text and "$0.003000 -> $0.013500" in text
+    assert query(fresh_db, "select cost_usd from usage where model = 'acme-llm'") == [(None,)]
 
     # A price from March on changes nothing written until a reprice is asked for.
-    invoke(
-        fresh_db,
-        "pricing",
-        "set",
-        "acme-llm",
-        "--input",
-        "3",
-        "--output",
-        "15",
-        "--effective-from",
-        "2026-03-01",
-    )
-    assert query(fresh_db, "select cost_usd from usage where model = 'acme-llm'") == [(None,)]
-    assert "1 changed" in invoke(fresh_db, "pricing", "reprice", "--since", "2026-03-01")
+    # Three rows change: acme-llm gets a cost; gpt-4o's gets its basis; the hung-up
+    # request keeps no cost but gets its reason.
+    assert "3 changed" in invoke(fresh_db, "pricing", "reprice", "--since", "2026-03-01")
     # 1000 x 3 + 500 x 15 = 10500 per 1M
     assert query(fresh_db, "select cost_usd, priced from usage where model = 'acme-llm'") == [
         (0.0105, 1)
     ]
     # gpt-4o: 600 x 2.50 + 400 x 1.25 + 100 x 10 = 3000 per 1M: recomputed, the same
-    assert query(fresh_db, "select cost_usd from usage where model = 'gpt-4o'") == [(0.003,)]
-    assert "every request seen so far is priced" in invoke(fresh_db, "pricing", "unpriced")
+    assert query(fresh_db, "select cost_usd from usage where model = 'gpt-4o' and priced = 1") == [
+        (0.003,)
+    ]
+    assert "every model seen so far has a price" in invoke(fresh_db, "pricing", "unpriced")
+    reasons = query(fresh_db, "select model, cost_basis, unpriced_reason from usage order by id")
+    assert reasons == [
+        ("acme-llm", "local:openai/acme-llm@2026-03-01", None),
+        ("gpt-4o", None, "usage_unseen"),
+        ("gpt-4o", "genai-prices 0.2.3:openai/gpt-4o@2000-01-01", None),
+    ]
 
     # A price effective later than the rows does not apply to them.
     invoke(
@@ -425,3 +483,149 @@ def test_a_password_piped_in_prints_only_the_result(fresh_db: Path) -> None:
     )
     assert differ.returncode == 2 and "the two passwords differ" in differ.stderr
     assert "Traceback" not in differ.stderr
+
+
+def test_explain_shows_each_count_at_its_rate_or_why_there_is_no_cost(fresh_db: Path) -> None:
+    book = load_price_book(open_db(fresh_db))
+    base = {"ts": "2026-12-01T10:15:02.120Z", "org_id": None, "token_id": None}
+    records = [
+        usage_record(
+            **base,
+            provider="anthropic",
+            path="/v1/messages",
+            model="claude-sonnet-4-5",
+            input_tokens=1300,
+            cached_input_tokens=200,
+            cache_write_tokens=100,
+            output_tokens=100,
+            web_search_requests=3,
+        ),
+        usage_record(
+            **base, model="gpt-4o", input_tokens=1000, output_tokens=10, input_audio_tokens=300
+        ),
+        usage_record(**base, model="gpt-4o", outcome="client_disconnected", status=None),
+    ]
+    db = open_db(fresh_db)
+    write_rows(db, [price_row(r, book) for r in records])
+    searched = invoke(fresh_db, "explain", "1")
+    # 1000 x 3 + 200 x 0.3 + 100 x 3.75 + 100 x 15 per 1M, + 3 x 10 per 1,000
+    for line in (
+        "price: genai-prices 0.2.3:anthropic/claude-sonnet-4-5@2000-01-01",
+        "1,000 x $3 / 1M = $0.003",
+        "200 x $0.3 / 1M = $0.00006",
+        "100 x $3.75 / 1M = $0.000375",
+        "100 x $15 / 1M = $0.0015",
+        "3 x $10 / 1,000 = $0.03",
+        "$0.034935",
+        "stored cost_usd: 0.034935 (as computed above)",
+    ):
+        assert line in searched
+    audio = invoke(fresh_db, "explain", "2")
+    assert "no cost: missing_rate:input_audio" in audio
+    assert "the price in force: genai-prices 0.2.3:openai/gpt-4o@2000-01-01" in audio
+    assert "usage_unseen" in invoke(fresh_db, "explain", "3")
+    assert "no usage row with id 9" in fails(fresh_db, "explain", "9")
+
+
+def test_pricing_sync_adds_new_and_changed_prices_and_keeps_history(fresh_db: Path) -> None:
+    assert "the table has every price" in invoke(fresh_db, "pricing", "sync")
+    # As if the table had been filled by an older library: gpt-4o cost $2 (now $2.50, +25%),
+    # gpt-4.1's output $8.1 (now $8, -1.2%), and grok-4.3 did not exist.
+    with sqlite3.connect(fresh_db) as conn:
+        library = "origin = 'library' and variant = '' and above_input_tokens = 0"
+        conn.execute(
+            f"update prices set input = '2' where provider = 'openai' and model = 'gpt-4o' "
+            f"and {library}"
+        )
+        conn.execute(
+            f"update prices set output = '8.1' where provider = 'openai' and model = 'gpt-4.1' "
+            f"and {library}"
+        )
+        conn.execute("delete from prices where provider = 'xai' and model = 'grok-4.3'")
+    before = query(fresh_db, "select count(*) from prices")[0][0]
+    declined = CliRunner().invoke(cli, ["--db", str(fresh_db), "pricing", "sync"], input="n\n")
+    assert declined.exit_code == 0 and "nothing changed" in declined.output
+    assert query(fresh_db, "select count(*) from prices")[0][0] == before
+    shown = declined.output
+    assert "1 new models:\n  xai/grok-4.3\n" in shown
+    assert " !openai/gpt-4o: input 2 -> 2.5 (+25.0%)" in shown
+    assert "  openai/gpt-4.1: output 8.1 -> 8 (-1.2%)" in shown
+    applied = invoke(fresh_db, "pricing", "sync", "--yes")
+    assert "added" in applied
+    # History stays: the old gpt-4o row is there, the new one applies from today.
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    gpt_4o = query(
+        fresh_db,
+        "select input, effective_from from prices where model = 'gpt-4o' and provider = 'openai' "
+        "and origin = 'library' and variant = '' order by effective_from",
+    )
+    assert gpt_4o == [("2", "2000-01-01"), ("2.5", today)]
+    assert query(fresh_db, "select count(*) from prices where model = 'grok-4.3'")[0][0] > 0
+    assert "the table has every price" in invoke(fresh_db, "pricing", "sync")
+
+
+def test_a_database_from_before_the_price_library_is_upgraded(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from llm_monitor.store.database import migrations
+
+    db_path = tmp_path / "old.db"
+    db = Database(sqlite3.connect(db_path))
+    migrations.apply(db, stop_before="m007_price_library_and_cost_basis")
+    db["prices"].insert_all(
+        [
+            {
+                "provider": "openai",
+                "model": "gpt-4o",
+                "effective_from": "2000-01-01",
+                "input": "2.50",
+                "cached_input": "1.25",
+                "output": "10.00",
+                "above_input_tokens": 0,
+                "source": "https://openai.com/api/pricing/ (figures as in pydantic/genai-prices)",
+                "as_of": "2025-11-13",
+            },
+            {
+                "provider": "groq",
+                "model": "llama-3.3-70b-versatile",
+                "effective_from": "2026-01-01",
+                "input": "0.5",
+                "output": "0.7",
+                "above_input_tokens": 0,
+                "source": "set by hand",
+                "as_of": "2026-01-01",
+            },
+        ]
+    )
+    base = {"ts": "2026-03-01T00:00:00.000Z", "provider": "openai", "method": "POST"}
+    db["usage"].insert_all(
+        [
+            {
+                **base,
+                "path": "/v1/x",
+                "outcome": "ok",
+                "model": "m",
+                "input_tokens": 5,
+                "priced": 0,
+            },
+            {**base, "path": "/v1/x", "outcome": "client_disconnected", "model": "m", "priced": 0},
+        ]
+    )
+    db.conn.commit()
+    db.conn.close()
+    invoke(db_path, "init")
+    # The former shipped price is the library's (it was a copy of the published one); a
+    # price set by hand stays local, and wins.
+    origins = query(
+        db_path,
+        "select model, origin from prices where source not like 'genai-prices%' order by model",
+    )
+    assert origins == [
+        ("gpt-4o", "library"),
+        ("llama-3.3-70b-versatile", "local"),
+        ("o3", "local"),  # the shipped override, loaded by init
+    ]
+    assert query(db_path, "select unpriced_reason from usage order by id") == [
+        ("no_price",),
+        ("usage_unseen",),
+    ]

@@ -1,4 +1,5 @@
-"""Price lookup and cost: snapshots, effective dates, long-context tiers, missing rates."""
+"""Price lookup and cost: snapshots, effective dates, overrides, tiers, service tiers, time of
+day, every unit at its own rate, and refusals."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ from decimal import Decimal
 
 import pytest
 
-from llm_monitor.money.costs import MissingRate, PriceBook, cost_usd, family_of
+from llm_monitor.money.costs import (
+    PriceBook,
+    Unpriced,
+    breakdown,
+    cost_usd,
+    family_of,
+    price_row,
+    tier_variant,
+)
 from llm_monitor.money.prices import PriceEntry, shipped_prices
-from llm_monitor.store.recorder import price_row
 from tests.conftest import usage_record as record
 
 
@@ -34,21 +42,32 @@ def price(model: str, **kw: object) -> PriceEntry:
         ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
         ("gpt-4-0613", "gpt-4"),
         ("gpt-5.5-2026-04-23", "gpt-5.5"),
+        ("claude-sonnet-4-20250514", "claude-sonnet-4"),
+        ("grok-4-latest", "grok-4"),
         ("gpt-4o", None),
         ("o3-mini", None),
+        ("mistral-large-2411", None),  # a version, not a date
+        ("gemini-2.5-flash-preview-09-2025", None),
     ],
 )
 def test_family_of(model: str, family: str | None) -> None:
     assert family_of(model) == family
 
 
-def test_snapshot_takes_its_family_price_unless_it_has_its_own() -> None:
+DAY = dt.datetime(2026, 6, 1, 12)
+
+
+def test_an_unknown_snapshot_takes_its_family_price_only_if_every_snapshot_does() -> None:
     book = PriceBook([price("gpt-4o"), price("gpt-4o-2024-05-13", input="5")])
-    day = dt.date(2026, 6, 1)
-    assert book.lookup("openai", "gpt-4o-2024-08-06", day).model == "gpt-4o"
-    assert book.lookup("openai", "gpt-4o-2024-05-13", day).input == Decimal("5")
-    assert book.lookup("openai", "gpt-4o-mini", day) is None
-    assert book.lookup("groq", "gpt-4o", day) is None  # prices are per provider
+    # gpt-4o-2024-05-13 has its own price: an unknown gpt-4o snapshot may be either.
+    with pytest.raises(Unpriced, match="no_price"):
+        book.quote("openai", "gpt-4o-2099-01-01", DAY)
+    assert book.quote("openai", "gpt-4o-2024-05-13", DAY).rates["input"] == Decimal("5")
+    book = PriceBook([price("gpt-4.1"), price("gpt-4.1-2025-04-14")])
+    quote = book.quote("openai", "gpt-4.1-2099-01-01", DAY)
+    assert quote.basis == "fallback:gpt-4.1 local:openai/gpt-4.1@2000-01-01"
+    assert book.lookup("openai", "gpt-4o-mini", DAY.date()) is None
+    assert book.lookup("groq", "gpt-4.1", DAY.date()) is None  # prices are per provider
 
 
 def test_effective_dates() -> None:
@@ -61,6 +80,29 @@ def test_effective_dates() -> None:
     assert book.lookup("openai", "o3", dt.date(2024, 12, 31)) is None
     assert book.lookup("openai", "o3", dt.date(2025, 6, 9)).input == Decimal("10")
     assert book.lookup("openai", "o3", dt.date(2025, 6, 10)).input == Decimal("2")
+
+
+def test_a_local_price_wins_over_the_library_while_in_force() -> None:
+    book = PriceBook(
+        [
+            price("o3", input="10", cached_input="0.5", origin="library"),
+            price(
+                "o3", input="2", cached_input="0.5", effective_from="2025-06-10", origin="library"
+            ),
+            price(
+                "o3",
+                input="10",
+                cached_input="2.5",
+                effective_from="2025-04-16",
+                effective_until="2025-06-10",
+            ),
+        ]
+    )
+    assert book.lookup("openai", "o3", dt.date(2025, 4, 15)).cached_input == Decimal("0.5")
+    assert book.lookup("openai", "o3", dt.date(2025, 4, 16)).cached_input == Decimal("2.5")
+    assert book.lookup("openai", "o3", dt.date(2025, 6, 9)).origin == "local"
+    after = book.lookup("openai", "o3", dt.date(2025, 6, 10))
+    assert (after.origin, after.input) == ("library", Decimal("2"))
 
 
 def test_long_context_tier_applies_to_the_whole_request() -> None:
@@ -92,6 +134,51 @@ def test_each_tier_has_its_own_history() -> None:
     assert only_tier.lookup("openai", "t", dt.date(2026, 6, 1), 50) is None  # no base: unpriced
 
 
+def test_a_service_tier_is_priced_by_its_own_rates_or_not_at_all() -> None:
+    book = PriceBook(
+        [
+            price("o3", input="2", cached_input="0.5", output="8"),
+            price("o3", input="1", output="4", variant="service_tier=flex"),
+        ]
+    )
+    flex = book.quote("openai", "o3", DAY, variant="service_tier=flex")
+    # The variant sets input and output; cached input keeps the standard rate.
+    assert {k: str(v) for k, v in flex.rates.items()} == {
+        "input": "1",
+        "cached_input": "0.5",
+        "output": "4",
+    }
+    assert flex.basis == "local:openai/o3@2000-01-01 + service_tier=flex@2000-01-01"
+    with pytest.raises(Unpriced, match="missing_rate:service_tier=priority"):
+        book.quote("openai", "o3", DAY, variant="service_tier=priority")
+    assert tier_variant("default") == tier_variant("standard") == tier_variant(None) == ""
+    assert tier_variant("flex") == "service_tier=flex"
+    assert tier_variant("batch") == "processing=batch"
+
+
+def test_time_of_day_windows() -> None:
+    """DeepSeek: the window's price from 00:30 to 16:30 UTC, the other one outside it."""
+    book = PriceBook(
+        [
+            price("deepseek-chat", input="0.135"),
+            price("deepseek-chat", input="0.27", window="00:30-16:30"),
+        ]
+    )
+    at = {
+        "00:29": "0.135",
+        "00:30": "0.27",
+        "16:29": "0.27",
+        "16:30": "0.135",
+    }
+    for clock, rate in at.items():
+        when = dt.datetime.fromisoformat(f"2026-06-01T{clock}")
+        assert book.quote("openai", "deepseek-chat", when).rates["input"] == Decimal(rate)
+    wrapping = PriceBook([price("m", input="1"), price("m", input="2", window="22:00-02:00")])
+    for clock, rate in {"23:00": "2", "01:59": "2", "02:00": "1", "12:00": "1"}.items():
+        when = dt.datetime.fromisoformat(f"2026-06-01T{clock}")
+        assert wrapping.quote("openai", "m", when).rates["input"] == Decimal(rate)
+
+
 def test_one_hour_cache_writes_have_their_own_rate() -> None:
     entry = price(
         "c", input="3", cached_input="0.3", cache_write="3.75", cache_write_1h="6", output="15"
@@ -106,7 +193,7 @@ def test_one_hour_cache_writes_have_their_own_rate() -> None:
         cache_write_1h_tokens=200,
         output_tokens=10,
     ) == Decimal("0.003555")
-    with pytest.raises(MissingRate, match="one-hour"):
+    with pytest.raises(Unpriced, match="missing_rate:cache_write_1h"):
         cost_usd(
             price("c", cache_write="3.75"),
             input_tokens=10,
@@ -115,59 +202,123 @@ def test_one_hour_cache_writes_have_their_own_rate() -> None:
         )
 
 
-def test_cost_prices_each_kind_of_token_at_its_own_rate() -> None:
+def test_cost_prices_each_kind_of_unit_at_its_own_rate() -> None:
     entry = price(
-        "m", input="3", cached_input="0.3", cache_write="3.75", output="15", reasoning="20"
+        "m",
+        input="3",
+        cached_input="0.3",
+        cache_write="3.75",
+        output="15",
+        reasoning="20",
+        input_audio="10",
+        output_audio="40",
+        input_image="5",
+        output_image="30",
+        web_search_per_1k="10",
+        code_execution_per_1k="50",
     )
-    # (1000 - 200 - 100) x 3 + 200 x 0.3 + 100 x 3.75 + (50 - 20) x 15 + 20 x 20
-    assert cost_usd(
-        entry,
+    lines = breakdown(
+        entry.rates(),
         input_tokens=1000,
         cached_input_tokens=200,
         cache_write_tokens=100,
-        output_tokens=50,
+        input_audio_tokens=50,
+        input_image_tokens=150,
+        output_tokens=100,
         reasoning_tokens=20,
-    ) == Decimal("0.003385")
+        output_audio_tokens=10,
+        output_image_tokens=5,
+        web_search_requests=3,
+        code_executions=1,
+    )
+    assert [(line.kind, line.count) for line in lines] == [
+        ("input", 1000 - 200 - 100 - 50 - 150),
+        ("cached_input", 200),
+        ("cache_write", 100),
+        ("input_audio", 50),
+        ("input_image", 150),
+        ("output", 100 - 20 - 10 - 5),
+        ("reasoning", 20),
+        ("output_audio", 10),
+        ("output_image", 5),
+        ("web_search_per_1k", 3),
+        ("code_execution_per_1k", 1),
+    ]
+    # (500 x 3 + 200 x 0.3 + 100 x 3.75 + 50 x 10 + 150 x 5 + 65 x 15 + 20 x 20 + 10 x 40
+    #  + 5 x 30) / 1M + 3 x 10 / 1000 + 1 x 50 / 1000
+    #  = (1500 + 60 + 375 + 500 + 750 + 975 + 400 + 400 + 150) / 1M + 0.03 + 0.05
+    assert sum(line.amount for line in lines) == Decimal("0.08511")
 
 
-def test_a_missing_rate_is_never_guessed() -> None:
-    with pytest.raises(MissingRate, match="cached-input"):
-        cost_usd(price("m"), input_tokens=10, cached_input_tokens=5)
-    with pytest.raises(MissingRate, match="cache-write"):
-        cost_usd(price("m"), input_tokens=10, cache_write_tokens=5)
-    with pytest.raises(MissingRate, match="inconsistent"):
-        cost_usd(price("m"), input_tokens=10, cached_input_tokens=50)
+@pytest.mark.parametrize(
+    ("units", "reason"),
+    [
+        ({"cached_input_tokens": 5}, "missing_rate:cached_input"),
+        ({"cache_write_tokens": 5}, "missing_rate:cache_write"),
+        ({"input_audio_tokens": 5}, "missing_rate:input_audio"),
+        ({"input_image_tokens": 5}, "missing_rate:input_image"),
+        ({"output_audio_tokens": 1}, "missing_rate:output_audio"),
+        ({"web_search_requests": 1}, "missing_rate:web_search"),
+        ({"code_executions": 1}, "missing_rate:code_execution"),
+        ({"cached_input_tokens": 50}, "inconsistent_usage"),
+        ({"reasoning_tokens": 9}, "inconsistent_usage"),
+    ],
+)
+def test_a_unit_without_a_rate_is_never_priced_at_another_rate(
+    units: dict[str, int], reason: str
+) -> None:
+    with pytest.raises(Unpriced) as refused:
+        cost_usd(price("m"), input_tokens=10, output_tokens=2, **units)
+    assert refused.value.reason == reason
 
 
-def test_priced_flag() -> None:
+def test_priced_flag_basis_and_reason() -> None:
     book = PriceBook([price("gpt-4o")])
     priced = price_row(record(model="gpt-4o", input_tokens=10, output_tokens=1), book)
-    assert (priced["cost_usd"], priced["priced"]) == (float(Decimal("0.000028")), 1)
+    assert (priced["cost_usd"], priced["priced"], priced["cost_basis"]) == (
+        float(Decimal("0.000028")),
+        1,
+        "local:openai/gpt-4o@2000-01-01",
+    )
     unpriced = price_row(record(model="mystery", input_tokens=10, output_tokens=1), book)
-    assert (unpriced["cost_usd"], unpriced["priced"]) == (None, 0)
+    assert (unpriced["cost_usd"], unpriced["priced"], unpriced["unpriced_reason"]) == (
+        None,
+        0,
+        "no_price",
+    )
     no_rate = price_row(record(model="gpt-4o", input_tokens=10, cached_input_tokens=5), book)
-    assert (no_rate["cost_usd"], no_rate["priced"]) == (None, 0)
+    assert (no_rate["cost_usd"], no_rate["priced"], no_rate["unpriced_reason"]) == (
+        None,
+        0,
+        "missing_rate:cached_input",
+    )
     no_usage = price_row(record(model="gpt-4o", outcome="client_disconnected"), book)
-    assert (no_usage["cost_usd"], no_usage["priced"]) == (None, 0)
+    assert (no_usage["cost_usd"], no_usage["priced"], no_usage["unpriced_reason"]) == (
+        None,
+        0,
+        "usage_unseen",
+    )
     error = price_row(record(model="gpt-4o", outcome="provider_error", status=400), book)
-    assert (error["cost_usd"], error["priced"]) == (None, None)
+    assert (error["cost_usd"], error["priced"], error["unpriced_reason"]) == (None, None, None)
     listing = price_row(record(method="GET", path="/v1/models"), book)
     assert (listing["cost_usd"], listing["priced"]) == (None, None)
+    reported = price_row(
+        record(model="mystery", input_tokens=10, output_tokens=1, reported_cost_usd=0.0042), book
+    )
+    assert (reported["cost_usd"], reported["priced"], reported["cost_basis"]) == (
+        0.0042,
+        1,
+        "provider_reported",
+    )
 
 
-def test_shipped_prices_are_valid_and_sourced() -> None:
+def test_shipped_overrides_are_valid_and_sourced() -> None:
     entries = shipped_prices()
-    assert len(entries) >= 15
-    assert all(e.source and e.as_of for e in entries)
-    models = {e.model for e in entries}
-    assert {
-        "gpt-4o",
-        "gpt-4o-mini",
-        "gpt-5",
-        "gpt-5-mini",
-        "o3-mini",
-        "text-embedding-3-small",
-    } <= models
+    assert entries and all(e.origin == "local" and e.source and e.as_of for e in entries)
+    o3 = [e for e in entries if e.model == "o3"]
+    assert [(e.cached_input, e.effective_from, e.effective_until) for e in o3] == [
+        (Decimal("2.50"), dt.date(2025, 4, 16), dt.date(2025, 6, 10))
+    ]
 
 
 def test_large_body_usage_is_read_from_its_tail_only_when_unambiguous() -> None:

@@ -407,8 +407,9 @@ def test_admin_views_equal_direct_sql(site: Site) -> None:
         assert_same(rows[name], expected)
         assert rows[name]["error_rate_pct"] == round(100 * errors / len(usage), 2)
     unpriced = site.view("admin_unpriced_models", {"id": "root"})
+    # Only models without any price: not requests whose usage was never seen.
     expected = group(
-        [r for r in site.usage() if r["priced"] == 0],
+        [r for r in site.usage() if r["unpriced_reason"] == "no_price"],
         lambda r: [(r["provider"], r["response_model"] or r["model"])],
     )
     assert {(r["provider"], r["model"]): r["unpriced_requests"] for r in unpriced} == {
@@ -542,6 +543,7 @@ def test_a_request_page_shows_everything_recorded(site: Site, org: str) -> None:
     unpriced = next(r for r in usage if r["priced"] == 0)
     page = site.get("/llm-monitor/request", actor, params={"id": unpriced["id"]}).text
     assert "Billable, but its cost is unknown" in page
+    assert f"<code>{unpriced['unpriced_reason']}</code>" in page
 
 
 # Who sees what.

@@ -14,7 +14,7 @@ from tests.conftest import API_KEY
 from tests.proxy import Proxy, row_for
 from tests.replay import ReplayServer, Reply, load_recording
 
-# Cost by hand from pricing/openai.json (USD per 1M tokens), one line per file.
+# Cost by hand from the price in force (USD per 1M tokens), one line per file.
 JSON_COSTS = {
     # gpt-4o: (3897-3840) x 2.50 + 3840 x 1.25 + 75 x 10.00 = 142.5 + 4800 + 750
     "chat_json_cached_prompt_gpt-4o.json": "0.0056925",
@@ -329,7 +329,10 @@ def test_unknown_model_is_flagged_not_free(
 
     row = row_for(proxy.db_path, reply.request_id)
     assert (row["cost_usd"], row["priced"], row["input_tokens"]) == (None, 0, 16)
-    assert proxy_log_mentions(proxy, "no price for openai model 'gpt-9-imaginary-2031-01-01'")
+    assert row["unpriced_reason"] == "no_price"
+    assert proxy_log_mentions(
+        proxy, "cannot price openai model 'gpt-9-imaginary-2031-01-01' (no_price)"
+    )
 
 
 def proxy_log_mentions(proxy: Proxy, text: str, timeout: float = 5) -> bool:
@@ -449,7 +452,8 @@ def test_legacy_completions_stream_gets_usage_injected(
     assert [e.to_dict() for e in events] == [{k: v for k, v in chunk.items() if k != "usage"}]
     row = row_for(proxy.db_path, reply.request_id)
     assert (row["input_tokens"], row["output_tokens"], row["total_tokens"]) == (5, 1, 6)
-    assert row["priced"] == 0  # gpt-3.5-turbo-instruct is not in the shipped table
+    # gpt-3.5-turbo-instruct, from genai-prices: 5 x 1.50 + 1 x 2.00 per 1M
+    assert (row["cost_usd"], row["priced"]) == (float(Decimal("0.0000095")), 1)
 
 
 def test_lone_surrogate_in_the_prompt_still_gets_usage_injected(

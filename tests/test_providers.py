@@ -92,9 +92,10 @@ ANTHROPIC_COSTS = {
     "messages_json_text_claude-sonnet-4.json": "0.000276",
     # claude-sonnet-4: 147 x 3 + 4602 x 3.75 + 38 x 15 = 441 + 17257.5 + 570
     "messages_json_tool_use_cache_write_claude-sonnet-4.json": "0.0182685",
-    # claude-sonnet-4: 17 x 3 + 16242 x 0.30 + 23258 x 3.75 + 515 x 15
-    #   = 51 + 4872.6 + 87217.5 + 7725 (message_delta's revised figures, not message_start's)
-    "messages_stream_cache_read_and_write_claude-sonnet-4.json": "0.0998661",
+    # claude-sonnet-4: (17 x 3 + 16242 x 0.30 + 23258 x 3.75 + 515 x 15) / 1M
+    #   = (51 + 4872.6 + 87217.5 + 7725) / 1M (message_delta's revised figures, not
+    #   message_start's), + 2 web searches x $10 / 1,000 = 0.0998661 + 0.02
+    "messages_stream_cache_read_and_write_claude-sonnet-4.json": "0.1198661",
     # claude-sonnet-4-5: 17 x 3 + 10 x 15
     "messages_stream_text_claude-sonnet-4-5.json": "0.000201",
     # claude-sonnet-4: 171 x 3 + 107 x 15 (thinking is part of output)
@@ -347,8 +348,14 @@ def test_gemini_json_array_stream_is_streamed_and_read(
     row = row_for(providers_proxy.db_path, reply.request_id)
     assert row["path"] == path  # but never stored
     assert tokens_of(row) == gemini_normalised(recording["expected_usage"])
-    # gemini-flash-latest answered as gemini-3.6-flash, whose price sources disagree: unpriced
-    assert (row["response_model"], row["cost_usd"], row["priced"]) == ("gemini-3.6-flash", None, 0)
+    # gemini-flash-latest answered as gemini-3.6-flash: 11 x 0.75 + (2 + 291) x 3.75 per 1M
+    # = 8.25 + 1098.75; genai-prices doubles its price from 2027-01-01: 11 x 1.5 + 293 x 7.5
+    expected = "0.001107" if row["ts"] < "2027-01-01" else "0.002214"
+    assert (row["response_model"], row["cost_usd"], row["priced"]) == (
+        "gemini-3.6-flash",
+        float(Decimal(expected)),
+        1,
+    )
 
 
 def test_gemini_embeddings_carry_no_usage(

@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from sqlite_utils import Database
 
 from llm_monitor.demo.synthetic import CATALOGUE, GenerationReport, generate
-from llm_monitor.money.costs import PriceBook
-from llm_monitor.money.prices import read_prices, shipped_prices
+from llm_monitor.money.costs import PriceBook, load_price_book
+from llm_monitor.money.library import library_index, library_prices
+from llm_monitor.money.prices import shipped_prices
 from llm_monitor.proxy.addon import parse_tags
 from llm_monitor.proxy.providers import anthropic, gemini, openai
 from llm_monitor.store.database import open_db
@@ -112,12 +113,14 @@ def test_plausible_shares(usage: list[dict[str, Any]]) -> None:
 def test_priced_exactly_as_the_recorder_prices(
     generated: tuple[Database, GenerationReport], usage: list
 ) -> None:
-    book = PriceBook(read_prices(generated[0]))
-    assert len(book) == len(shipped_prices())  # loaded into the empty prices table
+    book = load_price_book(generated[0])
+    # The defaults were loaded into the empty prices table.
+    assert len(book) == len(library_prices()) + len(shipped_prices())
     fields = set(UsageRecord.model_fields)
+    pricing = ("cost_usd", "priced", "cost_basis", "unpriced_reason")
     for row in usage:
         priced = price_row(UsageRecord.model_validate({k: row[k] for k in fields}), book)
-        assert (priced["cost_usd"], priced["priced"]) == (row["cost_usd"], row["priced"]), row
+        assert tuple(priced[c] for c in pricing) == tuple(row[c] for c in pricing), row
         if row["priced"] == 0:
             assert row["cost_usd"] is None  # unknown, never $0
         if (row["status"] or 0) >= 400 or row["outcome"] == "upstream_error":
@@ -169,8 +172,8 @@ def test_hourly_rollup_equals_direct_sums(generated: tuple[Database, GenerationR
     assert sum(r[1] for r in rolled) == ROWS
 
 
-def test_catalogue_models_are_priced_by_the_shipped_prices() -> None:
-    book = PriceBook(shipped_prices())
+def test_catalogue_models_are_priced_by_the_default_prices() -> None:
+    book = PriceBook([*library_prices(), *shipped_prices()], library_index())
     for model in CATALOGUE:
         assert book.lookup(model.provider, model.answered_as, END.date()), model.name
 

@@ -26,6 +26,16 @@ class TokenUsage:
     output_tokens: int | None = None
     reasoning_tokens: int | None = None
     total_tokens: int | None = None
+    # Parts of input_tokens and output_tokens with rates of their own.
+    input_audio_tokens: int | None = None
+    output_audio_tokens: int | None = None
+    input_image_tokens: int | None = None
+    output_image_tokens: int | None = None
+    # Server-side tools billed per call.
+    web_search_requests: int | None = None
+    code_executions: int | None = None
+    service_tier: str | None = None  # as the response states it (default, flex, priority)
+    reported_cost_usd: float | None = None  # the charge the provider states (OpenRouter)
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -76,6 +86,14 @@ class UsageRecord(BaseModel):
     output_tokens: int | None = None
     reasoning_tokens: int | None = None
     total_tokens: int | None = None
+    input_audio_tokens: int | None = None
+    output_audio_tokens: int | None = None
+    input_image_tokens: int | None = None
+    output_image_tokens: int | None = None
+    web_search_requests: int | None = None
+    code_executions: int | None = None
+    service_tier: str | None = None
+    reported_cost_usd: float | None = None
     latency_ms: float | None = None
     ttft_ms: float | None = None
     request_id: str | None = None
@@ -118,5 +136,13 @@ class UsageRecord(BaseModel):
             "output_tokens": usage.output_tokens,
             "reasoning_tokens": usage.reasoning_tokens,
             "total_tokens": usage.total_tokens,
+            "input_audio_tokens": usage.input_audio_tokens,
+            "output_audio_tokens": usage.output_audio_tokens,
+            "input_image_tokens": usage.input_image_tokens,
+            "output_image_tokens": usage.output_image_tokens,
+            "web_search_requests": usage.web_search_requests,
+            "code_executions": usage.code_executions,
+            "service_tier": usage.service_tier,
+            "reported_cost_usd": usage.reported_cost_usd,
             "raw_usage": json.dumps(usage.raw, separators=(",", ":")) if usage.raw else None,
         }

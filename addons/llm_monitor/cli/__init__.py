@@ -14,8 +14,8 @@ from llm_monitor.cli.common import emit, get_db, handle_errors, json_option
 from llm_monitor.cli.prices import pricing
 from llm_monitor.cli.run import dashboard, demo, import_spool, proxy, up
 from llm_monitor.inert import printable
-from llm_monitor.money.prices import shipped_prices, upsert_prices
-from llm_monitor.store.reports import usage_by_model
+from llm_monitor.money.sync import install_defaults
+from llm_monitor.store.reports import explain_row, usage_by_model
 
 DEFAULT_DB = "llm-monitor.db"
 PERIODS = {"day": 1, "week": 7, "month": 30}
@@ -47,11 +47,28 @@ def cli(ctx: click.Context, db_path: str) -> None:
 @click.pass_context
 @handle_errors
 def init(ctx: click.Context) -> None:
-    """Create the database (or upgrade its schema) and load the shipped price table."""
+    """Create the database (or upgrade its schema) and load the default prices.
+
+    The defaults are genai-prices' (the installed, pinned version) plus the shipped local
+    overrides; a price already in the table is never changed (see `pricing sync`).
+    """
     db = get_db(ctx, create=True)
-    entries = shipped_prices()
-    upsert_prices(db, entries)
-    click.echo(f"{ctx.obj['db_path']}: schema ready, {len(entries)} shipped prices loaded")
+    installed = install_defaults(db)
+    click.echo(
+        f"{ctx.obj['db_path']}: schema ready; {installed.library} prices added from "
+        f"{installed.source}, {installed.overrides} local overrides loaded"
+    )
+
+
+@cli.command()
+@click.argument("row_id", type=click.IntRange(1, 2**63 - 1))
+@click.pass_context
+@handle_errors
+def explain(ctx: click.Context, row_id: int) -> None:
+    """How the cost of usage row ROW_ID was reached: each count at its rate, with the
+    price's source; or why it has none."""
+    for line in explain_row(get_db(ctx), row_id).lines:
+        click.echo(line)
 
 
 @cli.command()

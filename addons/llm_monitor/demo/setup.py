@@ -15,7 +15,7 @@ from llm_monitor.accounts.passwords import hash_password
 from llm_monitor.accounts.tokens import create_token
 from llm_monitor.demo import synthetic
 from llm_monitor.errors import DomainError
-from llm_monitor.money.prices import shipped_prices, upsert_prices
+from llm_monitor.money.sync import install_defaults
 from llm_monitor.store.database import open_db
 
 DEMO_ORGS = {  # name: (login email, password, monitor token labels)
@@ -31,12 +31,12 @@ class DemoDatabase:
 
 
 def create_demo_db(path: str, history_days: int) -> DemoDatabase:
-    """Make `path` anew: shipped prices, the demo organisations, and `history_days` of
+    """Make `path` anew: default prices, the demo organisations, and `history_days` of
     generated usage ending five minutes ago."""
     for suffix in ("", "-wal", "-shm", ".spool.jsonl"):
         Path(path + suffix).unlink(missing_ok=True)
     db = open_db(path)
-    upsert_prices(db, shipped_prices())
+    install_defaults(db)
     tokens: list[str] = []
     org_ids = []
     for name, (email, password, labels) in DEMO_ORGS.items():

@@ -24,8 +24,9 @@ from typing import Any
 from sqlite_utils import Database
 
 from llm_monitor.accounts.tokens import display_prefix, hash_token, new_token
-from llm_monitor.money.costs import PriceBook, priced_cost
-from llm_monitor.money.prices import PriceEntry, read_prices, shipped_prices, upsert_prices
+from llm_monitor.money.costs import PriceBook, Unpriced, cost_usd, entry_label, load_price_book
+from llm_monitor.money.prices import PriceEntry
+from llm_monitor.money.sync import install_defaults
 from llm_monitor.store import rollups
 from llm_monitor.usage import utc_timestamp
 
@@ -107,6 +108,8 @@ COLUMNS = (
     "tags",
     "error",
     "raw_usage",
+    "cost_basis",
+    "unpriced_reason",
 )
 _INSERT = (
     f"insert into usage ({', '.join(f'[{c}]' for c in COLUMNS)}) "
@@ -213,7 +216,7 @@ def generate(
         owners = _create_orgs(db, orgs, setup, start_ms)
     else:
         owners = _existing_orgs(db, org_ids)
-    book = PriceBook(_prices(db))
+    book = _price_book(db)
     priced_models = [m for m in CATALOGUE if book.lookup(m.provider, m.name, end.date())]
     if not priced_models:
         raise ValueError("the price book has no price for any model of the synthetic catalogue")
@@ -330,13 +333,11 @@ def _existing_orgs(db: Database, org_ids: Sequence[int]) -> list[tuple[int, str,
     return owners
 
 
-def _prices(db: Database) -> list[PriceEntry]:
-    """The database's prices, as the recorder reads them; the shipped ones if it has none."""
-    entries = read_prices(db)
-    if not entries:
-        entries = shipped_prices()
-        upsert_prices(db, entries)
-    return entries
+def _price_book(db: Database) -> PriceBook:
+    """The database's prices, as the recorder reads them; the defaults if it has none."""
+    if not db.execute("select count(*) from prices").fetchone()[0]:
+        install_defaults(db)
+    return load_price_book(db)
 
 
 # Each organisation's habits.
@@ -513,7 +514,7 @@ _UNKNOWN, _TIERED = object(), object()
 
 
 class _Pricer:
-    """`PriceBook.lookup` and `priced_cost`, as in the recorder's `price_row`, with the
+    """`PriceBook.lookup` and `cost_usd`, as in the recorder's `price_row`, with the
     look-up cached per model and day when the model has no long-context tier."""
 
     def __init__(self, book: PriceBook) -> None:
@@ -532,18 +533,27 @@ class _Pricer:
             return self.book.lookup(provider, model, dt.date.fromisoformat(day), input_tokens)
         return price
 
-    def cost(self, provider: str, model: str, day: str, usage: _Usage) -> tuple[float | None, int]:
-        """(cost_usd, priced) of a row with usage."""
+    def cost(
+        self, provider: str, model: str, day: str, usage: _Usage
+    ) -> tuple[float | None, int, str | None, str | None]:
+        """(cost_usd, priced, cost_basis, unpriced_reason) of a row with usage."""
         input_tokens, cached, cache_write, cache_write_1h, output, reasoning, _, _ = usage
-        return priced_cost(
-            self.price(provider, model, day, input_tokens),
-            input_tokens=input_tokens,
-            cached_input_tokens=cached,
-            cache_write_tokens=cache_write,
-            cache_write_1h_tokens=cache_write_1h,
-            output_tokens=output,
-            reasoning_tokens=reasoning,
-        )
+        price = self.price(provider, model, day, input_tokens)
+        if price is None:
+            return None, 0, None, "no_price"
+        try:
+            cost = cost_usd(
+                price,
+                input_tokens=input_tokens,
+                cached_input_tokens=cached,
+                cache_write_tokens=cache_write,
+                cache_write_1h_tokens=cache_write_1h,
+                output_tokens=output,
+                reasoning_tokens=reasoning,
+            )
+        except Unpriced as e:
+            return None, 0, None, e.reason
+        return float(cost), 1, entry_label(price), None
 
 
 def _spread(rng: random.Random, sigma: float) -> float:
@@ -584,11 +594,12 @@ def _request(
             ts, org.org_id, token_id, provider, "POST", path, spec.name, None, status, outcome,
             0, injected, 1, None, None, None, None, None, None, None, None, priced,
             latency, None, request_id, user, tags, error, None,
+            None, "usage_unseen" if priced == 0 else None,
         )  # fmt: skip
 
     usage = _usage(rng, spec, org.input_scale, path)
     input_tokens, cached, cache_write, cache_write_1h, output, reasoning, total, raw = usage
-    cost, priced = pricer.cost(provider, spec.answered_as, day, usage)
+    cost, priced, basis, reason = pricer.cost(provider, spec.answered_as, day, usage)
     prefill = (spec.ttft_ms + input_tokens * 0.02) * _spread(rng, 0.35)
     thinking = (reasoning or 0) * spec.ms_per_token
     visible = ((output or 0) - (reasoning or 0)) * spec.ms_per_token * _spread(rng, 0.25)
@@ -602,7 +613,7 @@ def _request(
         ts, org.org_id, token_id, provider, "POST", path, spec.name, spec.answered_as, 200, "ok",
         int(asked_stream), injected, 1, input_tokens, cached, cache_write, cache_write_1h,
         output, reasoning, total, cost, priced, latency, ttft, _request_id(rng, provider),
-        user, tags, None, raw,
+        user, tags, None, raw, basis, reason,
     )  # fmt: skip
 
 

@@ -1,157 +1,459 @@
-"""Turning token counts into USD with the price in force, never guessing.
+"""Turning what a request used into USD with the prices in force, never guessing.
 
-A model without a price, or a kind of token the price has no rate for, gives no cost at
-all (None), which the recorder stores as NULL with `priced` = 0.
+Every billable unit a response reports (each kind of token, web searches, code
+executions) is priced by its own rate. A model without a price, a unit without a rate, or
+a service tier without its own prices gives no cost at all: the row is stored with
+`cost_usd` NULL, `priced` = 0 and the reason in `unpriced_reason` (`no_price`,
+`missing_rate:<kind>`, `usage_unseen`, `inconsistent_usage`). A kind of token without a
+rate never takes another kind's rate, unlike the price library's own `calc_price`.
+
+A priced row says how in `cost_basis`: the price entry used (its source, model and first
+day), `fallback:<family> ...` when an unknown snapshot took its family's price, or
+`provider_reported` when the provider stated the charge itself (OpenRouter).
 """
 
 from __future__ import annotations
 
 import bisect
 import datetime as dt
-import re
+import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from sqlite_utils import Database
 
-from llm_monitor.money.prices import PriceEntry, read_prices
+from llm_monitor.money.library import LibraryIndex, family_of, library_index
+from llm_monitor.money.prices import CALL_RATES, PriceEntry, read_prices
 from llm_monitor.usage import UsageRecord
 
 PER_TOKEN = Decimal(1_000_000)
+PER_CALL = Decimal(1_000)
+__all__ = ["PriceBook", "Unpriced", "breakdown", "family_of", "price_row"]
 
-# `gpt-4o-2024-08-06` and `gpt-4-0613` are snapshots of `gpt-4o` and `gpt-4`.
-_SNAPSHOT_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4}|\d{8})$")
+# The counts of a usage row that can cost money.
+UNIT_FIELDS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "input_image_tokens",
+    "output_image_tokens",
+    "web_search_requests",
+    "code_executions",
+)
 
 
-def family_of(model: str) -> str | None:
-    """The model a dated snapshot belongs to, or None if it is not a snapshot."""
-    stripped = _SNAPSHOT_SUFFIX.sub("", model)
-    return stripped if stripped != model else None
+class Unpriced(Exception):
+    """No cost can be given; `reason` says why, as stored in `unpriced_reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+MissingRate = Unpriced  # the name earlier callers used
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One term of a cost: `count` units of `kind` at `rate` USD per `per` units."""
+
+    kind: str
+    count: int
+    rate: Decimal
+    per: Decimal
+
+    @property
+    def amount(self) -> Decimal:
+        return self.count * self.rate / self.per
+
+
+def _counts(rates: dict[str, Decimal], units: dict[str, int | None]) -> tuple[tuple[str, int], ...]:
+    """Each kind of unit the request used, as counts that are parts of no other."""
+    get = units.get
+    cached = get("cached_input_tokens") or 0
+    cache_write = get("cache_write_tokens") or 0
+    cache_write_1h = get("cache_write_1h_tokens") or 0
+    audio_in, image_in = get("input_audio_tokens") or 0, get("input_image_tokens") or 0
+    audio_out, image_out = get("output_audio_tokens") or 0, get("output_image_tokens") or 0
+    reasoning = get("reasoning_tokens") or 0
+    output = get("output_tokens") or 0
+    reasoning_apart = reasoning if "reasoning" in rates else 0
+    counts = (
+        ("input", (get("input_tokens") or 0) - cached - cache_write - audio_in - image_in),
+        ("cached_input", cached),
+        ("cache_write", cache_write - cache_write_1h),
+        ("cache_write_1h", cache_write_1h),
+        ("input_audio", audio_in),
+        ("input_image", image_in),
+        ("output", output - audio_out - image_out - reasoning_apart),
+        ("reasoning", reasoning_apart),
+        ("output_audio", audio_out),
+        ("output_image", image_out),
+        ("web_search_per_1k", get("web_search_requests") or 0),
+        ("code_execution_per_1k", get("code_executions") or 0),
+    )
+    if reasoning > output or min(count for _, count in counts) < 0:
+        raise Unpriced("inconsistent_usage")  # a part larger than its whole
+    return counts
+
+
+def _rate(rates: dict[str, Decimal], kind: str) -> Decimal:
+    rate = rates.get(kind)
+    if rate is None:
+        raise Unpriced(f"missing_rate:{kind.removesuffix('_per_1k')}")
+    return rate
+
+
+def breakdown(rates: dict[str, Decimal], **units: int | None) -> list[Line]:
+    """The cost's terms: each kind of unit the request used, at its own rate.
+
+    Counts as in `usage`: input_tokens includes cached, cache-write, audio and image
+    tokens; cache_write_tokens includes the one-hour writes; output_tokens includes
+    reasoning, audio and image tokens. Reasoning is output text: billed at the output rate
+    unless the price gives it a rate of its own.
+    """
+    return [
+        Line(kind, count, _rate(rates, kind), PER_CALL if kind in CALL_RATES else PER_TOKEN)
+        for kind, count in _counts(rates, units)
+        if count
+    ]
+
+
+def total(rates: dict[str, Decimal], units: dict[str, int | None]) -> Decimal:
+    """The sum of `breakdown`'s terms, computed without building them (the recorder's path)."""
+    tokens = calls = Decimal(0)
+    for kind, count in _counts(rates, units):
+        if count:
+            if kind in CALL_RATES:
+                calls += count * _rate(rates, kind)
+            else:
+                tokens += count * _rate(rates, kind)
+    return tokens / PER_TOKEN + calls / PER_CALL
+
+
+def cost_usd(price: PriceEntry, **units: int | None) -> Decimal:
+    """Cost of one request at one price's rates (see `breakdown`)."""
+    return sum((line.amount for line in breakdown(price.rates(), **units)), Decimal(0))
+
+
+def priced_cost(price: PriceEntry | None, **units: int | None) -> tuple[float | None, int]:
+    """(cost_usd, priced) of a request with usage at `price`: no cost and priced 0 when
+    there is no price or no rate for one of its units."""
+    if price is None:
+        return None, 0
+    try:
+        return float(cost_usd(price, **units)), 1
+    except Unpriced:
+        return None, 0
+
+
+def tier_variant(service_tier: str | None) -> str:
+    """The price variant of a response's service tier: '' for the standard price."""
+    if not service_tier or service_tier in ("default", "auto", "standard", "standard_only"):
+        return ""
+    if service_tier == "batch":
+        return "processing=batch"
+    return f"service_tier={service_tier}"
+
+
+@dataclass(frozen=True)
+class Quote:
+    """The rates for one request, and which entries they came from."""
+
+    entry: PriceEntry  # the standard price
+    variant: PriceEntry | None  # the service tier's own rates, over the standard ones
+    rates: dict[str, Decimal]
+    fallback: str | None = None  # the family an unknown snapshot was priced as
+
+    @functools.cached_property
+    def basis(self) -> str:
+        text = entry_label(self.entry)
+        if self.variant is not None:
+            text += f" + {self.variant.variant}@{self.variant.effective_from}"
+        return f"fallback:{self.fallback} {text}" if self.fallback else text
+
+
+def entry_label(entry: PriceEntry) -> str:
+    """`genai-prices 0.2.3:openai/gpt-4o@2000-01-01`: what `cost_basis` names."""
+    origin = entry.source if entry.origin == "library" else "local"
+    text = f"{origin}:{entry.provider}/{entry.model}@{entry.effective_from}"
+    if entry.above_input_tokens:
+        text += f">{entry.above_input_tokens}"
+    if entry.window:
+        text += f" {entry.window}Z"
+    return text
+
+
+Group = tuple[str, int, str]  # variant, above_input_tokens, window
+
+
+class _History:
+    """One group's entries by `effective_from`."""
+
+    __slots__ = ("dates", "entries")
+
+    def __init__(self) -> None:
+        self.entries: list[PriceEntry] = []
+        self.dates: list[dt.date] = []
+
+    def in_force(self, day: dt.date) -> PriceEntry | None:
+        i = bisect.bisect_right(self.dates, day)
+        if not i:
+            return None
+        entry = self.entries[i - 1]
+        if entry.effective_until is not None and day >= entry.effective_until:
+            return None
+        return entry
+
+
+def _covers(window: str, clock: dt.time) -> bool:
+    start, end = (dt.time.fromisoformat(t) for t in window.split("-"))
+    return start <= clock < end if start <= end else (clock >= start or clock < end)
 
 
 class PriceBook:
-    """Prices by provider and model, each a history ordered by `effective_from`."""
+    """Prices by provider and model: the `prices` table's entries, each model's local
+    ones winning over the library's, found by the library's matching rules.
 
-    def __init__(self, entries: Iterable[PriceEntry]) -> None:
-        self._history: dict[tuple[str, str], list[PriceEntry]] = {}
-        for entry in entries:
-            self._history.setdefault((entry.provider, entry.model), []).append(entry)
-        for history in self._history.values():
-            history.sort(key=lambda e: e.effective_from)
+    Built once (the recorder builds it at start and when the table changes) and then only
+    read; matches are cached, so pricing a row costs microseconds.
+    """
+
+    def __init__(self, entries: Iterable[PriceEntry], library: LibraryIndex | None = None) -> None:
+        self.library = library
+        self._models: dict[tuple[str, str], dict[str, dict[Group, _History]]] = {}
+        count = 0
+        for entry in sorted(entries, key=lambda e: e.effective_from):
+            groups = self._models.setdefault((entry.provider, entry.model), {})
+            history = groups.setdefault(entry.origin, {}).setdefault(
+                (entry.variant, entry.above_input_tokens, entry.window), _History()
+            )
+            history.entries.append(entry)
+            history.dates.append(entry.effective_from)
+            count += 1
+        self._count = count
+        # Models whose price depends on the day alone: no long-context tier, no time window.
+        self._plain = {
+            key: all(tier == 0 and not window for g in origins.values() for _, tier, window in g)
+            for key, origins in self._models.items()
+        }
+        self._resolved: dict[tuple[str, str], tuple[tuple[str, str] | None, str | None]] = {}
+        # Quotes of models without tiers or time windows depend only on the day: cached.
+        self._quotes: dict[tuple[str, str, str, str], Quote] = {}
 
     def __len__(self) -> int:
-        return sum(len(h) for h in self._history.values())
+        return self._count
+
+    def models(self) -> list[tuple[str, str]]:
+        return list(self._models)
+
+    def in_force(self, day: dt.date) -> list[PriceEntry]:
+        """Every price in force on `day`: per model, its local prices if one is in force,
+        else the library's; each tier, variant and time window."""
+        found = []
+        for key in sorted(self._models):
+            for history in self._groups_in_force(key, day).values():
+                entry = history.in_force(day)
+                if entry is not None:
+                    found.append(entry)
+        return found
+
+    # Which model's prices apply.
+
+    def resolve(self, provider: str, model: str) -> tuple[tuple[str, str] | None, str | None]:
+        """(the priced model's key, the family if it is a fallback), cached."""
+        key = (provider, model)
+        found = self._resolved.get(key)
+        if found is None:
+            if len(self._resolved) > 50_000:  # made-up names must not grow it forever
+                self._resolved.clear()
+            found = self._resolved[key] = self._resolve(provider, model)
+        return found
+
+    def _resolve(self, provider: str, model: str) -> tuple[tuple[str, str] | None, str | None]:
+        direct = self._direct(provider, model)
+        if direct is not None:
+            return direct, None
+        family = family_of(model)
+        if family is not None:
+            priced_as = self._direct(provider, family)
+            if priced_as is not None and self._snapshots_agree(provider, family, priced_as):
+                return priced_as, family
+        return None, None
+
+    def _direct(self, provider: str, model: str) -> tuple[str, str] | None:
+        """The model itself, or what the library's rules say it is (an alias, a listed
+        snapshot, `provider/model`), when the table has prices for it."""
+        if (provider, model) in self._models:
+            return provider, model
+        if self.library is not None:
+            match = self.library.find(provider, model)
+            if match is not None and (match.provider, match.model) in self._models:
+                return match.provider, match.model
+        return None
+
+    def _snapshots_agree(self, provider: str, family: str, priced_as: tuple[str, str]) -> bool:
+        """Every known snapshot of the family has the family's prices: only then may an
+        unknown one be priced as the family (gpt-4o-2024-05-13 costs more than gpt-4o)."""
+        names = [m for p, m in self._models if p == provider and family_of(m) == family]
+        if self.library is not None:
+            names += self.library.snapshot_names(provider, family)
+        family_rates = self._signature(priced_as)
+        for name in names:
+            key = self._direct(provider, name)
+            if key is not None and key != priced_as and self._signature(key) != family_rates:
+                return False
+        return True
+
+    def _signature(self, key: tuple[str, str]) -> frozenset[Any]:
+        return frozenset(
+            (group, tuple(sorted(entry.rates().items())))
+            for groups in self._models[key].values()
+            for group, history in groups.items()
+            for entry in history.entries
+        )
+
+    # The price in force.
+
+    def quote(
+        self,
+        provider: str,
+        model: str,
+        when: dt.datetime,
+        input_tokens: int | None = None,
+        variant: str = "",
+    ) -> Quote:
+        """The rates for a request to `model` at `when` (UTC); raises Unpriced."""
+        key, fallback = self.resolve(provider, model)
+        if key is None:
+            raise Unpriced("no_price")
+        day = when.date()
+        groups = self._groups_in_force(key, day)
+        standard = self._pick(groups, "", day, when.time(), input_tokens)
+        if standard is None:
+            raise Unpriced("no_price")
+        if not variant:
+            return Quote(standard, None, standard.rates(), fallback)
+        own = self._pick(groups, variant, day, None, input_tokens)
+        if own is None:
+            raise Unpriced(f"missing_rate:{variant}")
+        return Quote(standard, own, {**standard.rates(), **own.rates()}, fallback)
+
+    def quote_at(
+        self, provider: str, model: str, ts: str, input_tokens: int | None, variant: str = ""
+    ) -> Quote:
+        """`quote` for a row's `ts` (UTC ISO-8601), cached per day where that is exact."""
+        key = (provider, model, ts[:10], variant)
+        quote = self._quotes.get(key)
+        if quote is not None:
+            return quote
+        quote = self.quote(provider, model, when_of(ts), input_tokens, variant)
+        resolved = self.resolve(provider, model)[0]
+        if resolved is not None and self._plain[resolved]:
+            if len(self._quotes) > 50_000:
+                self._quotes.clear()
+            self._quotes[key] = quote
+        return quote
 
     def lookup(
         self, provider: str, model: str, on: dt.date, input_tokens: int | None = None
     ) -> PriceEntry | None:
-        """The price in force on `on` for the model (else its family) and prompt length."""
-        for name in (model, family_of(model)):
-            if name is None:
-                continue
-            history = self._history.get((provider, name))
-            if not history:
-                continue
-            # Each tier has its own history: the latest entry of each in force on `on`.
-            in_force: dict[int, PriceEntry] = {}
-            for entry in history[: bisect.bisect_right([e.effective_from for e in history], on)]:
-                in_force[entry.above_input_tokens] = entry
-            if 0 not in in_force:
-                continue
-            tier = max(t for t in in_force if t == 0 or t < (input_tokens or 0))
-            return in_force[tier]
-        return None
+        """The standard price in force on `on` (at noon UTC) for the model and prompt length."""
+        try:
+            when = dt.datetime.combine(on, dt.time(12))
+            return self.quote(provider, model, when, input_tokens).entry
+        except Unpriced:
+            return None
 
+    def _groups_in_force(self, key: tuple[str, str], day: dt.date) -> dict[Group, _History]:
+        """The model's local prices when one is in force that day, else the library's."""
+        origins = self._models[key]
+        local = origins.get("local")
+        if local and any(h.in_force(day) for h in local.values()):
+            return local
+        return origins.get("library") or {}
 
-class MissingRate(Exception):
-    """The price has no rate for a kind of token this request used."""
-
-
-def cost_usd(
-    price: PriceEntry,
-    *,
-    input_tokens: int | None,
-    cached_input_tokens: int | None = None,
-    cache_write_tokens: int | None = None,
-    cache_write_1h_tokens: int | None = None,
-    output_tokens: int | None = None,
-    reasoning_tokens: int | None = None,
-) -> Decimal:
-    """Cost of one request; each kind of token at its own rate.
-
-    input_tokens includes cached and cache-write tokens; cache_write_tokens includes the
-    one-hour writes; output_tokens includes reasoning.
-    """
-    cached = cached_input_tokens or 0
-    cache_write_1h = cache_write_1h_tokens or 0
-    cache_write = (cache_write_tokens or 0) - cache_write_1h
-    output = output_tokens or 0
-    reasoning = reasoning_tokens or 0
-    uncached = (input_tokens or 0) - cached - (cache_write_tokens or 0)
-    if uncached < 0 or output < reasoning or cache_write < 0:
-        raise MissingRate("token figures are inconsistent (a part exceeds its whole)")
-    if cached and price.cached_input is None:
-        raise MissingRate(f"no cached-input rate for {price.model}")
-    if cache_write and price.cache_write is None:
-        raise MissingRate(f"no cache-write rate for {price.model}")
-    if cache_write_1h and price.cache_write_1h is None:
-        raise MissingRate(f"no one-hour cache-write rate for {price.model}")
-    total = uncached * price.input
-    total += cached * (price.cached_input or 0)
-    total += cache_write * (price.cache_write or 0)
-    total += cache_write_1h * (price.cache_write_1h or 0)
-    if price.reasoning is None:
-        total += output * price.output
-    else:
-        total += (output - reasoning) * price.output + reasoning * price.reasoning
-    return total / PER_TOKEN
-
-
-def priced_cost(price: PriceEntry | None, **tokens: int | None) -> tuple[float | None, int]:
-    """(cost_usd, priced) of a request with usage, tokens as for `cost_usd`: priced 0 and
-    no cost when there is no price, or no rate for one of its kinds of token."""
-    if price is None:
-        return None, 0
-    try:
-        return float(cost_usd(price, **tokens)), 1
-    except MissingRate:
-        return None, 0
+    @staticmethod
+    def _pick(
+        groups: dict[Group, _History],
+        variant: str,
+        day: dt.date,
+        clock: dt.time | None,
+        input_tokens: int | None,
+    ) -> PriceEntry | None:
+        window = ""
+        if clock is not None:
+            for (v, tier, w), history in groups.items():
+                if (
+                    v == variant
+                    and w
+                    and tier == 0
+                    and _covers(w, clock)
+                    and history.in_force(day) is not None
+                ):
+                    window = w
+                    break
+        in_force = {}
+        for (v, tier, w), history in groups.items():
+            if v == variant and w == window and (entry := history.in_force(day)) is not None:
+                in_force[tier] = entry
+        if 0 not in in_force:
+            return None
+        return in_force[max(t for t in in_force if t == 0 or t < (input_tokens or 0))]
 
 
 def load_price_book(db: Database) -> PriceBook:
-    return PriceBook(read_prices(db))
+    """The table's prices with the library's matching rules (imported on first use)."""
+    return PriceBook(read_prices(db), library_index())
+
+
+def units_of(record: UsageRecord | dict[str, Any]) -> dict[str, int | None]:
+    get = record.get if isinstance(record, dict) else lambda k: getattr(record, k)
+    return {name: get(name) for name in UNIT_FIELDS}
+
+
+def when_of(ts: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(ts.removesuffix("Z"))
 
 
 def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:
-    """The record as a `usage` row with `cost_usd` and `priced` filled in.
+    """The record as a `usage` row with its cost, `priced`, `cost_basis` and
+    `unpriced_reason` filled in.
 
     priced = 1: cost known. priced = 0: the request was billable but its cost is unknown
-    (no price for the model, no rate for a kind of token, or a 2xx answer whose usage was
-    never seen). priced = NULL: nothing to bill (an error status, no answer at all, an
-    endpoint without a model, a free call).
+    (the reason says why). priced = NULL: nothing to bill (an error status, no answer at
+    all, an endpoint without a model, a free call).
     """
     row = record.model_dump()
-    row["cost_usd"] = None
-    row["priced"] = None
+    row.update(cost_usd=None, priced=None, cost_basis=None, unpriced_reason=None)
     model = record.billed_model
     if record.has_usage:
-        price = (
-            book.lookup(record.provider, model, _day(record.ts), record.input_tokens)
-            if model
-            else None
-        )
-        row["cost_usd"], row["priced"] = priced_cost(
-            price,
-            input_tokens=record.input_tokens,
-            cached_input_tokens=record.cached_input_tokens,
-            cache_write_tokens=record.cache_write_tokens,
-            cache_write_1h_tokens=record.cache_write_1h_tokens,
-            output_tokens=record.output_tokens,
-            reasoning_tokens=record.reasoning_tokens,
-        )
+        if record.reported_cost_usd is not None:
+            row.update(cost_usd=record.reported_cost_usd, priced=1, cost_basis="provider_reported")
+            return row
+        try:
+            if not model:
+                raise Unpriced("no_price")
+            quote = book.quote_at(
+                record.provider,
+                model,
+                record.ts,
+                record.input_tokens,
+                tier_variant(record.service_tier),
+            )
+            row["cost_usd"] = float(total(quote.rates, row))
+            row["priced"], row["cost_basis"] = 1, quote.basis
+        except Unpriced as e:
+            row["priced"], row["unpriced_reason"] = 0, e.reason
     elif record.billable and model and _may_have_been_billed(record):
-        row["priced"] = 0
+        row["priced"], row["unpriced_reason"] = 0, "usage_unseen"
     return row
 
 
@@ -161,7 +463,3 @@ def _may_have_been_billed(record: UsageRecord) -> bool:
     if record.status is not None:
         return record.status < 300
     return record.outcome != "upstream_error"
-
-
-def _day(ts: str) -> dt.date:
-    return dt.date.fromisoformat(ts[:10])

@@ -7,11 +7,13 @@ chunks are passed on as they arrive (read on the side), and rows go to the recor
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -142,6 +144,11 @@ def is_json(content_type: str) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
 
 
+def refused_changed_body(state: FlowState, response: http.Response) -> bool:
+    """The provider answered 4xx to a body the proxy changed: to be sent again unchanged."""
+    return state.info.unchanged_body is not None and 400 <= response.status_code < 500
+
+
 @dataclass(slots=True)
 class FlowState:
     """What the addon keeps about one flow between its hooks."""
@@ -158,6 +165,7 @@ class FlowState:
     unread: str | None = None  # why the proxy did not read a body it would have read
     recorded: bool = False
     key_hint: str | None = None
+    accept_encoding: str | None = None  # the client's, when the proxy changed it
 
     @property
     def stream(self) -> StreamTap | None:
@@ -361,7 +369,7 @@ class Monitor:
         if flow.error is not None:
             return  # refused by mitmproxy itself (smuggling checks): never forwarded, no row
         mode = flow.client_conn.proxy_mode
-        if not isinstance(mode, ReverseMode):
+        if flow.is_replay or not isinstance(mode, ReverseMode):  # a replay: not a client's
             return
         listener = self._listener(mode)
         provider = provider_named(listener.provider)
@@ -435,6 +443,7 @@ class Monitor:
         if state.info.usage_injected:
             # A stream the proxy rewrites is best not compressed: re-encoding costs, and a
             # re-encoded stream cannot fall back to passing the upstream's bytes on.
+            state.accept_encoding = flow.request.headers.get("accept-encoding")
             flow.request.headers["accept-encoding"] = "identity"
 
     def _readable_request(self, request: http.Request, state: FlowState) -> bool:
@@ -472,35 +481,103 @@ class Monitor:
         response = flow.response
         if state is None or response is None or not state.forwarded:
             return
+        if refused_changed_body(state, response):
+            return  # kept whole (an error is small) until `response` sends the body again
+        state.tap = self._tap_for(state, response)
+        if state.tap is not None:
+            response.stream = state.tap
+            if state.tap.rewrites and "content-length" in response.headers:
+                del response.headers["content-length"]  # the length changes
+                if response.http_version == "HTTP/1.1":
+                    response.headers["transfer-encoding"] = "chunked"
+
+    def _tap_for(self, state: FlowState, response: http.Response) -> StreamTap | None:
+        """What reads `response` on the side as it passes (its stream or its JSON body);
+        None, with `response.stream` set to pass it on untouched, for what is not read."""
         encoding = response.headers.get("content-encoding", "")
         content_type = response.headers.get("content-type", "").lower()
         if not is_supported(encoding):
             response.stream = True
             state.unread = f"response content-encoding {encoding[:40]!r} not read"
-            return
+            return None
         reader = None
         if response.status_code < 400:
             reader = state.provider.stream_reader(state.info, content_type)
         if reader is None:
             if response.status_code < 400 and not is_json(content_type):
                 response.stream = True  # files, audio, images: no usage to read
-                return
+                return None
             reader = BodyCollector(self.max_read)  # JSON and errors: read on the side
-        state.tap = StreamTap(reader, encoding, max_read=self.max_read)
-        response.stream = state.tap
-        if reader.rewrites and "content-length" in response.headers:
-            del response.headers["content-length"]  # the length changes
-            if response.http_version == "HTTP/1.1":
-                response.headers["transfer-encoding"] = "chunked"
+        return StreamTap(reader, encoding, max_read=self.max_read)
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state = self._state(flow)
         if state is None or state.recorded or flow.response is None:
-            return
+            return None
         if not state.forwarded:
             self._forget(flow, state)
+            return None
+        if refused_changed_body(state, flow.response):
+            # mitmproxy awaits what a hook returns: only this flow waits for the answer.
+            return self._send_unchanged(flow, state)
+        self._record_response(flow, state)
+        return None
+
+    async def _send_unchanged(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """The provider refused a body the proxy changed (usage injection): send the
+        client's own request once more, and stop changing bodies on this listener. The
+        client gets the answer it would have had without the proxy."""
+        mode = flow.client_conn.proxy_mode
+        listener = self._listener_by_spec.get(mode.full_spec)
+        if listener is not None and listener.inject_usage:
+            self._listener_by_spec[mode.full_spec] = dataclasses.replace(
+                listener, inject_usage=False
+            )
+            logger.warning(
+                "llm-monitor: %s answered %d to a stream the proxy had asked for usage "
+                "(stream_options.include_usage); sent it again unchanged and stopped asking "
+                "on this listener (to make it permanent: --set monitor_providers=PORT:%s:noinject)",
+                printable(state.provider_name),
+                flow.response.status_code,
+                printable(state.provider_name),
+            )
+        retry = http.HTTPFlow(flow.client_conn, flow.server_conn)
+        retry.request = flow.request.copy()
+        retry.request.raw_content = state.info.unchanged_body
+        if "content-length" in retry.request.headers:
+            retry.request.headers["content-length"] = str(len(state.info.unchanged_body or b""))
+        if state.accept_encoding is None:
+            retry.request.headers.pop("accept-encoding", None)
+        else:
+            retry.request.headers["accept-encoding"] = state.accept_encoding
+        retry.is_replay = "request"  # passes this addon's hooks untouched
+        # mitmproxy's own replay machinery: the upstream connection, TLS and options as for
+        # any flow, without the client-playback addon (the lean master has none). Imported
+        # here: a running proxy has loaded `mitmproxy.addons` already.
+        from mitmproxy.addons.clientplayback import ReplayHandler
+
+        try:
+            await asyncio.wait_for(
+                ReplayHandler(retry, ctx.options).replay(), ctx.options.tcp_timeout
+            )
+        except TimeoutError:
+            retry.response = None
+        if retry.response is not None:
+            flow.response = retry.response
+            state.info.usage_injected = False
+            state.info.unchanged_body = None
+        if state.recorded:  # the client hung up meanwhile (recorded by `error`)
             return
+        # The answer came whole: read it as if it had passed, within the same limits.
+        state.tap = self._tap_for(state, flow.response)
+        if state.tap is not None:
+            state.tap(flow.response.raw_content or b"")
+            state.tap(b"")
+        self._record_response(flow, state)
+
+    def _record_response(self, flow: http.HTTPFlow, state: FlowState) -> None:
         response = flow.response
+        assert response is not None
         if (stream := state.stream) is not None:
             reader = stream.reader
             if reader.error or response.status_code >= 400:

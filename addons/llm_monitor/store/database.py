@@ -287,6 +287,98 @@ def m006_billing(db: Database) -> None:
     db["billing_reconciliation"].create_index(["scope_org_id", "day"])
 
 
+# Sources of the price files shipped before prices came from genai-prices: their rows are
+# copies of published list prices, so they count as the library's, not as local overrides.
+_FORMER_SHIPPED_SOURCES = (
+    "https://platform.claude.com/docs/en/about-claude/pricing%",
+    "https://ai.google.dev/gemini-api/docs/pricing%",
+    "Google Developers Blog announcement of gemini-embedding-001%",
+    "https://developers.openai.com/api/docs/pricing%",
+    "https://openai.com/api/pricing/%",
+    "https://docs.x.ai/docs/models%",
+)
+
+
+@migrations()
+def m007_price_library_and_cost_basis(db: Database) -> None:
+    """Prices from genai-prices next to local overrides; every billable unit counted; each
+    row's cost explained (`cost_basis`) or its absence (`unpriced_reason`)."""
+    usage = db["usage"]
+    for name, type_ in (
+        ("input_audio_tokens", int),
+        ("output_audio_tokens", int),
+        ("input_image_tokens", int),
+        ("output_image_tokens", int),
+        ("web_search_requests", int),
+        ("code_executions", int),
+        ("service_tier", str),
+        ("reported_cost_usd", float),
+        ("cost_basis", str),
+        ("unpriced_reason", str),
+    ):
+        usage.add_column(name, type_)
+    # Rows priced before: the reason is known for those whose usage was never seen; the
+    # others had no price (or a missing cache rate): `pricing reprice` says which.
+    db.execute(
+        "update usage set unpriced_reason = case when input_tokens is null and "
+        "output_tokens is null then 'usage_unseen' else 'no_price' end where priced = 0"
+    )
+    # `pricing unpriced` and the admin view read only the rows without any price.
+    db.execute(
+        f"create index idx_usage_no_price on usage (provider, {SHOWN_MODEL}, ts, org_id, "
+        "input_tokens, output_tokens) where unpriced_reason = 'no_price'"
+    )
+
+    # Rebuilt rather than altered: input and output rates may now be absent (an embedding
+    # model has no output rate), and a price is keyed by its origin, variant and window too.
+    old = [
+        "id",
+        "provider",
+        "model",
+        "above_input_tokens",
+        "effective_from",
+        "input",
+        "cached_input",
+        "cache_write",
+        "cache_write_1h",
+        "output",
+        "reasoning",
+        "source",
+        "as_of",
+    ]
+    db.execute("""
+        create table prices_new (
+          id integer primary key, provider text not null, model text not null,
+          origin text not null default 'local', variant text not null default '',
+          above_input_tokens integer not null default 0, [window] text not null default '',
+          effective_from text not null, effective_until text,
+          input text, cached_input text, cache_write text, cache_write_1h text, output text,
+          reasoning text, input_audio text, output_audio text, input_image text,
+          output_image text, web_search_per_1k text, code_execution_per_1k text,
+          source text, as_of text
+        )""")
+    db.execute(f"insert into prices_new ({', '.join(old)}) select {', '.join(old)} from prices")
+    db.execute("drop table prices")
+    db.execute("alter table prices_new rename to prices")
+    db.execute(
+        "update prices set origin = 'library' where "
+        + " or ".join("source like ?" for _ in _FORMER_SHIPPED_SOURCES),
+        _FORMER_SHIPPED_SOURCES,
+    )
+    db.execute(
+        "create unique index idx_prices_key on prices "
+        "(provider, model, origin, variant, above_input_tokens, [window], effective_from)"
+    )
+    # The recorder rebuilds its price book when this number changes, and only then.
+    db.execute("create table prices_version (version integer not null)")
+    db.execute("insert into prices_version values (0)")
+    for event in ("insert", "update", "delete"):
+        db.execute(
+            f"create trigger prices_version_{event} after {event} on prices "
+            "begin update prices_version set version = version + 1; end"
+        )
+
+
 def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = True) -> Database:
     """Open (creating if need be) the database with the pragmas every writer relies on.
 

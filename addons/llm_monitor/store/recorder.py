@@ -22,6 +22,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from llm_monitor.money.costs import PriceBook, load_price_book, price_row
+from llm_monitor.money.prices import prices_version
 from llm_monitor.store import rollups
 from llm_monitor.store.database import open_db
 from llm_monitor.usage import UsageRecord
@@ -107,20 +108,24 @@ class Recorder:
     def _run(self) -> None:
         db: Database | None = None
         book = PriceBook([])
-        data_version = None
+        data_version = prices_seen = None
         backoff = 0.0
         outage_since: float | None = None
         stopping = False
+        warm = True  # build the price book before the first row, not while it waits
         while True:
-            stopping = self._collect(backoff) or stopping
+            if not warm:
+                stopping = self._collect(backoff) or stopping
             if len(self._pending) > self.max_pending:  # a long outage: keep memory bounded
                 self._spool(self._pending)
                 self._pending.clear()
-            if db is None and self._pending:
+            if db is None and (self._pending or warm):
+                warm = False
                 try:
                     db = open_db(self.db_path, migrate=False)
-                    book = load_price_book(db)
                     data_version = db.execute("pragma data_version").fetchone()[0]
+                    prices_seen = prices_version(db)
+                    book = load_price_book(db)
                 except sqlite3.Error as e:
                     db = None
                     outage_since = self._outage(outage_since, e)
@@ -129,7 +134,9 @@ class Recorder:
                 try:
                     version = db.execute("pragma data_version").fetchone()[0]
                     if version != data_version:  # someone else committed: prices may have changed
-                        book, data_version = load_price_book(db), version
+                        data_version = version
+                        if (seen := prices_version(db)) != prices_seen:
+                            book, prices_seen = load_price_book(db), seen
                     batch = self._pending[: self.batch_size]
                     write_rows(db, [self._priced(r, book) for r in batch])
                     del self._pending[: len(batch)]
@@ -224,12 +231,14 @@ class Recorder:
     def _priced(self, record: UsageRecord, book: PriceBook) -> dict[str, Any]:
         row = price_row(record, book)
         key = (record.provider, record.billed_model)
-        if row["priced"] == 0 and record.has_usage and key not in self._warned_unpriced:
+        reason = row["unpriced_reason"]
+        if reason not in (None, "usage_unseen") and key not in self._warned_unpriced:
             self._warned_unpriced.add(key)
             logger.warning(
-                "llm-monitor: no price for %s model %r: cost recorded as NULL "
-                "(add one with `llm-monitor pricing set`)",
+                "llm-monitor: cannot price %s model %r (%s): cost recorded as NULL "
+                "(see `llm-monitor pricing check`)",
                 *key,
+                reason,
             )
         return row
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from llm_monitor.proxy.providers.anthropic import Anthropic
 from llm_monitor.proxy.providers.base import Provider, RequestInfo, StreamReader
 from llm_monitor.proxy.providers.gemini import Gemini
+from llm_monitor.proxy.providers.mistral import Mistral
 from llm_monitor.proxy.providers.openai import OpenAI
+from llm_monitor.proxy.providers.openrouter import OpenRouter
 
 __all__ = ["KNOWN_HOSTS", "Provider", "RequestInfo", "StreamReader", "provider_named"]
 
@@ -18,6 +20,12 @@ KNOWN_HOSTS = {
     "api.anthropic.com": "anthropic",
     "generativelanguage.googleapis.com": "gemini",
     "api.x.ai": "xai",
+    "api.groq.com": "groq",
+    "api.mistral.ai": "mistral",
+    "api.deepseek.com": "deepseek",
+    "openrouter.ai": "openrouter",
+    "api.together.xyz": "together",
+    "api.fireworks.ai": "fireworks",
 }
 
 # xAI's API is OpenAI-compatible, quirks included in the OpenAI module.
@@ -26,6 +34,8 @@ _PARSERS: dict[str, Provider] = {
     "anthropic": Anthropic(),
     "gemini": Gemini(),
     "xai": OpenAI(),
+    "mistral": Mistral(),
+    "openrouter": OpenRouter(),
 }
 
 

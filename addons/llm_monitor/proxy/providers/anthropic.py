@@ -9,6 +9,11 @@ Quirks that live here:
   wins, never a sum. `ping` events, and no `[DONE]`: `message_stop` ends the stream.
 - Thinking tokens are billed as output and included in `output_tokens`; no separate count.
 - `/v1/messages/count_tokens` answers with `input_tokens` but is not billed.
+- Server tools are counted in `usage.server_tool_use`: `web_search_requests` are billed
+  per 1,000 searches; `web_fetch_requests` cost tokens only (no per-call charge);
+  `code_execution_requests` have no per-call rate (code execution is billed by container
+  time), so a response that used it is unpriced rather than priced on tokens alone.
+- `usage.service_tier` is `standard`, `priority` or `batch`.
 """
 
 from __future__ import annotations
@@ -32,12 +37,18 @@ def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
     split = usage.get("cache_creation")
     one_hour = as_count(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else None
     parts = [uncached, cache_read, cache_write]
+    tools = usage.get("server_tool_use")
+    tools = tools if isinstance(tools, dict) else {}
+    tier = usage.get("service_tier")
     return TokenUsage(
         input_tokens=sum(p or 0 for p in parts) if any(p is not None for p in parts) else None,
         cached_input_tokens=cache_read,
         cache_write_tokens=cache_write,
         cache_write_1h_tokens=one_hour,
         output_tokens=as_count(usage.get("output_tokens")),
+        web_search_requests=as_count(tools.get("web_search_requests")),
+        code_executions=as_count(tools.get("code_execution_requests")),
+        service_tier=tier[:40] if isinstance(tier, str) and tier else None,
         raw=usage,
     )
 

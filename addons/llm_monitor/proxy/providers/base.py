@@ -29,6 +29,9 @@ class RequestInfo:
     streamed: bool = False
     usage_injected: bool = False
     billable: bool = True  # False for calls the provider does not charge for (count_tokens)
+    # The body as the client sent it, when the proxy changed it (usage injection): sent
+    # again unchanged if the provider refuses the changed one.
+    unchanged_body: bytes | None = None
 
 
 class StreamReader(Protocol):

@@ -11,6 +11,9 @@ Quirks that live here:
   one JSON array whose elements arrive in pieces (`JsonArrayReader`); every element carries
   cumulative usage, so the last one wins;
 - `countTokens` is not billed; embeddings carry no usage;
+- input is one rate for text, images and video, and another for audio: the AUDIO part of
+  `promptTokensDetails` is counted apart (`input_audio_tokens`); generated images and
+  audio (`candidatesTokensDetails`) have rates of their own;
 - credentials may come as `?key=` in the query string (never stored: see `stored_path`).
 """
 
@@ -40,14 +43,30 @@ def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
     thoughts = as_count(usage.get("thoughtsTokenCount"))
     has_input = prompt is not None or tool_prompt is not None
     has_output = candidates is not None or thoughts is not None
+    prompt_parts = _by_modality(usage.get("promptTokensDetails"))
+    output_parts = _by_modality(usage.get("candidatesTokensDetails"))
     return TokenUsage(
         input_tokens=(prompt or 0) + (tool_prompt or 0) if has_input else None,
         cached_input_tokens=as_count(usage.get("cachedContentTokenCount")),
         output_tokens=(candidates or 0) + (thoughts or 0) if has_output else None,
         reasoning_tokens=thoughts,
         total_tokens=as_count(usage.get("totalTokenCount")),
+        input_audio_tokens=prompt_parts.get("AUDIO"),
+        output_audio_tokens=output_parts.get("AUDIO"),
+        output_image_tokens=output_parts.get("IMAGE"),
         raw=usage,
     )
+
+
+def _by_modality(details: Any) -> dict[str, int]:
+    """`[{"modality": "AUDIO", "tokenCount": 120}, ...]` as {"AUDIO": 120}."""
+    found: dict[str, int] = {}
+    for item in details if isinstance(details, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("modality"), str):
+            count = as_count(item.get("tokenCount"))
+            if count is not None:
+                found[item["modality"]] = found.get(item["modality"], 0) + count
+    return found
 
 
 def usage_and_model(obj: Any) -> tuple[TokenUsage | None, str | None]:

@@ -14,7 +14,9 @@ Quirks that live here:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import http
@@ -73,6 +75,8 @@ def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
             output_tokens=completion,
             reasoning_tokens=reasoning,
             total_tokens=total,
+            input_audio_tokens=_details(usage, "prompt_tokens_details", "audio_tokens"),
+            output_audio_tokens=_details(usage, "completion_tokens_details", "audio_tokens"),
             raw=usage,
         )
     return TokenUsage(
@@ -81,22 +85,51 @@ def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
         output_tokens=as_count(usage.get("output_tokens")),
         reasoning_tokens=_details(usage, "output_tokens_details", "reasoning_tokens"),
         total_tokens=as_count(usage.get("total_tokens")),
+        input_audio_tokens=_details(usage, "input_tokens_details", "audio_tokens"),
+        input_image_tokens=_details(usage, "input_tokens_details", "image_tokens"),
+        output_image_tokens=_details(usage, "output_tokens_details", "image_tokens"),
         raw=usage,
     )
 
 
-def _usage_and_model(obj: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """The usage object and model of a response body or stream event, wherever they sit:
-    top level, in a Responses event's `response`, or under Groq's `x_groq`."""
+# Responses output items billed per call: web searches at their own rate; code
+# interpreter sessions have no per-call rate, so a response that used one is unpriced.
+_TOOL_CALLS = {"web_search_call": "web_search_requests", "code_interpreter_call": "code_executions"}
+
+
+def with_response_facts(usage: TokenUsage, holder: dict[str, Any]) -> TokenUsage:
+    """What the response says beside `usage` that the bill depends on: its service tier
+    (`default`, `flex`, `priority`) and the tool calls in a Responses `output`."""
+    facts: dict[str, Any] = {}
+    tier = holder.get("service_tier")
+    if isinstance(tier, str) and tier:
+        facts["service_tier"] = tier[:40]
+    output = holder.get("output")
+    if isinstance(output, list):
+        for item in output:
+            field = _TOOL_CALLS.get(item.get("type")) if isinstance(item, dict) else None
+            if field:
+                facts[field] = facts.get(field, 0) + 1
+    return dataclasses.replace(usage, **facts) if facts else usage
+
+
+def _usage_and_model(obj: Any) -> tuple[dict[str, Any] | None, str | None, dict[str, Any]]:
+    """The usage object, model and enclosing object of a response body or stream event,
+    wherever they sit: top level, in a Responses event's `response`, or under Groq's
+    `x_groq`."""
     if not isinstance(obj, dict):
-        return None, None
+        return None, None, {}
     holder = obj.get("response") if isinstance(obj.get("response"), dict) else obj
     usage = holder.get("usage")
     vendor = holder.get("x_groq")
     if usage is None and isinstance(vendor, dict):
         usage = vendor.get("usage")
     model = holder.get("model")
-    return (usage if isinstance(usage, dict) else None), (model if isinstance(model, str) else None)
+    return (
+        (usage if isinstance(usage, dict) else None),
+        (model if isinstance(model, str) else None),
+        holder,
+    )
 
 
 # A float embeddings response can be 40 MB; parsing it whole holds the GIL, and so the
@@ -145,11 +178,15 @@ def error_code_of(obj: Any) -> str | None:
     return None
 
 
+UsageReader = Callable[[dict[str, Any], dict[str, Any]], TokenUsage]
+
+
 class OpenAIStreamReader(SSEReader):
-    def __init__(self, *, usage_injected: bool) -> None:
+    def __init__(self, *, usage_injected: bool, read_usage: UsageReader) -> None:
         super().__init__()
         self.usage_injected = usage_injected
         self.rewrites = usage_injected
+        self.read_usage = read_usage
 
     def on_event(self, raw: bytes) -> bytes:
         if self.response_model is not None and not _worth_parsing(raw):
@@ -163,11 +200,11 @@ class OpenAIStreamReader(SSEReader):
         if event.data == "[DONE]":
             return raw
         obj = load_json(event.data)
-        usage, model = _usage_and_model(obj)
+        usage, model, holder = _usage_and_model(obj)
         if model and self.response_model is None:
             self.response_model = model
         if usage is not None:
-            self.usage = normalise_usage(usage)
+            self.usage = self.read_usage(usage, holder)
         if event.name == "error" or (isinstance(obj, dict) and "error" in obj):
             self.error = error_code_of(obj) or "stream error"
         if not self.usage_injected or not isinstance(obj, dict):
@@ -190,6 +227,10 @@ def _without_usage_null(raw: bytes) -> bytes:
 class OpenAI:
     name = "openai"
 
+    def read_usage(self, usage: dict[str, Any], holder: dict[str, Any]) -> TokenUsage:
+        """A usage object and the object around it (for subclasses' vendor fields)."""
+        return with_response_facts(normalise_usage(usage), holder)
+
     def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
         content_type = request.headers.get("content-type", "").lower()
         if request.method != "POST" or "json" not in content_type:
@@ -209,6 +250,7 @@ class OpenAI:
             if options.get("include_usage") is not True:
                 options["include_usage"] = True
                 body["stream_options"] = options
+                info.unchanged_body = request.raw_content  # to send again if refused
                 # ASCII escapes survive lone surrogates ("\ud83d") that UTF-8 cannot encode.
                 request.content = json.dumps(body).encode()
                 info.usage_injected = True
@@ -219,8 +261,8 @@ class OpenAI:
     ) -> tuple[TokenUsage | None, str | None]:
         if len(body) > LARGE_BODY and (found := _usage_at_the_end(body)) is not None:
             return found
-        usage, model = _usage_and_model(load_json(body))
-        return (normalise_usage(usage) if usage is not None else None), model
+        usage, model, holder = _usage_and_model(load_json(body))
+        return (self.read_usage(usage, holder) if usage is not None else None), model
 
     def error_code(self, body: bytes) -> str | None:
         return error_code_of(load_json(body))
@@ -228,7 +270,7 @@ class OpenAI:
     def stream_reader(self, info: RequestInfo, content_type: str) -> OpenAIStreamReader | None:
         if "text/event-stream" not in content_type:
             return None
-        return OpenAIStreamReader(usage_injected=info.usage_injected)
+        return OpenAIStreamReader(usage_injected=info.usage_injected, read_usage=self.read_usage)
 
     def rejection(self, status: int, message: str, code: str) -> bytes:
         error_type = "invalid_request_error"

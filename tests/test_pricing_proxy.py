@@ -1,0 +1,542 @@
+"""Pricing through a real mitmdump: each provider's current models from genai-prices'
+figures, snapshots, server tools, modalities, service tiers, provider-reported cost,
+local overrides, Mistral's streams and a rejected usage injection. Every expected cost
+is computed by hand from the pinned genai-prices 0.2.3 rates (USD per 1M tokens)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import API_KEY, invoke, new_org
+from tests.proxy import Proxy, row_for, rows, running_proxy, wait_for_log
+from tests.replay import ReplayServer, Reply
+
+LISTENERS = (
+    "openai",
+    "anthropic",
+    "gemini",
+    "xai",
+    "groq",
+    "mistral",
+    "deepseek",
+    "openrouter",
+    "together",
+    "fireworks",
+)
+
+
+@pytest.fixture(scope="module")
+def priced_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db_path = tmp_path_factory.mktemp("pricing") / "llm-monitor.db"
+    invoke(db_path, "init")
+    return db_path
+
+
+@pytest.fixture(scope="module")
+def pricing_token(priced_db: Path) -> str:
+    return new_org(priced_db, "Pricing")
+
+
+@pytest.fixture(scope="module")
+def pricing_proxy(priced_db: Path, upstream: ReplayServer, pricing_token: str) -> Iterator[Proxy]:
+    with running_proxy(
+        priced_db, f"http://127.0.0.1:{upstream.port}", providers=LISTENERS
+    ) as proxy:
+        yield proxy
+
+
+def cost(text: str) -> float:
+    return float(Decimal(text))
+
+
+def chat(model: str, prompt: int, completion: int, **extra: Any) -> dict[str, Any]:
+    """An OpenAI-shaped chat completion with this usage."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    usage.update(extra.pop("usage", {}))
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}}],
+        "usage": usage,
+        **extra,
+    }
+
+
+def send(
+    proxy: Proxy,
+    upstream: ReplayServer,
+    token: str,
+    listener: str,
+    path: str,
+    request: dict[str, Any],
+    answer: dict[str, Any],
+) -> dict[str, Any]:
+    """One request through the proxy to a queued JSON answer; the row it left."""
+    reply = upstream.reply(Reply(200, json.dumps(answer).encode()))
+    response = httpx.post(
+        proxy.url(listener) + path,
+        json=request,
+        headers={"X-Monitor-Token": token, "Authorization": f"Bearer {API_KEY}"},
+        timeout=20,
+    )
+    assert response.status_code == 200, response.text
+    return row_for(proxy.db_path, reply.request_id)
+
+
+def send_chat(
+    proxy: Proxy, upstream: ReplayServer, token: str, listener: str, answer: dict[str, Any]
+) -> dict[str, Any]:
+    request = {"model": answer["model"], "messages": [{"role": "user", "content": "Hi"}]}
+    return send(proxy, upstream, token, listener, "/v1/chat/completions", request, answer)
+
+
+def priced(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["cost_usd"], row["priced"], row["cost_basis"], row["unpriced_reason"]
+
+
+LIBRARY = "genai-prices 0.2.3"
+
+
+@pytest.mark.parametrize(
+    ("listener", "answer", "expected", "basis"),
+    [
+        # gpt-5.4-mini: 1000 x 0.75 + 1000 cached x 0.075 + 500 x 4.5 = 750 + 75 + 2250
+        (
+            "openai",
+            chat(
+                "gpt-5.4-mini", 2000, 500, usage={"prompt_tokens_details": {"cached_tokens": 1000}}
+            ),
+            "0.003075",
+            "openai/gpt-5.4-mini@2000-01-01",
+        ),
+        # grok-4.3: 800 x 1.25 + 200 cached x 0.2 + 100 x 2.5 = 1000 + 40 + 250
+        (
+            "xai",
+            chat("grok-4.3", 1000, 100, usage={"prompt_tokens_details": {"cached_tokens": 200}}),
+            "0.00129",
+            "xai/grok-4.3@2000-01-01",
+        ),
+        # Groq's llama-3.3-70b-versatile, found under the listener's name: 1000 x 0.59 + 100 x 0.79
+        (
+            "groq",
+            chat("llama-3.3-70b-versatile", 1000, 100),
+            "0.000669",
+            "groq/llama-3.3-70b-versatile@2000-01-01",
+        ),
+        # mistral-large-latest is mistral-large: 1000 x 2 + 100 x 6
+        (
+            "mistral",
+            chat("mistral-large-latest", 1000, 100),
+            "0.0026",
+            "mistral/mistral-large@2000-01-01",
+        ),
+        # Together: 1000 x 0.88 + 100 x 0.88
+        (
+            "together",
+            chat("meta-llama/Llama-3.3-70B-Instruct-Turbo", 1000, 100),
+            "0.000968",
+            "together/meta-llama/Llama-3.3-70B-Instruct-Turbo@2000-01-01",
+        ),
+        # Fireworks' long name for gpt-oss-120b: 1000 x 0.15 + 100 x 0.6
+        (
+            "fireworks",
+            chat("accounts/fireworks/models/gpt-oss-120b", 1000, 100),
+            "0.00021",
+            "fireworks/gpt-oss-120b@2026-10-19",
+        ),
+        # gpt-4o-2024-05-13 has its own price, $5/$15 (gpt-4o is $2.50/$10): 5000 + 1500
+        (
+            "openai",
+            chat("gpt-4o-2024-05-13", 1000, 100),
+            "0.0065",
+            "openai/gpt-4o-2024-05-13@2000-01-01",
+        ),
+        # gpt-4o-2024-08-06 is listed as gpt-4o: 2500 + 1000
+        ("openai", chat("gpt-4o-2024-08-06", 1000, 100), "0.0035", "openai/gpt-4o@2000-01-01"),
+    ],
+)
+def test_current_models_are_priced_from_the_library(
+    pricing_proxy: Proxy,
+    upstream: ReplayServer,
+    pricing_token: str,
+    listener: str,
+    answer: dict[str, Any],
+    expected: str,
+    basis: str,
+) -> None:
+    row = send_chat(pricing_proxy, upstream, pricing_token, listener, answer)
+    assert priced(row) == (cost(expected), 1, f"{LIBRARY}:{basis}", None)
+
+
+def test_deepseek_follows_the_time_of_day(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    row = send_chat(
+        pricing_proxy, upstream, pricing_token, "deepseek", chat("deepseek-chat", 1000, 100)
+    )
+    clock = dt.time.fromisoformat(row["ts"][11:19])
+    if dt.time(0, 30) <= clock < dt.time(16, 30):  # peak: 1000 x 0.27 + 100 x 1.1
+        expected, window = "0.00038", " 00:30-16:30Z"
+    else:  # off-peak: 1000 x 0.135 + 100 x 0.55
+        expected, window = "0.00019", ""
+    assert priced(row) == (
+        cost(expected),
+        1,
+        f"{LIBRARY}:deepseek/deepseek-chat@2000-01-01{window}",
+        None,
+    )
+
+
+def test_claude_opus_4_7_with_cache_writes_of_both_lengths(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    answer = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-opus-4-7",
+        "content": [{"type": "text", "text": "Hi"}],
+        "usage": {
+            "input_tokens": 100,
+            "cache_read_input_tokens": 1000,
+            "cache_creation_input_tokens": 2000,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": 1000,
+                "ephemeral_1h_input_tokens": 1000,
+            },
+            "output_tokens": 300,
+            "service_tier": "standard",
+        },
+    }
+    request = {
+        "model": "claude-opus-4-7",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    row = send(pricing_proxy, upstream, pricing_token, "anthropic", "/v1/messages", request, answer)
+    # 100 x 5 + 1000 x 0.5 + 1000 x 6.25 + 1000 x 10 + 300 x 25 = 500 + 500 + 6250 + 10000 + 7500
+    assert priced(row) == (
+        cost("0.02475"),
+        1,
+        f"{LIBRARY}:anthropic/claude-opus-4-7@2000-01-01",
+        None,
+    )
+    assert row["service_tier"] == "standard"
+
+
+def anthropic_answer(model: str, **tools: int) -> dict[str, Any]:
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": "Hi"}],
+        "usage": {"input_tokens": 1000, "output_tokens": 100, "server_tool_use": tools},
+    }
+
+
+def test_web_searches_are_billed_and_code_execution_refused(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    request = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    answer = anthropic_answer("claude-sonnet-4-5", web_search_requests=3, web_fetch_requests=2)
+    row = send(pricing_proxy, upstream, pricing_token, "anthropic", "/v1/messages", request, answer)
+    # 1000 x 3 + 100 x 15 = 4500 per 1M, + 3 searches x $10 / 1,000 (web fetches: tokens only)
+    assert priced(row) == (
+        cost("0.0345"),
+        1,
+        f"{LIBRARY}:anthropic/claude-sonnet-4-5@2000-01-01",
+        None,
+    )
+    assert row["web_search_requests"] == 3
+    # Code execution is billed by container time, not per call: no rate, so no cost.
+    answer = anthropic_answer("claude-sonnet-4-5", code_execution_requests=1)
+    row = send(pricing_proxy, upstream, pricing_token, "anthropic", "/v1/messages", request, answer)
+    assert priced(row) == (None, 0, None, "missing_rate:code_execution")
+
+
+def test_openai_web_search_calls_are_billed(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    answer = {
+        "id": "resp_1",
+        "object": "response",
+        "model": "gpt-4.1-2025-04-14",
+        "output": [
+            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+            {"type": "web_search_call", "id": "ws_2", "status": "completed"},
+            {"type": "message", "role": "assistant", "content": []},
+        ],
+        "usage": {"input_tokens": 1000, "output_tokens": 100, "total_tokens": 1100},
+        "service_tier": "default",
+    }
+    request = {"model": "gpt-4.1", "input": "Hi", "tools": [{"type": "web_search"}]}
+    row = send(pricing_proxy, upstream, pricing_token, "openai", "/v1/responses", request, answer)
+    # 1000 x 2 + 100 x 8 = 2800 per 1M, + 2 searches x $10 / 1,000
+    assert priced(row) == (cost("0.0228"), 1, f"{LIBRARY}:openai/gpt-4.1@2000-01-01", None)
+    assert (row["web_search_requests"], row["service_tier"]) == (2, "default")
+
+
+def test_audio_tokens_have_their_own_rate_or_no_cost(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    answer = {
+        "candidates": [{"content": {"parts": [{"text": "Hi"}]}, "finishReason": "STOP"}],
+        "usageMetadata": {
+            "promptTokenCount": 1000,
+            "candidatesTokenCount": 200,
+            "promptTokensDetails": [
+                {"modality": "TEXT", "tokenCount": 600},
+                {"modality": "AUDIO", "tokenCount": 400},
+            ],
+        },
+        "modelVersion": "gemini-2.5-flash",
+    }
+    path = "/v1beta/models/gemini-2.5-flash:generateContent"
+    row = send(pricing_proxy, upstream, pricing_token, "gemini", path, {"contents": []}, answer)
+    # 600 text x 0.30 + 400 audio x 1.00 + 200 x 2.50 = 180 + 400 + 500
+    assert priced(row) == (
+        cost("0.00108"),
+        1,
+        f"{LIBRARY}:gemini/gemini-2.5-flash@2000-01-01",
+        None,
+    )
+    assert row["input_audio_tokens"] == 400
+    # gpt-4o has no audio rate: audio input is not billed at the text rate.
+    audio = chat("gpt-4o", 1000, 10, usage={"prompt_tokens_details": {"audio_tokens": 300}})
+    row = send_chat(pricing_proxy, upstream, pricing_token, "openai", audio)
+    assert priced(row) == (None, 0, None, "missing_rate:input_audio")
+
+
+def test_unknown_snapshots_fall_back_only_when_the_family_agrees(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
+) -> None:
+    # Every gpt-4.1 snapshot costs gpt-4.1's price: 1000 x 2 + 100 x 8, and the row says so.
+    row = send_chat(
+        pricing_proxy, upstream, pricing_token, "openai", chat("gpt-4.1-2099-01-01", 1000, 100)
+    )
+    assert priced(row) == (
+        cost("0.0028"),
+        1,
+        f"fallback:gpt-4.1 {LIBRARY}:openai/gpt-4.1@2000-01-01",
+        None,
+    )
+    # gpt-4o-2024-05-13 costs more than gpt-4o: an unknown gpt-4o snapshot is not guessed.
+    row = send_chat(
+        pricing_proxy, upstream, pricing_token, "openai", chat("gpt-4o-2099-01-01", 1000, 100)
+    )
+    assert priced(row) == (None, 0, None, "no_price")
+    checked = json.loads(invoke(priced_db, "pricing", "check", "--json"))
+    problems = {(c["model"], c["problem"]) for c in checked}
+    assert {
+        ("gpt-4.1-2099-01-01", "fallback:gpt-4.1"),
+        ("gpt-4o-2099-01-01", "no_price"),
+    } <= problems
+    unpriced = json.loads(invoke(priced_db, "pricing", "unpriced", "--json"))
+    assert "gpt-4o-2099-01-01" in {u["model"] for u in unpriced}
+    assert "gpt-4.1-2099-01-01" not in {u["model"] for u in unpriced}
+
+
+def test_openrouter_reported_cost_is_the_cost(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
+) -> None:
+    answer = chat("openai/gpt-4o", 1000, 100, usage={"cost": 0.00412, "is_byok": False})
+    row = send_chat(pricing_proxy, upstream, pricing_token, "openrouter", answer)
+    assert priced(row) == (0.00412, 1, "provider_reported", None)
+    assert row["reported_cost_usd"] == 0.00412
+    assert "as stated by the provider" in invoke(priced_db, "explain", str(row["id"]))
+    # Without usage.cost, OpenRouter's own list price: 1000 x 2.5 + 100 x 10
+    row = send_chat(
+        pricing_proxy, upstream, pricing_token, "openrouter", chat("openai/gpt-4o", 1000, 100)
+    )
+    assert row["cost_basis"].startswith(f"{LIBRARY}:openrouter/openai/gpt-4o@")
+    assert row["cost_usd"] == cost("0.0035")
+
+
+def test_service_tiers_are_priced_by_their_own_rates(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    flex = chat("gpt-5.4-mini", 1000, 100, service_tier="flex")
+    row = send_chat(pricing_proxy, upstream, pricing_token, "openai", flex)
+    # flex: 1000 x 0.375 + 100 x 2.25 = 375 + 225
+    assert priced(row) == (
+        cost("0.0006"),
+        1,
+        f"{LIBRARY}:openai/gpt-5.4-mini@2000-01-01 + service_tier=flex@2026-10-12",
+        None,
+    )
+    assert row["service_tier"] == "flex"
+    scale = chat("gpt-5.4-mini", 1000, 100, service_tier="scale")
+    row = send_chat(pricing_proxy, upstream, pricing_token, "openai", scale)
+    assert priced(row) == (None, 0, None, "missing_rate:service_tier=scale")
+
+
+def test_a_local_override_wins_over_the_library_at_once(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
+) -> None:
+    before = send_chat(
+        pricing_proxy, upstream, pricing_token, "groq", chat("llama-3.1-8b-instant", 1000, 100)
+    )
+    assert before["cost_basis"] == f"{LIBRARY}:groq/llama-3.1-8b-instant@2000-01-01"
+    invoke(
+        priced_db, "pricing", "set", "llama-3.1-8b-instant", "--provider", "groq",
+        "--input", "1", "--output", "2", "--source", "our Groq contract",
+    )  # fmt: skip
+    # The running proxy's recorder sees the new price before its next batch.
+    row = send_chat(
+        pricing_proxy, upstream, pricing_token, "groq", chat("llama-3.1-8b-instant", 1000, 100)
+    )
+    today = row["ts"][:10]
+    # 1000 x 1 + 100 x 2
+    assert priced(row) == (cost("0.0012"), 1, f"local:groq/llama-3.1-8b-instant@{today}", None)
+    explained = invoke(priced_db, "explain", str(row["id"]))
+    assert "source: our Groq contract" in explained
+    assert "input (uncached)" in explained and "1,000 x $1 / 1M = $0.001" in explained
+    assert "total" in explained and "$0.0012" in explained
+    # The earlier row keeps its cost until someone reprices.
+    dry = json.loads(
+        invoke(priced_db, "pricing", "reprice", "--since", today, "--dry-run", "--json")
+    )
+    llama = next(m for m in dry if m["model"] == "llama-3.1-8b-instant")
+    assert (llama["requests"], llama["changed"]) == (2, 1)
+
+
+def sse(*events: dict[str, Any]) -> bytes:
+    return (
+        b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    )
+
+
+def chunk(
+    model: str, content: str | None = None, usage: dict | None = None, finish: str | None = None
+) -> dict:
+    delta = {"content": content} if content is not None else {}
+    event: dict[str, Any] = {
+        "id": "cmpl-1",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage is not None:
+        event["usage"] = usage
+    return event
+
+
+MISTRAL_STREAM = sse(
+    chunk("mistral-small-latest", "Bon"),
+    chunk("mistral-small-latest", "jour"),
+    chunk(
+        "mistral-small-latest",
+        "",
+        usage={"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100},
+        finish="stop",
+    ),
+)
+
+
+def test_mistral_streams_are_not_injected(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    reply = upstream.reply(Reply(200, MISTRAL_STREAM, content_type="text/event-stream", seed=3))
+    client = openai.OpenAI(
+        base_url=pricing_proxy.url("mistral") + "/v1",
+        api_key=API_KEY,
+        max_retries=0,
+        default_headers={"X-Monitor-Token": pricing_token},
+    )
+    stream = client.chat.completions.create(
+        model="mistral-small-latest", messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Bonjour"
+    assert "stream_options" not in upstream.take_received().json()
+    row = row_for(pricing_proxy.db_path, reply.request_id)
+    assert (row["usage_injected"], row["input_tokens"], row["output_tokens"]) == (0, 1000, 100)
+    # mistral-small-latest (from 2026-03-16): 1000 x 0.15 + 100 x 0.6
+    assert priced(row) == (
+        cost("0.00021"),
+        1,
+        f"{LIBRARY}:mistral/mistral-small-latest@2026-03-16",
+        None,
+    )
+
+
+def test_a_rejected_injection_is_sent_again_unchanged(
+    tmp_path: Path, upstream: ReplayServer
+) -> None:
+    db_path = tmp_path / "retry.db"
+    invoke(db_path, "init")
+    token = new_org(db_path, "Retry")
+    rejection = {
+        "detail": [
+            {
+                "type": "extra_forbidden",
+                "loc": ["body", "stream_options"],
+                "msg": "Extra inputs are not permitted",
+            }
+        ]
+    }
+    with running_proxy(
+        db_path, f"http://127.0.0.1:{upstream.port}", providers=("together",)
+    ) as proxy:
+        refused = upstream.reply(Reply(422, json.dumps(rejection).encode()))
+        answered = upstream.reply(
+            Reply(200, MISTRAL_STREAM, content_type="text/event-stream", seed=5)
+        )
+        body = (
+            b'{"model": "mistral-small-latest", "stream": true,\n'
+            b' "messages": [{"role": "user", "content": "Hi \\u00e9"}]}'
+        )
+        with httpx.stream(
+            "POST",
+            proxy.url("together") + "/v1/chat/completions",
+            content=body,
+            headers={
+                "X-Monitor-Token": token,
+                "Authorization": f"Bearer {API_KEY}",
+                "Content-Type": "application/json",
+            },
+            timeout=20,
+        ) as response:
+            received = response.read()
+        # The client gets the answer it would have had without the proxy.
+        assert response.status_code == 200
+        assert received == MISTRAL_STREAM
+        first, second = upstream.take_received(), upstream.take_received()
+        assert first.json()["stream_options"] == {"include_usage": True}
+        assert second.body == body  # byte for byte what the client sent
+        assert "x-monitor-token" not in second.headers
+        wait_for_log(proxy, "sent it again unchanged and stopped asking on this listener")
+        row = row_for(db_path, answered.request_id)
+        assert (row["status"], row["outcome"], row["usage_injected"]) == (200, "ok", 0)
+        assert (row["input_tokens"], row["output_tokens"]) == (1000, 100)
+        # The listener no longer changes bodies.
+        again = upstream.reply(Reply(200, MISTRAL_STREAM, content_type="text/event-stream"))
+        httpx.post(
+            proxy.url("together") + "/v1/chat/completions",
+            content=body,
+            headers={"X-Monitor-Token": token, "Content-Type": "application/json"},
+            timeout=20,
+        )
+        assert upstream.take_received().body == body
+        row_for(db_path, again.request_id)
+        # One row per request the client sent: the refused attempt is not a row of its own.
+        assert len(rows(db_path)) == 2
+        assert not rows(db_path, "request_id = ?", (refused.request_id,))
