@@ -32,8 +32,10 @@ def expected_keys(table: str, row: dict) -> list[tuple]:
         return [(row["ts"][:10], row["org_id"], row["provider"], model)]
     day = row["ts"][:10]
     tags = [f"{k}={v}" for k, v in json.loads(row["tags"] or "{}").items()] or [""]
-    return [(day, row["org_id"], "user", row["user"] or "")] + [
-        (day, row["org_id"], "tag", tag) for tag in tags
+    return [
+        (day, row["org_id"], "user", row["user"] or ""),
+        (day, row["org_id"], "token", str(row["token_id"] or 0)),
+        *((day, row["org_id"], "tag", tag) for tag in tags),
     ]
 
 

@@ -42,11 +42,22 @@ class TokenUsage:
 MAX_COUNT = 2**63 - 1  # SQLite's INTEGER
 
 
+_formatted_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+
 def utc_timestamp(epoch: float) -> str:
-    """`2026-11-23T20:15:45.542Z`: sortable, and understood by SQLite's date functions."""
+    """`2026-11-23T20:15:45.542Z`: sortable, and understood by SQLite's date functions.
+
+    Called for every request: a second is formatted once, then reused for the rest of it.
+    """
+    global _formatted_second
     seconds = int(epoch)
     milliseconds = int((epoch - seconds) * 1000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{milliseconds:03d}Z"
+    second, text = _formatted_second
+    if second != seconds:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _formatted_second = (seconds, text)
+    return f"{text}.{milliseconds:03d}Z"
 
 
 def as_count(value: Any) -> int | None:

@@ -393,3 +393,18 @@ def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = Tru
     if migrate:
         migrations.apply(db)
     return db
+
+
+@migrations()
+def m008_daily_token_labels(db: Database) -> None:
+    """Per day and monitor token (`usage_daily_labels`, kind 'token'): the token view reads
+    a row per token and day instead of one per hour, model and provider. Summed from the
+    hourly rollup, which has every token already."""
+    columns = ", ".join(rollups.SUMS)
+    db.execute("delete from usage_daily_labels where kind = 'token'")  # m004 made them anew
+    db.execute(
+        f"""insert into usage_daily_labels (day, org_id, kind, label, {columns})
+        select substr(hour, 1, 10), org_id, 'token', cast(token_id as text),
+          {", ".join(f"sum({s})" for s in rollups.SUMS)}
+        from usage_hourly group by 1, 2, 4"""
+    )

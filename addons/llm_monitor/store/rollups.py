@@ -3,8 +3,9 @@
 - `usage_hourly`: per hour, organisation, monitor token, provider and model.
 - `usage_daily`: per day, organisation, provider and model (months across all orgs).
 - `usage_daily_labels`: per day, organisation and label, where a label is the request's
-  user (`kind` = 'user') or one of its tags as `key=value` (`kind` = 'tag'); '' when the
-  request had none. A request with two tags counts once under each.
+  user (`kind` = 'user'), one of its tags as `key=value` (`kind` = 'tag'; '' when the
+  request had none, and a request with two tags counts once under each), or its monitor
+  token's id (`kind` = 'token', as text; '0' for none).
 - `usage_latency_hourly`: a latency histogram per hour and organisation, for percentiles
   without sorting millions of rows: `requests` whose latency is at most `le_ms`, counted in
   buckets eight to a doubling (each bound 9% above the one before).
@@ -94,7 +95,11 @@ def _label_keys(row: dict[str, Any]) -> list[Key]:
     day, org_id = row["ts"][:10], row["org_id"] or 0
     tags = json.loads(row["tags"]) if row["tags"] else {}
     labels = [f"{key}={value}" for key, value in tags.items()] or [""]
-    return [(day, org_id, "user", row["user"] or "")] + [(day, org_id, "tag", t) for t in labels]
+    return [
+        (day, org_id, "user", row["user"] or ""),
+        (day, org_id, "token", str(row["token_id"] or 0)),
+        *((day, org_id, "tag", t) for t in labels),
+    ]
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,9 @@ ROLLUPS = (
         10,
         _label_keys,
         f"""select substr(ts, 1, 10), coalesce(org_id, 0), 'user', coalesce(user, ''),
+        {_SUMS_SQL} from usage where ts >= ? group by 1, 2, 3, 4
+        union all
+        select substr(ts, 1, 10), coalesce(org_id, 0), 'token', cast(coalesce(token_id, 0) as text),
         {_SUMS_SQL} from usage where ts >= ? group by 1, 2, 3, 4
         union all
         select substr(ts, 1, 10), coalesce(org_id, 0), 'tag',
