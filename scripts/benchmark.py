@@ -483,13 +483,16 @@ def print_table(results: list[Result]) -> None:
         "rss_peak_mb",
         "rows",
     ]
-    rows = [[getattr(r, c) if getattr(r, c) is not None else "" for c in columns] for r in results]
-    widths = [
-        max(len(str(x)) for x in [c, *(row[i] for row in rows)]) for i, c in enumerate(columns)
-    ]
+    echo_table(columns, [{c: getattr(r, c) for c in columns} for r in results])
+
+
+def echo_table(columns: list[str], rows: list[dict[str, object]]) -> None:
+    """Right-aligned columns, an empty cell for None."""
+    cells = [["" if row[c] is None else str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(x) for x in [c, *(r[i] for r in cells)]) for i, c in enumerate(columns)]
     click.echo("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in rows:
-        click.echo("  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
+    for row in cells:
+        click.echo("  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
 
 
 # (numerator, denominator): throughput ratios that say what each layer costs.
@@ -869,12 +872,7 @@ def peers_command(
                         )
                         results.append(result)
     table = peers_table(results)
-    columns = list(table[0])
-    rows = [[row[c] if row[c] is not None else "" for c in columns] for row in table]
-    widths = [max(len(str(x)) for x in [c, *(r[i] for r in rows)]) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in rows:
-        click.echo("  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
+    echo_table(list(table[0]), table)
     Path(out).write_text(
         json.dumps(
             {

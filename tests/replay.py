@@ -87,9 +87,11 @@ class Received:
         return json.loads(self.body)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, no log lines, no Nagle delay, no traceback when the proxy hangs
+    up: what every stand-in provider in the tests wants."""
+
     protocol_version = "HTTP/1.1"
-    server: ReplayServer
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -103,6 +105,10 @@ class _Handler(BaseHTTPRequestHandler):
     def handle(self) -> None:
         with contextlib.suppress(OSError):  # the proxy hung up: part of several tests
             super().handle()
+
+
+class _Handler(QuietHandler):
+    server: ReplayServer
 
     def _handle(self) -> None:
         length = int(self.headers.get("content-length") or 0)

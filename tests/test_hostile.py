@@ -21,7 +21,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +31,7 @@ import pytest
 
 from tests.conftest import API_KEY, invoke, new_org
 from tests.proxy import Proxy, rows, running_proxy, wait_for_rows
+from tests.replay import QuietHandler
 
 MiB = 1024 * 1024
 CANARY_BOUND = 0.2  # seconds
@@ -97,22 +98,8 @@ class Upstream(ThreadingHTTPServer):
         return [r for r in self.received if r["case"] == case]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     server: Upstream
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body leave in separate writes: without this, Nagle's algorithm and
-        # delayed ACKs add 40 ms to every response.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def handle(self) -> None:
-        with contextlib.suppress(OSError):
-            super().handle()
 
     def do_POST(self) -> None:
         case = parse_qs(urlsplit(self.path).query).get("case", ["canary"])[0]

@@ -25,7 +25,7 @@ from sqlite_utils import Database
 
 from llm_monitor.billing import ledger
 from llm_monitor.billing.feeds import ImportReport, ProgressFactory, run_feeds
-from llm_monitor.billing.http import ApiClient, ApiError
+from llm_monitor.billing.http import ApiClient, ApiError, paged
 from llm_monitor.billing.openai import add, count
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -104,19 +104,6 @@ def cost_row(item: dict[str, Any], day: dt.date) -> ledger.CostRow:
         project_id=item.get("workspace_id"),
         raw=item,
     )
-
-
-def paged(client: ApiClient, path: str, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
-    page = None
-    while True:
-        data = client.get(path, {**params, **({"page": page} if page else {})})
-        buckets = data.get("data")
-        if not isinstance(buckets, list):
-            raise ApiError(f"anthropic: {path} answered without a data list")
-        yield [b for b in buckets if isinstance(b, dict)]
-        page = data.get("next_page")
-        if not data.get("has_more") or not page:
-            return
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -126,3 +127,18 @@ def _error_message(response: httpx.Response) -> str:
         return ""
     message = error.get("message") if isinstance(error, dict) else error
     return f": {str(message)[:200]}" if message else ""
+
+
+def paged(client: ApiClient, path: str, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+    """Each page of `path`'s buckets, following `next_page` while `has_more` (the paging of
+    both OpenAI's and Anthropic's admin APIs)."""
+    page = None
+    while True:
+        data = client.get(path, {**params, **({"page": page} if page else {})})
+        buckets = data.get("data")
+        if not isinstance(buckets, list):
+            raise ApiError(f"{client.provider}: {path} answered without a data list")
+        yield [b for b in buckets if isinstance(b, dict)]
+        page = data.get("next_page")
+        if not data.get("has_more") or not page:
+            return
