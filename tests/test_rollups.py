@@ -19,6 +19,7 @@ KEYS = {
     "usage_hourly": ("hour", "org_id", "token_id", "provider", "model"),
     "usage_daily": ("day", "org_id", "provider", "model"),
     "usage_daily_labels": ("day", "org_id", "kind", "label"),
+    "usage_daily_no_price": ("day", "org_id", "provider", "model"),
 }
 COMPARED = ("requests", "errors", "streamed", "unpriced", "input_tokens", "output_tokens")
 
@@ -29,6 +30,10 @@ def expected_keys(table: str, row: dict) -> list[tuple]:
     if table == "usage_hourly":
         return [(row["ts"][:13], row["org_id"], row["token_id"], row["provider"], model)]
     if table == "usage_daily":
+        return [(row["ts"][:10], row["org_id"], row["provider"], model)]
+    if table == "usage_daily_no_price":
+        if row["unpriced_reason"] != "no_price":
+            return []
         return [(row["ts"][:10], row["org_id"], row["provider"], model)]
     day = row["ts"][:10]
     tags = [f"{k}={v}" for k, v in json.loads(row["tags"] or "{}").items()] or [""]

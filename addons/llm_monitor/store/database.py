@@ -396,10 +396,10 @@ def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = Tru
 
 
 @migrations()
-def m008_daily_token_labels(db: Database) -> None:
+def m008_daily_token_and_no_price_rollups(db: Database) -> None:
     """Per day and monitor token (`usage_daily_labels`, kind 'token'): the token view reads
-    a row per token and day instead of one per hour, model and provider. Summed from the
-    hourly rollup, which has every token already."""
+    a row per token and day instead of one per hour, model and provider; summed from the
+    hourly rollup, which has every token already. And `usage_daily_no_price`."""
     columns = ", ".join(rollups.SUMS)
     db.execute("delete from usage_daily_labels where kind = 'token'")  # m004 made them anew
     db.execute(
@@ -408,3 +408,6 @@ def m008_daily_token_labels(db: Database) -> None:
           {", ".join(f"sum({s})" for s in rollups.SUMS)}
         from usage_hourly group by 1, 2, 4"""
     )
+    # The models no price matched, per day: the admins' list reads this, not `usage`.
+    rollups.create(db, ["usage_daily_no_price"])
+    rollups.rebuild(db, names=["usage_daily_no_price"])

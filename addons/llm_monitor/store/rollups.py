@@ -6,6 +6,9 @@
   user (`kind` = 'user'), one of its tags as `key=value` (`kind` = 'tag'; '' when the
   request had none, and a request with two tags counts once under each), or its monitor
   token's id (`kind` = 'token', as text; '0' for none).
+- `usage_daily_no_price`: per day, organisation, provider and model, the requests that no
+  price matched (`unpriced_reason` = 'no_price'): what the admins' list of models without
+  a price reads.
 - `usage_latency_hourly`: a latency histogram per hour and organisation, for percentiles
   without sorting millions of rows: `requests` whose latency is at most `le_ms`, counted in
   buckets eight to a doubling (each bound 9% above the one before).
@@ -102,6 +105,12 @@ def _label_keys(row: dict[str, Any]) -> list[Key]:
     ]
 
 
+def _no_price_keys(row: dict[str, Any]) -> list[Key]:
+    if row.get("unpriced_reason") != "no_price":
+        return []
+    return [(row["ts"][:10], row["org_id"] or 0, row["provider"], _model(row))]
+
+
 @dataclass(frozen=True)
 class Rollup:
     table: str
@@ -158,6 +167,15 @@ ROLLUPS = (
         coalesce(tag.key || '=' || tag.value, ''), {_SUMS_SQL}
         from usage left join json_each(usage.tags) as tag where ts >= ? group by 1, 2, 3, 4""",
         (("org_id", "kind", "day"),),
+    ),
+    Rollup(
+        "usage_daily_no_price",
+        ("day", "org_id", "provider", "model"),
+        10,
+        _no_price_keys,
+        f"""select substr(ts, 1, 10), coalesce(org_id, 0), provider, {_MODEL_SQL}, {_SUMS_SQL}
+        from usage where ts >= ? and unpriced_reason = 'no_price' group by 1, 2, 3, 4""",
+        (("provider", "model"),),
     ),
     Rollup(
         "usage_latency_hourly",
