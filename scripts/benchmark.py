@@ -288,6 +288,9 @@ def upstream(
 
 
 PROXY_PATHS = ("bare", "addon", "lean", "proxy")  # the paths that run a proxy process
+# Measured only when asked for (--only proxy-uvloop): `llm-monitor proxy` on uvloop, which
+# needs mitmproxy's eager task factory left out (uvloop 0.23 rejects its `eager_start`).
+OPTIONAL_PATHS = ("proxy-uvloop",)
 
 
 def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list[str]:
@@ -316,6 +319,8 @@ def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list
         return [str(BIN / "mitmdump"), *script, *common, "--set", "flow_detail=0", *monitor]
     if path == "lean":
         return [sys.executable, __file__, "serve-lean", *common]
+    if path == "proxy-uvloop":
+        return [sys.executable, __file__, "serve-uvloop", *common, *monitor]
     return [str(BIN / "llm-monitor"), "proxy", *common, *monitor]
 
 
@@ -421,11 +426,12 @@ def run_proxy_path(
 ) -> Result:
     port = free_port()
     run_dir = workdir / f"{path}-{kind}-{round_}"
-    db, token = new_db(run_dir) if path in ("addon", "proxy") else (workdir / "unused.db", "-")
+    recorded = path in ("addon", "proxy", "proxy-uvloop")
+    db, token = new_db(run_dir) if recorded else (workdir / "unused.db", "-")
     args = proxy_args(path, upstream_port, port, db, kind)
     with process(args, port, workdir / f"{run_dir.name}.log", PROXY_CPU) as proc:
         result = measure(path, kind, port, requests, concurrency, token, proc.pid)
-    if path in ("addon", "proxy"):
+    if recorded:
         result.rows = count_rows(db)
     result.round = round_
     return result
@@ -450,7 +456,7 @@ def run_paths(
     """Each round measures every path once, the proxies in a rotated order."""
     results = []
     upstream_port = free_port()
-    proxies = [p for p in PROXY_PATHS if p in paths]
+    proxies = [p for p in (*PROXY_PATHS, *OPTIONAL_PATHS) if p in paths]
     with upstream(upstream_port, workdir, first_event_ms=first_event_ms):
         for round_ in range(rounds):
             for kind in kinds:
@@ -501,6 +507,7 @@ THROUGHPUT_RATIOS = [
     ("lean", "bare"),  # the lean master against mitmdump, neither with the addon
     ("proxy", "lean"),  # the addon under the lean master
     ("proxy", "addon"),  # llm-monitor proxy against mitmdump + addon
+    ("proxy-uvloop", "proxy"),  # the same on uvloop
 ]
 
 
@@ -526,7 +533,7 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
                 entry[f"{top}_vs_{bottom}_throughput"] = median(
                     [by[top].req_per_s / by[bottom].req_per_s for by in per_round]
                 )
-        for path in PROXY_PATHS:
+        for path in (*PROXY_PATHS, *OPTIONAL_PATHS):
             if everywhere(path, "direct"):
                 entry[f"{path}_p50_added_ms"] = median(
                     [by[path].p50_ms - by["direct"].p50_ms for by in per_round]
@@ -535,7 +542,7 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
                     entry[f"{path}_ttft_p50_added_ms"] = median(
                         [by[path].ttft_p50_ms - by["direct"].ttft_p50_ms for by in per_round]
                     )
-        for path in ("addon", "proxy"):
+        for path in ("addon", "proxy", "proxy-uvloop"):
             if everywhere(path):
                 entry[f"{path}_rows_recorded_vs_sent"] = " ".join(
                     f"{by[path].rows}/{by[path].requests + 200}" for by in per_round
@@ -558,7 +565,7 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
     "--only",
     "paths",
     multiple=True,
-    type=click.Choice(["direct", *PROXY_PATHS]),
+    type=click.Choice(["direct", *PROXY_PATHS, *OPTIONAL_PATHS]),
     help="Paths to measure (default: all five).",
 )
 @click.option(
@@ -909,6 +916,20 @@ def serve_lean_command(modes: tuple[str, ...], settings: tuple[str, ...]) -> Non
         await lean.run()
 
     asyncio.run(serve())
+
+
+@main.command("serve-uvloop")
+@click.option("--mode", "modes", multiple=True)
+@click.option("--set", "settings", multiple=True)
+def serve_uvloop_command(modes: tuple[str, ...], settings: tuple[str, ...]) -> None:
+    """(internal) `llm-monitor proxy` on uvloop, mitmproxy's eager task factory left out."""
+    import uvloop
+    from mitmproxy.utils import asyncio_utils
+
+    from llm_monitor.proxy import master
+
+    asyncio_utils.set_eager_task_factory = contextlib.nullcontext
+    sys.exit(uvloop.run(master.serve(modes, settings)))
 
 
 @main.command("workers")
