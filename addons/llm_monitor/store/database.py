@@ -379,6 +379,104 @@ def m007_price_library_and_cost_basis(db: Database) -> None:
         )
 
 
+@migrations()
+def m008_members(db: Database) -> None:
+    """People log in (email and password) and belong to organisations with a role;
+    invitations, an audit log per organisation, and who made each monitor token.
+
+    Each organisation's former login becomes a person, its owner. Two organisations once
+    could share a login email: the first one's password logged in, so only organisations
+    with that same password hash join that person (the others had no working login).
+    """
+    db["people"].create(
+        {"id": int, "email": str, "password_hash": str, "created_at": str},
+        pk="id",
+        not_null={"email", "password_hash", "created_at"},
+    )
+    db.execute("create unique index idx_people_email on people (email collate nocase)")
+    db["members"].create(
+        {"org_id": int, "person_id": int, "role": str, "created_at": str},
+        pk=("org_id", "person_id"),
+        not_null={"role", "created_at"},
+        foreign_keys=[("org_id", "orgs", "id"), ("person_id", "people", "id")],
+    )
+    db["members"].create_index(["person_id"])
+    db["invitations"].create(
+        {
+            "id": int,
+            "org_id": int,
+            "token_hash": str,
+            "prefix": str,
+            "role": str,
+            "created_by": str,
+            "created_at": str,
+            "expires_at": str,
+            "accepted_at": str,
+            "accepted_by": int,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"org_id", "token_hash", "prefix", "role", "created_at", "expires_at"},
+        foreign_keys=[("org_id", "orgs", "id")],
+    )
+    db["invitations"].create_index(["token_hash"], unique=True)
+    db["audit_log"].create(
+        {
+            "id": int,
+            "org_id": int,
+            "ts": str,
+            "who": str,
+            "action": str,
+            "detail": str,
+            "address": str,
+        },
+        pk="id",
+        not_null={"org_id", "ts", "who", "action"},
+    )
+    db["audit_log"].create_index(["org_id", "id"])
+    db["monitor_tokens"].add_column("created_by", str)
+    db["dashboard_tokens"].add_column("role", str, not_null_default="viewer")
+    db["orgs"].add_column("deleted_at", str)
+    logins = db.query(
+        "select id, email, password_hash, created_at from orgs "
+        "where password_hash is not null order by id"
+    )
+    for org in list(logins):
+        person = next(
+            db.query(
+                "select id, password_hash from people where email = ? collate nocase",
+                [org["email"]],
+            ),
+            None,
+        )
+        if person is None:
+            person_id = (
+                db["people"]
+                .insert(
+                    {
+                        "email": org["email"],
+                        "password_hash": org["password_hash"],
+                        "created_at": org["created_at"],
+                    }
+                )
+                .last_pk
+            )
+        elif person["password_hash"] == org["password_hash"]:
+            person_id = person["id"]
+        else:
+            continue
+        db["members"].insert(
+            {
+                "org_id": org["id"],
+                "person_id": person_id,
+                "role": "owner",
+                "created_at": org["created_at"],
+            }
+        )
+    # The passwords live with the people now; none is left behind in `orgs`.
+    db.execute("update orgs set password_hash = null")
+
+
 def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = True) -> Database:
     """Open (creating if need be) the database with the pragmas every writer relies on.
 
