@@ -40,8 +40,8 @@ def wait_for(browser: WebDriver, css: str, seconds: float = 10) -> object:
 @pytest.mark.slow
 def test_sign_up_invite_and_revoke_in_the_browser(
     tmp_path: Path,
-    driver: WebDriver,
-    upstream: ReplayServer,  # noqa: F811
+    driver: WebDriver,  # noqa: F811
+    upstream: ReplayServer,
 ) -> None:
     db = tmp_path / "llm-monitor.db"
     invoke(db, "init")
@@ -127,7 +127,6 @@ def test_sign_up_invite_and_revoke_in_the_browser(
                 time.sleep(0.05)
             took = time.monotonic() - revoked_at
             print(f"proxy refused the revoked token {took:.2f} s after the click")
-            # Every reply queued was used by the request made before revoking.
             screenshot(driver, "account-owner-revoked")
     audit = invoke(db, "members", "list", "--org", "Newco")
     assert OWNER in audit and VIEWER in audit

@@ -9,7 +9,6 @@ Datasette's CSRF check; a refused operation is drawn again with its message.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from datasette.app import Datasette
@@ -429,7 +428,7 @@ async def switch_org(datasette: Datasette, request: Request) -> Response:
         )
     ).first()
     response = Response.redirect("/")
-    auth.start_session(datasette, response, person, org_id, expires=int(time.time()) + 7 * 86400)
+    auth.start_session(datasette, response, person, org_id)
     return response
 
 
