@@ -67,7 +67,15 @@ def test_sign_up_invite_and_revoke_in_the_browser(
                 max_retries=0,
                 default_headers={"X-Monitor-Token": token},
             )
-            client.chat.completions.create(**recording["request"]["body"])
+            # A new token works once the proxy's token index reloads (every second).
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    client.chat.completions.create(**recording["request"]["body"])
+                    break
+                except openai.AuthenticationError:
+                    assert time.monotonic() < deadline, "the proxy never accepted the new token"
+                    time.sleep(0.05)
             row = row_for(db, reply.request_id)
             driver.get(f"{base}/llm-monitor/request?id={row['id']}")
             assert (
