@@ -45,12 +45,17 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
 
 @contextlib.contextmanager
 def running_dashboard(
-    db_path: Path, log: Path, python: str | Path = sys.executable, cwd: Path | None = None
+    db_path: Path,
+    log: Path,
+    python: str | Path = sys.executable,
+    cwd: Path | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[str]:
-    """`llm-monitor dashboard` as a child process (of `python`); yields its base URL.
-    Whatever a test sent it, it must not have logged a traceback."""
+    """`llm-monitor dashboard` (with `extra` options) as a child process (of `python`);
+    yields its base URL. Whatever a test sent it, it must not have logged a traceback."""
     port = free_port()
     args = ["--db", str(db_path), "dashboard", "--host", "127.0.0.1", "--port", str(port)]
+    args += list(extra)
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(python), "-m", "llm_monitor", *args],

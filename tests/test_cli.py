@@ -421,23 +421,28 @@ def test_passwords_are_checked_and_stored_only_as_scrypt_hashes(fresh_db: Path) 
     )
     assert created.exit_code == 0, created.output
     new_org(fresh_db, "Globex")
-    invoke(fresh_db, "orgs", "create", "Initech", "--email", "A@X.example")  # Acme's, any case
-    taken = run("orgs", "set-password", "Initech", password="long-secret-2")
-    assert taken.exit_code == 1
-    assert "A@X.example is already the dashboard login of 'Acme'" in taken.output
+    # Acme's login, in any case: refused, with or without a password.
+    for extra in ([], ["--password"]):
+        taken = run(
+            "orgs", "create", "Initech", "--email", "A@X.example", *extra, password="long-secret-2"
+        )
+        assert taken.exit_code == 1 and "cannot use this email" in taken.output
     changed = run("orgs", "set-password", "Acme", "--admin", password="long-secret-3")
     assert changed.exit_code == 0 and "log in to the dashboard as a@x.example" in changed.output
     stored = (
         sqlite3.connect(fresh_db)
-        .execute("select password_hash, is_admin from orgs where name = 'Acme'")
+        .execute(
+            "select p.password_hash, o.is_admin from orgs o join members m on m.org_id = o.id "
+            "join people p on p.id = m.person_id where o.name = 'Acme' and m.role = 'owner'"
+        )
         .fetchone()
     )
     assert stored[0].startswith("scrypt$16384$8$1$") and "long-secret" not in stored[0]
     assert stored[1] == 1
     assert verify_password("long-secret-3", stored[0])
     listed = {o["name"]: o for o in json.loads(invoke(fresh_db, "orgs", "list", "--json"))}
-    assert (listed["Acme"]["login"], listed["Acme"]["admin"]) == (1, 1)
-    assert (listed["Globex"]["login"], listed["Globex"]["admin"]) == (0, 0)
+    assert (listed["Acme"]["members"], listed["Acme"]["admin"]) == (1, 1)
+    assert (listed["Globex"]["members"], listed["Globex"]["admin"]) == (0, 0)
     missing = run("orgs", "set-password", "Nobody", password="long-secret-4")
     assert missing.exit_code == 1 and "no organisation named 'Nobody'" in missing.output
 
@@ -476,7 +481,7 @@ def test_a_password_piped_in_prints_only_the_result(fresh_db: Path) -> None:
             result.stdout == "password set for 'Acme': log in to the dashboard as ops@x.example\n"
         )
         assert result.stderr == ""
-    stored = sqlite3.connect(fresh_db).execute("select password_hash from orgs").fetchone()[0]
+    stored = sqlite3.connect(fresh_db).execute("select password_hash from people").fetchone()[0]
     assert verify_password("long-secret-2", stored)
     differ = subprocess.run(
         [*command, "Acme"], input="long-secret-3\nlong-secret-4\n", capture_output=True, text=True

@@ -907,10 +907,10 @@ def test_bearer_tokens_read_the_api_until_revoked(site: Site, server: str) -> No
     assert token not in json.dumps(listed)
     invoke(site.db_path, "dashboard-token", "revoke", token)
     revoked = httpx.get(f"{server}/llm-monitor/summary.json", headers=headers)
-    assert revoked.status_code == 403
-    # Neither a monitor token nor a made-up one opens the API.
+    assert revoked.status_code == 401 and revoked.json()["error"] == "invalid token"
+    # Neither a monitor token nor a made-up one opens the API: 401, "invalid token".
     for bad in [site.orgs["Globex"]["token"], "dash_" + "x" * 43, "dash_" + "x" * 500]:
         response = httpx.get(
             f"{server}/llm-monitor/summary.json", headers={"Authorization": f"Bearer {bad}"}
         )
-        assert response.status_code == 403
+        assert response.status_code == 401 and response.json()["error"] == "invalid token"

@@ -34,7 +34,10 @@ def test_demo_fills_every_view_for_both_organisations(tmp_path: Path) -> None:
     with sqlite3.connect(db_path) as conn:
         total = conn.execute("select count(*) from usage").fetchone()[0]
         live = conn.execute("select count(*) from usage where ts >= ?", [started]).fetchone()[0]
-        orgs = conn.execute("select id, email, password_hash from orgs order by id").fetchall()
+        orgs = conn.execute(
+            "select o.id, o.email, p.password_hash from orgs o join members m on m.org_id = o.id "
+            "join people p on p.id = m.person_id order by o.id"
+        ).fetchall()
     assert total == 1500 + 60  # a day of generated history, then the live requests
     assert live == 60  # the history ends minutes before the run
     for (_, email, password_hash), (expected_email, password, _) in zip(

@@ -18,3 +18,15 @@ class NotFound(DomainError):
 
 class Conflict(DomainError):
     """The operation would clash with what exists (a name or login already taken)."""
+
+
+class Forbidden(DomainError):
+    """The caller's role does not allow the operation (a viewer creating a token)."""
+
+
+class RateLimited(DomainError):
+    """Too many attempts: try again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

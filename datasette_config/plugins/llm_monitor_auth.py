@@ -30,8 +30,8 @@ def forbidden(request: Request, message: str) -> Response | None:
 
 
 @hookimpl
-def asgi_wrapper() -> Any:
-    return auth.asgi_wrapper()
+def asgi_wrapper(datasette: Datasette) -> Any:
+    return auth.asgi_wrapper(datasette)
 
 
 @hookimpl

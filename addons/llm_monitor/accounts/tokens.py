@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from llm_monitor.accounts.audit import Who, record
 from llm_monitor.errors import Invalid, NotFound
 from llm_monitor.inert import ascii_int, check_name
 from llm_monitor.usage import utc_timestamp
@@ -52,20 +53,38 @@ TOKEN_TABLES = {
 }
 
 
-def create_token(db: Database, table: str, org_id: int, label: str | None) -> tuple[int, str]:
+def create_token(
+    db: Database,
+    table: str,
+    org_id: int,
+    label: str | None,
+    who: Who | None = None,
+    *,
+    role: str | None = None,
+) -> tuple[int, str]:
     """A new token in `table` (monitor_tokens or dashboard_tokens) for an organisation:
-    only its hash and a display prefix are stored. Returns its id and the token."""
+    only its hash and a display prefix are stored. Returns its id and the token. With
+    `who`, it is recorded in the audit log (and, for a monitor token, as its creator); a
+    dashboard token acts with `role` (viewer unless said)."""
     if label is not None:
         label = check_name(label, "a token label")
     token = new_token(TOKEN_TABLES[table][0])
-    row = {
+    row: dict[str, Any] = {
         "org_id": org_id,
         "token_hash": hash_token(token),
         "prefix": display_prefix(token),
         "label": label,
         "created_at": utc_timestamp(time.time()),
     }
-    return db[table].insert(row).last_pk, token
+    if table == "monitor_tokens" and who is not None:
+        row["created_by"] = who.label
+    if table == "dashboard_tokens" and role is not None:
+        row["role"] = role
+    token_id = db[table].insert(row).last_pk
+    if who is not None:
+        kind = "token" if table == "monitor_tokens" else "dashboard_token"
+        record(db, org_id, who, f"{kind}.create", f"#{token_id} {row['prefix']} {label or ''}")
+    return token_id, token
 
 
 def list_tokens(db: Database, table: str, org_id: int | None = None) -> list[dict[str, Any]]:
@@ -80,8 +99,16 @@ def list_tokens(db: Database, table: str, org_id: int | None = None) -> list[dic
     return list(db.query(sql, params))
 
 
-def revoke_token(db: Database, table: str, id_or_token: str) -> str:
-    """Revoke a token by its id or the full token; says what happened."""
+def revoke_token(
+    db: Database,
+    table: str,
+    id_or_token: str,
+    who: Who | None = None,
+    *,
+    org_id: int | None = None,
+) -> str:
+    """Revoke a token by its id or the full token (only one of `org_id`'s when given);
+    says what happened, and records it in the audit log."""
     prefix, list_command = TOKEN_TABLES[table]
     if (token_id := ascii_int(id_or_token)) is not None:
         where, params = "id = ?", [token_id]
@@ -89,14 +116,45 @@ def revoke_token(db: Database, table: str, id_or_token: str) -> str:
         where, params = "token_hash = ?", [hash_token(id_or_token)]
     else:
         raise Invalid(f"give a token id (a number) or a full {prefix} token")
-    row = next(db.query(f"select id, revoked_at from {table} where {where}", params), None)
+    if org_id is not None:
+        where, params = f"{where} and org_id = ?", [*params, org_id]
+    sql = f"select id, org_id, prefix, revoked_at from {table} where {where}"
+    row = next(db.query(sql, params), None)
     if row is None:
         raise NotFound(f"no such token (see `{list_command}`)")
     if row["revoked_at"]:
         return f"token {row['id']} was already revoked at {row['revoked_at']}"
     with db.atomic():
         db[table].update(row["id"], {"revoked_at": utc_timestamp(time.time())})
+        kind = "token" if table == "monitor_tokens" else "dashboard_token"
+        record(
+            db, row["org_id"], who or Who("cli"), f"{kind}.revoke", f"#{row['id']} {row['prefix']}"
+        )
     return f"revoked token {row['id']}"
+
+
+def token_report(db: Database, org_id: int) -> list[dict[str, Any]]:
+    """An organisation's monitor tokens, live first, with who made them and their requests
+    and cost over the last 30 days (cost None when some were unpriced and none priced:
+    never a guessed $0)."""
+    return list(
+        db.query(
+            """
+            select t.id, t.prefix, t.label, t.created_by, t.created_at, t.last_used_at,
+              t.revoked_at,
+              coalesce(sum(h.requests), 0) as requests_30d,
+              case when coalesce(sum(h.unpriced), 0) = 0 or sum(h.cost_usd) > 0
+                then round(coalesce(sum(h.cost_usd), 0), 6) end as cost_usd_30d
+            from monitor_tokens t
+            left join usage_hourly h on h.org_id = t.org_id and h.token_id = t.id
+              and h.hour >= strftime('%Y-%m-%dT%H', 'now', '-30 days')
+            where t.org_id = ?
+            group by t.id
+            order by t.revoked_at is not null, t.id
+            """,
+            [org_id],
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import datetime as dt
 import click
 
 from llm_monitor.accounts.orgs import find_org
-from llm_monitor.cli.accounts import dashboard_token, orgs, tokens
+from llm_monitor.cli.accounts import dashboard_token, members, orgs, tokens
 from llm_monitor.cli.billing import billing
 from llm_monitor.cli.common import emit, get_db, handle_errors, json_option
 from llm_monitor.cli.prices import pricing
@@ -108,6 +108,7 @@ def stats(ctx: click.Context, period: str, org_name: str | None, as_json: bool) 
 
 COMMANDS = (
     orgs,
+    members,
     tokens,
     dashboard_token,
     pricing,

@@ -69,6 +69,9 @@ def listen_option(ctx: click.Context, param: click.Parameter, values: tuple[str,
     help="Port of the dashboard (Datasette), on --host.",
 )
 @click.option("--no-dashboard", is_flag=True, help="Run the proxy without the dashboard.")
+@click.option(
+    "--allow-signup", is_flag=True, help="Let anyone create an organisation at /-/signup."
+)
 @click.argument("proxy_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @handle_errors
@@ -81,6 +84,7 @@ def up(
     worker_count: int,
     dashboard_port: int,
     no_dashboard: bool,
+    allow_signup: bool,
     proxy_args: tuple[str, ...],
 ) -> None:
     """Run the proxy (`llm-monitor proxy`, one listener per provider) and the dashboard
@@ -112,7 +116,8 @@ def up(
     also = []
     if not no_dashboard:
         click.echo(f"{'dashboard':>10}: http://{host}:{dashboard_port}/", err=True)
-        also.append(dashboard_command(db_path, host, dashboard_port))
+        ports = {name: port for name, (_, port) in listeners.items()}
+        also.append(dashboard_command(db_path, host, dashboard_port, allow_signup, ports))
     if worker_count > 1:
         click.echo(f"{worker_count} workers behind HAProxy", err=True)
         found = [workers.Listener(n, u, p) for n, (u, p) in listeners.items()]
@@ -168,10 +173,32 @@ def proxy(
     sys.exit(master.run(modes, options))
 
 
-def dashboard_command(db_path: str, host: str, port: int) -> list[str]:
+def dashboard_command(
+    db_path: str,
+    host: str,
+    port: int,
+    allow_signup: bool = False,
+    listeners: dict[str, int] | None = None,
+) -> list[str]:
     """`llm-monitor dashboard` as a child process of `up`."""
     cli_args = ["--db", db_path, "dashboard", "--host", host, "--port", str(port)]
+    if allow_signup:
+        cli_args.append("--allow-signup")
+    for name, listener_port in (listeners or {}).items():
+        cli_args += ["--listener", f"{name}={listener_port}"]
     return [sys.executable, "-m", "llm_monitor", *cli_args]
+
+
+def listener_ports(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, int]:
+    found = {}
+    for value in values:
+        name, _, port = value.partition("=")
+        if not name or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+            raise click.BadParameter(f"{value!r} is not NAME=PORT")
+        found[name] = int(port)
+    return found
 
 
 @click.command()
@@ -185,17 +212,56 @@ def dashboard_command(db_path: str, host: str, port: int) -> list[str]:
     envvar="DATASETTE_SECRET",
     help="Signs login cookies; give one to keep sessions across restarts (default: random).",
 )
+@click.option(
+    "--allow-signup", is_flag=True, help="Let anyone create an organisation at /-/signup."
+)
+@click.option(
+    "--listener",
+    "listeners",
+    multiple=True,
+    metavar="NAME=PORT",
+    callback=listener_ports,
+    help="A proxy listener the token pages' SDK snippets point at (repeatable; default: "
+    "openai=8080, anthropic=8081, gemini=8082, xai=8083).",
+)
 @click.pass_context
 @handle_errors
-def dashboard(ctx: click.Context, host: str, port: int, root: bool, secret: str | None) -> None:
+def dashboard(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    root: bool,
+    secret: str | None,
+    allow_signup: bool,
+    listeners: dict[str, int],
+) -> None:
     """Serve the dashboard alone: Datasette over the usage database with the views,
-    charts, logins and JSON API configured in datasette_config/."""
+    charts, logins, account pages and REST API configured in datasette_config/."""
     get_db(ctx).conn.close()  # it exists, and its schema is current
-    serve_dashboard(ctx.obj["db_path"], host, port, root=root, secret=secret)
+    serve_dashboard(
+        ctx.obj["db_path"],
+        host,
+        port,
+        root=root,
+        secret=secret,
+        allow_signup=allow_signup,
+        listeners=listeners,
+    )
 
 
-def serve_dashboard(db_path: str, host: str, port: int, *, root: bool, secret: str | None) -> None:
-    datasette = make_datasette(db_path, secret=secret)
+def serve_dashboard(
+    db_path: str,
+    host: str,
+    port: int,
+    *,
+    root: bool,
+    secret: str | None,
+    allow_signup: bool = False,
+    listeners: dict[str, int] | None = None,
+) -> None:
+    datasette = make_datasette(
+        db_path, secret=secret, allow_signup=allow_signup, listeners=listeners
+    )
     asyncio.run(datasette.invoke_startup())
     if root:
         datasette._root_token = secrets.token_hex(32)  # what `datasette --root` does

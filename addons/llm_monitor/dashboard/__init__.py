@@ -38,14 +38,27 @@ def metadata() -> dict[str, Any]:
     return yaml.safe_load((CONFIG_DIR / "metadata.yml").read_text())
 
 
-def make_datasette(db_path: str | Path, *, secret: str | None = None) -> Datasette:
-    """A Datasette serving the usage database as `llm-monitor`, ready for `.app()`."""
+def make_datasette(
+    db_path: str | Path,
+    *,
+    secret: str | None = None,
+    allow_signup: bool = False,
+    listeners: dict[str, int] | None = None,
+) -> Datasette:
+    """A Datasette serving the usage database as `llm-monitor`, ready for `.app()`. With
+    `allow_signup`, /-/signup creates organisations; `listeners` (provider name -> port)
+    are what the token pages' SDK snippets point at."""
     from datasette.app import Datasette
     from datasette.database import Database
 
+    config = metadata()
+    ours = config.setdefault("plugins", {}).setdefault("llm-monitor", {})
+    ours["allow_signup"] = allow_signup
+    if listeners:
+        ours["listeners"] = listeners
     datasette = Datasette(
         [],
-        metadata=metadata(),
+        metadata=config,
         plugins_dir=str(CONFIG_DIR / "plugins"),
         template_dir=str(CONFIG_DIR / "templates"),
         secret=secret,

@@ -1,18 +1,22 @@
 """Who is asking, and what they may see: what the hooks of
 `datasette_config/plugins/llm_monitor_auth.py` do.
 
-- An organisation logs in at /-/login with its email and password (salted scrypt, set by
-  `llm-monitor orgs create/set-password`). Its session is the `ds_actor` cookie (so that
-  Datasette shows "Log out") signed in a namespace of our own: it names the organisation,
-  a fingerprint of its password hash and a random session id, and each request reloads the
-  organisation, so a new password or a revoked admin flag takes effect at once. Logging
-  out (/-/logout, ours) ends the session on the server too: its id goes into
-  `ended_sessions`, so a copy of the cookie no longer works.
-- Scripts send `Authorization: Bearer dash_...` (`llm-monitor dashboard-token`).
-- The actor carries `org_id`; the canned queries read it as `:_actor_org_id`.
-- Table pages, raw SQL and downloads are for admins only (Datasette's root, or an
-  organisation marked admin, logged in with its password; never through a bearer token).
-  Anonymous visitors are sent to the login page.
+- A person logs in at /-/login with their email and password (salted scrypt). Their
+  session is the `ds_actor` cookie (so that Datasette shows "Log out") signed in a
+  namespace of our own: it names the person, the organisation they are looking at, a
+  fingerprint of their password hash and a random session id. Each request reloads the
+  person's membership of that organisation, so a new password, a removed member or a new
+  role takes effect at once. Logging out (/-/logout, ours) ends the session on the server
+  too: its id goes into `ended_sessions`, so a copy of the cookie no longer works.
+- Scripts send `Authorization: Bearer dash_...` (`llm-monitor dashboard-token`); the
+  token acts with its own role (viewer unless made otherwise).
+- The actor carries `org_id` and `role`; the canned queries read `:_actor_org_id`.
+- Table pages, raw SQL and downloads, and Datasette's instance pages (/-/databases,
+  /-/threads, /-/versions, ...) are for the instance admin only (Datasette's root, or an
+  admin organisation's owner or admin logged in with a password; never through a bearer
+  token). Anonymous visitors are sent to the login page.
+- Logins are limited per address and per account (`accounts.ratelimit`): 429 and
+  Retry-After past the limit.
 """
 
 from __future__ import annotations
@@ -29,9 +33,12 @@ from datasette.app import Datasette
 from datasette.utils.asgi import Request, Response
 from itsdangerous import BadSignature
 
+from llm_monitor.accounts.audit import Who, record
 from llm_monitor.accounts.passwords import MAX_LENGTH, verify_password
+from llm_monitor.accounts.ratelimit import SlidingWindow
 from llm_monitor.accounts.tokens import DASHBOARD_PREFIX, MAX_TOKEN_LENGTH, hash_token
 from llm_monitor.dashboard import is_admin, usage_db
+from llm_monitor.errors import RateLimited
 from llm_monitor.usage import utc_timestamp
 
 SESSION_COOKIE = "ds_actor"
@@ -57,17 +64,67 @@ ADMIN_ONLY = {
 _SAFE_NEXT = re.compile(r"/(?![/\\])[\x21-\x7e]*")
 _login_slots: asyncio.Semaphore | None = None
 
-ORG_SQL = "select id as org_id, name, is_admin, password_hash from orgs"
+# A person's membership of one organisation: what a session's actor is made of.
+MEMBER_SQL = """
+select p.id as person_id, p.email, p.password_hash, m.role, o.id as org_id, o.name,
+  o.is_admin
+from people p join members m on m.person_id = p.id join orgs o on o.id = m.org_id
+where o.deleted_at is null
+"""
+
+# Failed logins per account and per address, sign-ups per address, in any window of
+# that many seconds. One dashboard process serves every request, so memory is enough.
+LOGIN_FAILURES_PER_ACCOUNT = (5, 15 * 60)
+LOGIN_FAILURES_PER_ADDRESS = (20, 15 * 60)
+SIGNUPS_PER_ADDRESS = (5, 3600)
+# Instance pages that say how the server is set up: the instance admin's only.
+INSTANCE_PAGES = re.compile(
+    r"/-/(metadata|versions|plugins|settings|threads|databases|config)(\.json)?$"
+)
+
+
+def limits(datasette: Datasette) -> dict[str, SlidingWindow]:
+    """The rate limits of this dashboard, made on first use."""
+    found = getattr(datasette, "_llm_monitor_limits", None)
+    if found is None:
+        found = {
+            "login_account": SlidingWindow(*LOGIN_FAILURES_PER_ACCOUNT),
+            "login_address": SlidingWindow(*LOGIN_FAILURES_PER_ADDRESS),
+            "signup_address": SlidingWindow(*SIGNUPS_PER_ADDRESS),
+        }
+        datasette._llm_monitor_limits = found
+    return found
+
+
+def client_address(request: Request) -> str:
+    """The peer's address (a proxy in front should be the only peer: see README)."""
+    client = request.scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def org_actor(row: Any, via: str) -> dict[str, Any]:
-    return {
+    role = row["role"]
+    actor = {
         "id": f"org:{row['org_id']}",
         "org_id": row["org_id"],
         "display": row["name"],
-        "admin": bool(row["is_admin"]),
+        # An admin organisation's owners and admins (and its tokens, which read views
+        # only) are the instance admin; its viewers see only its own views.
+        "admin": bool(row["is_admin"]) and (via == "token" or role in ("owner", "admin")),
+        "role": role,
         "via": via,
     }
+    if "person_id" in row.keys():  # noqa: SIM118 (a sqlite3.Row's `in` reads its values)
+        actor["person_id"] = row["person_id"]
+        actor["email"] = row["email"]
+    return actor
+
+
+def who(request: Request) -> Who:
+    """The acting person (or token) and address, for the audit log."""
+    actor = request.actor or {}
+    label = actor.get("email") or (f"token:{actor['token_id']}" if "token_id" in actor else "?")
+    return Who(label, actor.get("person_id"), client_address(request))
 
 
 def fingerprint(password_hash: str) -> str:
@@ -108,9 +165,9 @@ async def actor_from_token(datasette: Datasette, token: str) -> dict[str, Any] |
     db = usage_db(datasette)
     row = (
         await db.execute(
-            """select t.id, t.org_id, t.last_used_at, o.name, o.is_admin
+            """select t.id, t.org_id, t.last_used_at, t.role, o.name, o.is_admin
             from dashboard_tokens t join orgs o on o.id = t.org_id
-            where t.token_hash = ? and t.revoked_at is null""",
+            where t.token_hash = ? and t.revoked_at is null and o.deleted_at is null""",
             [hash_token(token)],
         )
     ).first()
@@ -125,17 +182,23 @@ async def actor_from_token(datasette: Datasette, token: str) -> dict[str, Any] |
             [utc_timestamp(now), row["id"]],
             block=False,
         )
-    return org_actor(row, via="token")
+    return {**org_actor(row, via="token"), "token_id": row["id"]}
 
 
 async def actor_from_session(datasette: Datasette, session: Any) -> dict[str, Any] | None:
     if not isinstance(session, dict) or not isinstance(session.get("o"), int):
         return None
+    if not isinstance(session.get("p"), int):
+        return None  # a cookie from before people had logins of their own
     if not isinstance(session.get("e"), int) or session["e"] < time.time():
         return None
-    row = (await usage_db(datasette).execute(f"{ORG_SQL} where id = ?", [session["o"]])).first()
-    if row is None or row["password_hash"] is None:
-        return None
+    row = (
+        await usage_db(datasette).execute(
+            f"{MEMBER_SQL} and p.id = ? and o.id = ?", [session["p"], session["o"]]
+        )
+    ).first()
+    if row is None:
+        return None  # no longer a member (removed, or the organisation deleted)
     if fingerprint(row["password_hash"]) != session.get("f"):
         return None  # the password changed since this session began
     if not isinstance(session.get("s"), str) or await session_ended(datasette, session["s"]):
@@ -150,8 +213,19 @@ async def session_ended(datasette: Datasette, session_id: str) -> bool:
     return ended.first() is not None
 
 
+def bearer_given(request: Request) -> bool:
+    return request.headers.get("authorization", "").lower().startswith("bearer ")
+
+
 def forbidden(request: Request, message: str) -> Response | None:
-    """Send a browser without a session to the login page; API callers get a JSON 403."""
+    """Send a browser without a session to the login page; API callers get a JSON 403,
+    and a bearer token that is not (or no longer) a token a JSON 401."""
+    if request.actor is None and bearer_given(request):
+        return Response.json(
+            {"ok": False, "error": "invalid token", "status": 401},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="llm-monitor"'},
+        )
     if request.path.endswith(".json"):
         return Response.json({"ok": False, "error": message, "status": 403}, status=403)
     browser = "authorization" not in request.headers and not request.path.endswith(".csv")
@@ -163,12 +237,37 @@ def forbidden(request: Request, message: str) -> Response | None:
 MAX_LOGIN_BODY = 16 * 1024
 
 
-def asgi_wrapper() -> Any:
-    """Read a login POST's body before Datasette's CSRF check does: one that is too large
-    or not UTF-8 gets a plain 400 here instead of a server error there."""
+async def closed_to(datasette: Datasette, request: Request) -> bool:
+    """Whether a logged-in caller is not the instance admin (with a password, or root):
+    the actor resolved as Datasette resolves it (this runs before its router does).
+    Anonymous callers are left to Datasette, which sends them to the login page."""
+    from datasette.plugins import pm
+    from datasette.utils import await_me_maybe
+
+    for found in pm.hook.actor_from_request(datasette=datasette, request=request):
+        actor = await await_me_maybe(found)
+        if actor:
+            return not (is_admin(actor) and actor.get("via") != "token")
+    return False
+
+
+def asgi_wrapper(datasette: Datasette) -> Any:
+    """Close Datasette's instance pages to all but the instance admin. Read a login POST's
+    body before Datasette's CSRF check does: one that is too large or not UTF-8 gets a
+    plain 400 here instead of a server error there."""
 
     def wrap(app: Any) -> Any:
         async def checked(scope: dict, receive: Any, send: Any) -> None:
+            if (
+                scope["type"] == "http"
+                and INSTANCE_PAGES.fullmatch(scope["path"])
+                and await closed_to(datasette, Request(scope, receive))
+            ):
+                await Response.json(
+                    {"ok": False, "error": "for the instance admin only", "status": 403},
+                    status=403,
+                ).asgi_send(send)
+                return
             if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/-/login":
                 await app(scope, receive, send)
                 return
@@ -212,12 +311,11 @@ def safe_next(target: str | None) -> str:
 
 
 async def check_login(datasette: Datasette, email: str, password: str) -> Any:
-    """The organisation's row when email and password match, else None."""
+    """The person's row (id, email, password_hash) when email and password match."""
     global _login_slots
     row = (
         await usage_db(datasette).execute(
-            f"""{ORG_SQL} where email = ? collate nocase and password_hash is not null
-            order by id limit 1""",
+            "select id, email, password_hash from people where email = ? collate nocase",
             [email.strip()],
         )
     ).first()
@@ -235,6 +333,70 @@ def cross_site(request: Request) -> bool:
     return request.headers.get("sec-fetch-site", "") == "cross-site"
 
 
+def start_session(
+    datasette: Datasette, response: Response, person: Any, org_id: int, expires: int | None = None
+) -> None:
+    """Sign the session cookie for a person looking at one of their organisations."""
+    session = {
+        "p": person["id"],
+        "o": org_id,
+        "f": fingerprint(person["password_hash"]),
+        "e": expires or int(time.time()) + SESSION_SECONDS,
+        "s": secrets.token_urlsafe(16),  # what logging out ends
+    }
+    response.set_cookie(
+        SESSION_COOKIE,
+        datasette.sign(session, SESSION_NAMESPACE),
+        max_age=SESSION_SECONDS,
+        httponly=True,
+        samesite="lax",
+    )
+
+
+async def first_org(datasette: Datasette, person_id: int, wanted: int | None = None) -> Any:
+    """The organisation a login opens: `wanted` if the person is its member, else their
+    first by name."""
+    rows = (
+        await usage_db(datasette).execute(
+            f"{MEMBER_SQL} and p.id = ? order by o.id = ? desc, o.name", [person_id, wanted]
+        )
+    ).rows
+    return rows[0] if rows else None
+
+
+def too_many(error: RateLimited, html: bool = False) -> Response:
+    headers = {"Retry-After": str(error.retry_after)}
+    if html:
+        return Response.text(f"Too many attempts: {error}.", status=429, headers=headers)
+    body = {"ok": False, "error": str(error), "status": 429}
+    return Response.json(body, status=429, headers=headers)
+
+
+async def audit_login(
+    datasette: Datasette, person_id: int, action: str, who: Who, org_id: int | None = None
+) -> None:
+    """A login or failed login, in the audit log of the person's organisations (or the
+    one logged into)."""
+
+    def write(conn: Any) -> None:
+        from sqlite_utils import Database
+
+        db = Database(conn)
+        orgs = (
+            [org_id]
+            if org_id
+            else [
+                r[0]
+                for r in conn.execute("select org_id from members where person_id = ?", [person_id])
+            ]
+        )
+        with db.atomic():
+            for org in orgs:
+                record(db, org, who, action)
+
+    await usage_db(datasette).execute_write_fn(write, block=False)
+
+
 async def login(datasette: Datasette, request: Request) -> Response:
     error, email = None, ""
     target = safe_next(request.args.get("next"))
@@ -246,30 +408,50 @@ async def login(datasette: Datasette, request: Request) -> Response:
         form = await request.post_vars()
         email, password = form.get("email", "")[:320], form.get("password", "")[:MAX_LENGTH]
         target = safe_next(form.get("next"))
-        row = await check_login(datasette, email, password)
+        address = client_address(request)
+        account = email.strip().lower()
+        windows = limits(datasette)
+        try:
+            windows["login_address"].check(address, "failed logins from this address")
+            windows["login_account"].check(account, "failed logins for this account")
+        except RateLimited as e:
+            return too_many(e, html=True)
+        person = await check_login(datasette, email, password)
+        row = await first_org(datasette, person["id"]) if person is not None else None
         if row is not None:
+            windows["login_account"].clear(account)
             response = Response.redirect(target)
-            session = {
-                "o": row["org_id"],
-                "f": fingerprint(row["password_hash"]),
-                "e": int(time.time()) + SESSION_SECONDS,
-                "s": secrets.token_urlsafe(16),  # what logging out ends
-            }
-            response.set_cookie(
-                SESSION_COOKIE,
-                datasette.sign(session, SESSION_NAMESPACE),
-                max_age=SESSION_SECONDS,
-                httponly=True,
-                samesite="lax",
-            )
+            start_session(datasette, response, person, row["org_id"])
+            who = Who(person["email"], person["id"], address)
+            await audit_login(datasette, person["id"], "login", who, row["org_id"])
             return response
-        error = "Wrong email or password."
+        windows["login_address"].hit(address)
+        windows["login_account"].hit(account)
+        if person is not None:  # the right password, but no organisation left
+            error = "This login belongs to no organisation any more."
+        else:
+            error = "Wrong email or password."
+            known = (
+                await usage_db(datasette).execute(
+                    "select id, email from people where email = ? collate nocase",
+                    [email.strip()],
+                )
+            ).first()
+            if known is not None:
+                who = Who(known["email"], known["id"], address)
+                await audit_login(datasette, known["id"], "login.failed", who)
     elif request.actor is not None:
         return Response.redirect(target)
     html = await datasette.render_template(
-        "login.html", {"error": error, "email": email, "next": target}, request=request
+        "login.html",
+        {"error": error, "email": email, "next": target, "allow_signup": signup_allowed(datasette)},
+        request=request,
     )
     return Response.html(html, status=401 if error else 200)
+
+
+def signup_allowed(datasette: Datasette) -> bool:
+    return bool((datasette.plugin_config("llm-monitor") or {}).get("allow_signup"))
 
 
 async def logout(datasette: Datasette, request: Request) -> Response:

@@ -137,6 +137,8 @@ async def navigation(datasette: Datasette, actor: dict[str, Any] | None) -> list
     if is_admin(actor) and actor.get("via") != "token":
         database = usage_db(datasette).name
         links.append({"name": "sql", "label": "SQL", "url": datasette.urls.database(database)})
+    if actor and actor.get("person_id"):
+        links.append({"name": "tokens", "label": "Account", "url": "/-/account/tokens"})
     return links
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -379,13 +380,129 @@ def m007_price_library_and_cost_basis(db: Database) -> None:
         )
 
 
+@migrations()
+def m008_members(db: Database) -> None:
+    """People log in (email and password) and belong to organisations with a role;
+    invitations, an audit log per organisation, and who made each monitor token.
+
+    Each organisation's former login becomes a person, its owner. Two organisations once
+    could share a login email: the first one's password logged in, so only organisations
+    with that same password hash join that person (the others had no working login).
+    """
+    db["people"].create(
+        {"id": int, "email": str, "password_hash": str, "created_at": str},
+        pk="id",
+        not_null={"email", "password_hash", "created_at"},
+    )
+    db.execute("create unique index idx_people_email on people (email collate nocase)")
+    db["members"].create(
+        {"org_id": int, "person_id": int, "role": str, "created_at": str},
+        pk=("org_id", "person_id"),
+        not_null={"role", "created_at"},
+        foreign_keys=[("org_id", "orgs", "id"), ("person_id", "people", "id")],
+    )
+    db["members"].create_index(["person_id"])
+    db["invitations"].create(
+        {
+            "id": int,
+            "org_id": int,
+            "token_hash": str,
+            "prefix": str,
+            "role": str,
+            "created_by": str,
+            "created_at": str,
+            "expires_at": str,
+            "accepted_at": str,
+            "accepted_by": int,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"org_id", "token_hash", "prefix", "role", "created_at", "expires_at"},
+        foreign_keys=[("org_id", "orgs", "id")],
+    )
+    db["invitations"].create_index(["token_hash"], unique=True)
+    db["audit_log"].create(
+        {
+            "id": int,
+            "org_id": int,
+            "ts": str,
+            "who": str,
+            "action": str,
+            "detail": str,
+            "address": str,
+        },
+        pk="id",
+        not_null={"org_id", "ts", "who", "action"},
+    )
+    db["audit_log"].create_index(["org_id", "id"])
+    db["monitor_tokens"].add_column("created_by", str)
+    db["dashboard_tokens"].add_column("role", str, not_null_default="viewer")
+    db["orgs"].add_column("deleted_at", str)
+    logins = db.query(
+        "select id, email, password_hash, created_at from orgs "
+        "where password_hash is not null order by id"
+    )
+    for org in list(logins):
+        person = next(
+            db.query(
+                "select id, password_hash from people where email = ? collate nocase",
+                [org["email"]],
+            ),
+            None,
+        )
+        if person is None:
+            person_id = (
+                db["people"]
+                .insert(
+                    {
+                        "email": org["email"],
+                        "password_hash": org["password_hash"],
+                        "created_at": org["created_at"],
+                    }
+                )
+                .last_pk
+            )
+        elif person["password_hash"] == org["password_hash"]:
+            person_id = person["id"]
+        else:
+            continue
+        db["members"].insert(
+            {
+                "org_id": org["id"],
+                "person_id": person_id,
+                "role": "owner",
+                "created_at": org["created_at"],
+            }
+        )
+    # The passwords live with the people now; none is left behind in `orgs`.
+    db.execute("update orgs set password_hash = null")
+
+
+class WritingConnection(sqlite3.Connection):
+    """A connection whose transactions take the write lock when they begin.
+
+    sqlite-utils' `atomic()` says `BEGIN`, a deferred transaction: one that reads first and
+    writes after another process (the dashboard, a proxy) has committed cannot upgrade its
+    stale snapshot, and fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT, which
+    the busy timeout does not wait out). `BEGIN IMMEDIATE` waits for the lock instead.
+    """
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        return super().execute("BEGIN IMMEDIATE" if sql == "BEGIN" else sql, *args)
+
+
 def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = True) -> Database:
     """Open (creating if need be) the database with the pragmas every writer relies on.
 
     A short busy timeout keeps a locked database from blocking callers for long; the
     recorder retries on its own schedule instead.
     """
-    conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000, check_same_thread=True)
+    conn = sqlite3.connect(
+        str(path),
+        timeout=busy_timeout_ms / 1000,
+        check_same_thread=True,
+        factory=WritingConnection,
+    )
     db = Database(conn)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -396,7 +513,7 @@ def open_db(path: str | Path, *, busy_timeout_ms: int = 250, migrate: bool = Tru
 
 
 @migrations()
-def m008_daily_token_and_no_price_rollups(db: Database) -> None:
+def m009_daily_token_and_no_price_rollups(db: Database) -> None:
     """Per day and monitor token (`usage_daily_labels`, kind 'token'): the token view reads
     a row per token and day instead of one per hour, model and provider; summed from the
     hourly rollup, which has every token already. And `usage_daily_no_price`."""
