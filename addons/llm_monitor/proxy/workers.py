@@ -8,6 +8,7 @@ pass through untouched. `up --workers N` starts all of them and stops all of the
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_monitor.proxy import metrics
 from llm_monitor.proxy.launch import proxy_command
 
 
@@ -64,9 +66,14 @@ def run(
     workers: int,
     extra: Sequence[str],
     also: Sequence[Sequence[str]] = (),
+    *,
+    metrics_port: int | None = None,
 ) -> int:
     """Start HAProxy, the workers and `also` (the dashboard); when any of them exits, or
-    on SIGTERM/SIGINT, stop them all (each worker writes what it has queued first)."""
+    on SIGTERM/SIGINT, stop them all (each worker writes what it has queued first).
+
+    With `metrics_port`, the workers run in prometheus-client's multiprocess mode (their
+    series in files of a directory of this run) and this process serves their sum."""
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
     if haproxy is None:
         raise RuntimeError("--workers needs HAProxy: apt-get install haproxy")
@@ -82,13 +89,26 @@ def run(
     with tempfile.TemporaryDirectory(prefix="llm-monitor-") as tmp:
         config = Path(tmp) / "haproxy.cfg"
         config.write_text(haproxy_config(host, backends))
+        env = None
+        server = None
+        if metrics_port is not None:
+            shared = Path(tmp) / "metrics"
+            shared.mkdir()
+            env = {**os.environ, metrics.MULTIPROC_ENV: str(shared)}
+            server = metrics.serve_multiprocess(metrics_port, host, shared)
         children = [
-            subprocess.Popen([*proxy_command(db_path, "127.0.0.1", worker_listeners(w)), *extra])
+            subprocess.Popen(
+                [*proxy_command(db_path, "127.0.0.1", worker_listeners(w)), *extra], env=env
+            )
             for w in range(workers)
         ]
         children.append(subprocess.Popen([haproxy, "-db", "-f", str(config)]))
         children += [subprocess.Popen(command) for command in also]
-        status = _supervise(children)
+        try:
+            status = _supervise(children)
+        finally:
+            if server is not None:
+                server.shutdown()
     print("llm-monitor: all workers stopped", file=sys.stderr)
     return status
 
