@@ -17,6 +17,7 @@ from llm_monitor.cli.common import (
     handle_errors,
     json_option,
 )
+from llm_monitor.cli.operations import backup, doctor, prune
 from llm_monitor.cli.prices import pricing
 from llm_monitor.cli.run import dashboard, demo, import_spool, proxy, up
 from llm_monitor.inert import printable
@@ -123,6 +124,9 @@ COMMANDS = (
     dashboard,
     demo,
     import_spool,
+    doctor,
+    backup,
+    prune,
 )
 for command in COMMANDS:
     cli.add_command(command)
