@@ -287,7 +287,10 @@ def upstream(
     return process(args, port, workdir / "upstream.log", cpus)
 
 
-PROXY_PATHS = ("bare", "addon", "lean", "proxy")  # the paths that run a proxy process
+# The paths that run a proxy process; proxy-metrics is `llm-monitor proxy` with its
+# Prometheus metrics on (the endpoint served, not scraped during the run).
+PROXY_PATHS = ("bare", "addon", "lean", "proxy", "proxy-metrics")
+RECORDING_PATHS = ("addon", "proxy", "proxy-metrics")
 
 
 def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list[str]:
@@ -316,6 +319,8 @@ def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list
         return [str(BIN / "mitmdump"), *script, *common, "--set", "flow_detail=0", *monitor]
     if path == "lean":
         return [sys.executable, __file__, "serve-lean", *common]
+    if path == "proxy-metrics":
+        monitor += ["--set", f"monitor_metrics_port={free_port()}"]
     return [str(BIN / "llm-monitor"), "proxy", *common, *monitor]
 
 
@@ -421,11 +426,12 @@ def run_proxy_path(
 ) -> Result:
     port = free_port()
     run_dir = workdir / f"{path}-{kind}-{round_}"
-    db, token = new_db(run_dir) if path in ("addon", "proxy") else (workdir / "unused.db", "-")
+    recording = path in RECORDING_PATHS
+    db, token = new_db(run_dir) if recording else (workdir / "unused.db", "-")
     args = proxy_args(path, upstream_port, port, db, kind)
     with process(args, port, workdir / f"{run_dir.name}.log", PROXY_CPU) as proc:
         result = measure(path, kind, port, requests, concurrency, token, proc.pid)
-    if path in ("addon", "proxy"):
+    if recording:
         result.rows = count_rows(db)
     result.round = round_
     return result
@@ -498,6 +504,7 @@ THROUGHPUT_RATIOS = [
     ("lean", "bare"),  # the lean master against mitmdump, neither with the addon
     ("proxy", "lean"),  # the addon under the lean master
     ("proxy", "addon"),  # llm-monitor proxy against mitmdump + addon
+    ("proxy-metrics", "proxy"),  # what the Prometheus metrics cost
 ]
 
 
@@ -532,7 +539,7 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
                     entry[f"{path}_ttft_p50_added_ms"] = median(
                         [by[path].ttft_p50_ms - by["direct"].ttft_p50_ms for by in per_round]
                     )
-        for path in ("addon", "proxy"):
+        for path in RECORDING_PATHS:
             if everywhere(path):
                 entry[f"{path}_rows_recorded_vs_sent"] = " ".join(
                     f"{by[path].rows}/{by[path].requests + 200}" for by in per_round

@@ -102,10 +102,13 @@ def run(
             )
             for w in range(workers)
         ]
-        children.append(subprocess.Popen([haproxy, "-db", "-f", str(config)]))
+        balancer = subprocess.Popen([haproxy, "-db", "-f", str(config)])
+        children.append(balancer)
         children += [subprocess.Popen(command) for command in also]
         try:
-            status = _supervise(children)
+            # HAProxy's soft stop (SIGUSR1): it stops listening and lets the connections it
+            # carries finish, while each worker drains them.
+            status = _supervise(children, soft={balancer.pid})
         finally:
             if server is not None:
                 server.shutdown()
@@ -118,7 +121,11 @@ def supervise(commands: Sequence[Sequence[str]]) -> int:
     return _supervise([subprocess.Popen(command) for command in commands])
 
 
-def _supervise(children: list[subprocess.Popen]) -> int:
+# The workers drain for monitor_drain_seconds (default 30), then write what they queued.
+STOP_TIMEOUT = 75
+
+
+def _supervise(children: list[subprocess.Popen], soft: set[int] = frozenset()) -> int:
     stopping = False
 
     def stop(*_: object) -> None:
@@ -132,11 +139,11 @@ def _supervise(children: list[subprocess.Popen]) -> int:
     # Last started first: the dashboard, HAProxy (no new connections), then the workers.
     for child in reversed(children):
         if child.poll() is None:
-            child.terminate()
+            child.send_signal(signal.SIGUSR1 if child.pid in soft else signal.SIGTERM)
     status = 0
     for child in reversed(children):
         try:
-            child.wait(30)
+            child.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
