@@ -287,10 +287,14 @@ def upstream(
     return process(args, port, workdir / "upstream.log", cpus)
 
 
-PROXY_PATHS = ("bare", "addon", "lean", "proxy")  # the paths that run a proxy process
-# Measured only when asked for (--only proxy-uvloop): `llm-monitor proxy` on uvloop, which
-# needs mitmproxy's eager task factory left out (uvloop 0.23 rejects its `eager_start`).
-OPTIONAL_PATHS = ("proxy-uvloop",)
+# The paths that run a proxy process.
+PROXY_PATHS = ("bare", "addon", "lean", "proxy")
+# Measured only when asked for (--only): proxy-metrics is `llm-monitor proxy` with its
+# Prometheus metrics on (the endpoint served, not scraped during the run); proxy-uvloop
+# is `llm-monitor proxy` on uvloop, which needs mitmproxy's eager task factory left out
+# (uvloop 0.23 rejects its `eager_start`).
+OPTIONAL_PATHS = ("proxy-metrics", "proxy-uvloop")
+RECORDING_PATHS = ("addon", "proxy", "proxy-metrics", "proxy-uvloop")
 
 
 def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list[str]:
@@ -321,6 +325,8 @@ def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list
         return [sys.executable, __file__, "serve-lean", *common]
     if path == "proxy-uvloop":
         return [sys.executable, __file__, "serve-uvloop", *common, *monitor]
+    if path == "proxy-metrics":
+        monitor += ["--set", f"monitor_metrics_port={free_port()}"]
     return [str(BIN / "llm-monitor"), "proxy", *common, *monitor]
 
 
@@ -426,12 +432,12 @@ def run_proxy_path(
 ) -> Result:
     port = free_port()
     run_dir = workdir / f"{path}-{kind}-{round_}"
-    recorded = path in ("addon", "proxy", "proxy-uvloop")
-    db, token = new_db(run_dir) if recorded else (workdir / "unused.db", "-")
+    recording = path in RECORDING_PATHS
+    db, token = new_db(run_dir) if recording else (workdir / "unused.db", "-")
     args = proxy_args(path, upstream_port, port, db, kind)
     with process(args, port, workdir / f"{run_dir.name}.log", PROXY_CPU) as proc:
         result = measure(path, kind, port, requests, concurrency, token, proc.pid)
-    if recorded:
+    if recording:
         result.rows = count_rows(db)
     result.round = round_
     return result
@@ -507,6 +513,7 @@ THROUGHPUT_RATIOS = [
     ("lean", "bare"),  # the lean master against mitmdump, neither with the addon
     ("proxy", "lean"),  # the addon under the lean master
     ("proxy", "addon"),  # llm-monitor proxy against mitmdump + addon
+    ("proxy-metrics", "proxy"),  # what the Prometheus metrics cost
     ("proxy-uvloop", "proxy"),  # the same on uvloop
 ]
 
@@ -542,7 +549,7 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
                     entry[f"{path}_ttft_p50_added_ms"] = median(
                         [by[path].ttft_p50_ms - by["direct"].ttft_p50_ms for by in per_round]
                     )
-        for path in ("addon", "proxy", "proxy-uvloop"):
+        for path in RECORDING_PATHS:
             if everywhere(path):
                 entry[f"{path}_rows_recorded_vs_sent"] = " ".join(
                     f"{by[path].rows}/{by[path].requests + 200}" for by in per_round

@@ -122,7 +122,10 @@ def test_sigterm_with_requests_in_flight_loses_no_row(
 ) -> None:
     db_path, token = own_db
     with running_proxy(
-        db_path, f"http://127.0.0.1:{upstream.port}", monitor_token_refresh_ms=500
+        db_path,
+        f"http://127.0.0.1:{upstream.port}",
+        monitor_token_refresh_ms=500,
+        monitor_drain_seconds=0,  # no grace: what is cut is recorded (the drain: test_production)
     ) as proxy:
         done = [upstream.reply(Reply.from_recording(CHAT)) for _ in range(5)]
         with httpx.Client(headers=headers(token)) as http:

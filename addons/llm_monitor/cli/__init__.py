@@ -10,7 +10,14 @@ import click
 from llm_monitor.accounts.orgs import find_org
 from llm_monitor.cli.accounts import dashboard_token, members, orgs, tokens
 from llm_monitor.cli.billing import billing
-from llm_monitor.cli.common import emit, get_db, handle_errors, json_option
+from llm_monitor.cli.common import (
+    accept_db_everywhere,
+    emit,
+    get_db,
+    handle_errors,
+    json_option,
+)
+from llm_monitor.cli.operations import backup, doctor, prune
 from llm_monitor.cli.prices import pricing
 from llm_monitor.cli.run import dashboard, demo, import_spool, proxy, up
 from llm_monitor.inert import printable
@@ -118,6 +125,10 @@ COMMANDS = (
     dashboard,
     demo,
     import_spool,
+    doctor,
+    backup,
+    prune,
 )
 for command in COMMANDS:
     cli.add_command(command)
+accept_db_everywhere(cli)

@@ -48,9 +48,38 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _set_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj["db_path"] = value
+
+
+def accept_db_everywhere(group: click.Group) -> None:
+    """Give every command under `group` a `--db` of its own, so that `llm-monitor stats
+    --db x.db` works as `llm-monitor --db x.db stats` does (the later one wins)."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            accept_db_everywhere(command)
+        if not any("--db" in getattr(p, "opts", ()) for p in command.params):
+            command.params.append(
+                click.Option(
+                    ["--db"],
+                    type=click.Path(dir_okay=False),
+                    expose_value=False,
+                    is_eager=True,
+                    callback=_set_db,
+                    help="SQLite database file (as `llm-monitor --db`).",
+                )
+            )
+
+
 def get_db(ctx: click.Context, *, create: bool = False) -> Database:
-    """The database named by --db (migrated on open); it must exist unless `create`."""
+    """The database named by --db (migrated on open); it must exist unless `create`, and
+    its directory must exist."""
     path = Path(ctx.obj["db_path"])
+    if not path.parent.is_dir():
+        raise click.ClickException(f"no directory {printable(path.parent)} for the database")
     if not create and not path.exists():
         raise click.ClickException(f"no database at {path}: run `llm-monitor init` first")
     # A person at a terminal can wait for the recorder's or the dashboard's write to end.

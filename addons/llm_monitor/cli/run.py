@@ -22,7 +22,7 @@ from llm_monitor.demo.standin import StandinProvider
 from llm_monitor.demo.traffic import PROVIDERS, send_traffic
 from llm_monitor.errors import DomainError
 from llm_monitor.proxy import master, workers
-from llm_monitor.proxy.launch import DEFAULT_LISTENERS, parse_listen, proxy_command
+from llm_monitor.proxy.launch import DEFAULT_LISTENERS, busy_ports, parse_listen, proxy_command
 from llm_monitor.store.maintenance import import_spool as import_spool_file
 
 
@@ -72,6 +72,11 @@ def listen_option(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @click.option(
     "--allow-signup", is_flag=True, help="Let anyone create an organisation at /-/signup."
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (every worker's, added up).",
+)
 @click.argument("proxy_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @handle_errors
@@ -85,6 +90,7 @@ def up(
     dashboard_port: int,
     no_dashboard: bool,
     allow_signup: bool,
+    metrics_port: int | None,
     proxy_args: tuple[str, ...],
 ) -> None:
     """Run the proxy (`llm-monitor proxy`, one listener per provider) and the dashboard
@@ -103,12 +109,17 @@ def up(
     ports = [port for _, port in listeners.values()]
     if len(set(ports)) != len(ports):
         raise click.BadParameter("two listeners on one port", param_hint="--listen")
-    if not no_dashboard and dashboard_port in ports:
-        raise click.BadParameter(
-            f"port {dashboard_port} is also a listener's", param_hint="--dashboard-port"
-        )
+    wanted = {name: port for name, (_, port) in listeners.items()}
+    if not no_dashboard:
+        wanted["dashboard"] = dashboard_port
+    if metrics_port is not None:
+        wanted["metrics"] = metrics_port
+    if len(set(wanted.values())) != len(wanted):
+        raise click.UsageError("two of the listeners, the dashboard and the metrics share a port")
     db_path = ctx.obj["db_path"]
     get_db(ctx).conn.close()  # it exists, and its schema is current before any worker starts
+    if busy := busy_ports(host, wanted):
+        raise click.ClickException(f"cannot start: {busy[0]}")
     for name, (upstream, port) in listeners.items():
         click.echo(f"{name:>10}: http://{host}:{port} -> {upstream}", err=True)
     # Each option is set once: a second --set of it is refused.
@@ -117,15 +128,23 @@ def up(
     if not no_dashboard:
         click.echo(f"{'dashboard':>10}: http://{host}:{dashboard_port}/", err=True)
         ports = {name: port for name, (_, port) in listeners.items()}
-        also.append(dashboard_command(db_path, host, dashboard_port, allow_signup, ports))
+        command = dashboard_command(db_path, host, dashboard_port, allow_signup, ports)
+        also.append([*command, "--no-banner"])
+    if metrics_port is not None and worker_count > 1:  # one proxy says it itself
+        click.echo(f"{'metrics':>10}: http://{host}:{metrics_port}/metrics", err=True)
     if worker_count > 1:
         click.echo(f"{worker_count} workers behind HAProxy", err=True)
         found = [workers.Listener(n, u, p) for n, (u, p) in listeners.items()]
         try:
-            status = workers.run(db_path, host, found, worker_count, extra, also)
+            status = workers.run(
+                db_path, host, found, worker_count, extra, also, metrics_port=metrics_port
+            )
         except RuntimeError as e:
             raise click.ClickException(str(e)) from None
         sys.exit(status)
+    if metrics_port is not None:
+        extra += ["--set", f"monitor_metrics_port={metrics_port}"]
+        extra += ["--set", f"monitor_metrics_host={host}"]
     args = proxy_command(db_path, host, listeners)
     if not also:
         os.execv(args[0], [*args, *extra])
@@ -224,6 +243,7 @@ def listener_ports(
     help="A proxy listener the token pages' SDK snippets point at (repeatable; default: "
     "openai=8080, anthropic=8081, gemini=8082, xai=8083).",
 )
+@click.option("--no-banner", is_flag=True, hidden=True, help="`up` prints the address itself.")
 @click.pass_context
 @handle_errors
 def dashboard(
@@ -234,6 +254,7 @@ def dashboard(
     secret: str | None,
     allow_signup: bool,
     listeners: dict[str, int],
+    no_banner: bool,
 ) -> None:
     """Serve the dashboard alone: Datasette over the usage database with the views,
     charts, logins, account pages and REST API configured in datasette_config/."""
@@ -246,6 +267,7 @@ def dashboard(
         secret=secret,
         allow_signup=allow_signup,
         listeners=listeners,
+        banner=not no_banner,
     )
 
 
@@ -258,6 +280,7 @@ def serve_dashboard(
     secret: str | None,
     allow_signup: bool = False,
     listeners: dict[str, int] | None = None,
+    banner: bool = True,
 ) -> None:
     datasette = make_datasette(
         db_path, secret=secret, allow_signup=allow_signup, listeners=listeners
@@ -269,7 +292,8 @@ def serve_dashboard(
             f"admin (root) login: http://{host}:{port}/-/auth-token?token={datasette._root_token}",
             err=True,
         )
-    click.echo(f"dashboard: http://{host}:{port}/", err=True)
+    if banner:
+        click.echo(f"dashboard: http://{host}:{port}/", err=True)
     uvicorn.run(datasette.app(), host=host, port=port, log_level="warning")
 
 

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from mitmproxy import addonmanager, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from llm_monitor.accounts.tokens import TokenIndex, TokenOwner
+from llm_monitor.accounts.tokens import TokenIndex, TokenOwner, display_prefix
 from llm_monitor.inert import (
     install_log_filter,
     is_credential_param,
@@ -28,14 +28,15 @@ from llm_monitor.inert import (
     printable,
     redact,
 )
-from llm_monitor.proxy import limits
+from llm_monitor.proxy import limits, logs, metrics
 from llm_monitor.proxy.budget import json_too_complex
 from llm_monitor.proxy.content_coding import TooLarge, decode_body, is_supported
 from llm_monitor.proxy.limits import GUARD_KEY, BodyGuard
+from llm_monitor.proxy.metrics import Metrics
 from llm_monitor.proxy.providers import KNOWN_HOSTS, Provider, RequestInfo, provider_named
 from llm_monitor.proxy.reading import BodyCollector, MiB, StreamTap, request_decode_limit
 from llm_monitor.store.database import open_db
-from llm_monitor.store.recorder import Recorder
+from llm_monitor.store.recorder import Recorder, spool_path_for
 from llm_monitor.usage import TokenUsage, UsageRecord, utc_timestamp
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ USER_HEADER = "X-Monitor-User"
 TAGS_HEADER = "X-Monitor-Tags"
 MAX_USER_LENGTH = 256
 MAX_TAGS_LENGTH = 1024
+MAX_TAGS = 20
+MAX_TAG_VALUE_LENGTH = 128
 _TAG = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 _METADATA_KEY = "llm_monitor"
 
@@ -61,14 +64,24 @@ def parse_tags(value: str | None) -> str | None:
         return None
     if len(value) > MAX_TAGS_LENGTH:
         raise BadMonitorHeader(f"{TAGS_HEADER} is longer than {MAX_TAGS_LENGTH} characters")
-    tags = {}
-    for item in value.split(","):
+    items = value.split(",")
+    if len(items) > MAX_TAGS:
+        raise BadMonitorHeader(f"{TAGS_HEADER} has {len(items)} tags; at most {MAX_TAGS}")
+    tags: dict[str, str] = {}
+    for item in items:
         key, sep, val = (part.strip() for part in item.partition("="))
-        if not sep or not _TAG.match(key) or not val or not val.isprintable():
+        if not sep or not _TAG.match(key) or not val or not val.isprintable() or ";" in val:
             raise BadMonitorHeader(
                 f"{TAGS_HEADER} must be key=value pairs separated by commas "
-                f"(keys of letters, digits and _.:/-); got {item.strip()[:40]!r}"
+                f"(keys of letters, digits and _.:/-); got {printable(item.strip()[:40])!r}"
             )
+        if len(val) > MAX_TAG_VALUE_LENGTH:
+            raise BadMonitorHeader(
+                f"{TAGS_HEADER}: the value of {key!r} is longer than "
+                f"{MAX_TAG_VALUE_LENGTH} characters"
+            )
+        if key in tags:
+            raise BadMonitorHeader(f"{TAGS_HEADER}: {key!r} is given twice")
         tags[key] = val
     return json.dumps(dict(sorted(tags.items())), ensure_ascii=False)
 
@@ -188,6 +201,10 @@ class Monitor:
         self.max_read = 16 * MiB
         self.max_header = 64 * 1024
         self.key_hints = True
+        self.metrics: Metrics | None = None
+        self._metrics_server: object | None = None
+        self._sampler: asyncio.Task | None = None
+        self.draining = False
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("monitor_db", str, "llm-monitor.db", "SQLite file to record usage in.")
@@ -259,6 +276,26 @@ class Monitor:
             "Length of each listener's queue of connections not yet accepted (asyncio's "
             "default is 100; Linux caps it at net.core.somaxconn).",
         )
+        loader.add_option(
+            "monitor_metrics_port",
+            int,
+            0,
+            "Serve Prometheus metrics at http://HOST:PORT/metrics (0: off; HOST is "
+            "monitor_metrics_host).",
+        )
+        loader.add_option(
+            "monitor_metrics_host", str, "127.0.0.1", "Address of the metrics endpoint."
+        )
+        loader.add_option(
+            "monitor_drain_seconds",
+            int,
+            30,
+            "On SIGTERM (`llm-monitor proxy`): stop accepting connections and give requests "
+            "and streams in flight this many seconds to finish before shutting down.",
+        )
+        loader.add_option(
+            "monitor_log_json", bool, False, "Log lines as JSON objects, one per line."
+        )
         limits.install()
         install_log_filter()
 
@@ -287,6 +324,8 @@ class Monitor:
             ("monitor_max_header_kb", 1, 1024),
             ("monitor_max_read_mb", 1, 1024),
             ("monitor_listen_backlog", 1, 65535),
+            ("monitor_metrics_port", 0, 65535),
+            ("monitor_drain_seconds", 0, 3600),
         ):
             if name in updated and not low <= getattr(ctx.options, name) <= high:
                 raise exceptions.OptionsError(f"{name} must be from {low} to {high}")
@@ -295,6 +334,10 @@ class Monitor:
         self.max_header = ctx.options.monitor_max_header_kb * 1024
         limits.settings.max_header_bytes = self.max_header
         limits.settings.header_rejection = self._head_rejection
+        limits.settings.error_response = self._error_response
+        limits.settings.timeout_response = self._timeout_response
+        if "monitor_log_json" in updated:
+            logs.use_json(ctx.options.monitor_log_json)
         if self._running and "monitor_listen_backlog" in updated:
             self._raise_backlog()
         # mitmproxy applies a script's --set options after its first configure: opening the
@@ -308,11 +351,50 @@ class Monitor:
         self._running = True
         install_log_filter()  # handlers added since `load` (mitmdump's own) get it too
         self._raise_backlog()
+        if ctx.options.monitor_log_json:
+            logs.use_json(True)  # mitmdump's handlers exist now
         try:
             self._open()
+            self._start_metrics()
         except exceptions.OptionsError as e:
             logger.error("llm-monitor: %s", e)
             ctx.master.shutdown()
+
+    def _start_metrics(self) -> None:
+        """Metrics when a port is given, or as a worker of `up --workers N` (multiprocess
+        mode: `up` serves them all); started once per process."""
+        port, shared = ctx.options.monitor_metrics_port, metrics.multiprocess_dir()
+        if self.metrics is not None or not (port or shared):
+            return
+        self.metrics = metrics.Metrics()
+        if self.recorder is not None:
+            self.recorder.on_written = self.metrics.written
+        if port:
+            host = ctx.options.monitor_metrics_host
+            try:
+                if shared:
+                    self._metrics_server = metrics.serve_multiprocess(port, host, shared)
+                else:
+                    self._metrics_server = metrics.serve(self.metrics, port, host)
+            except OSError as e:
+                raise exceptions.OptionsError(
+                    f"monitor_metrics_port: cannot listen on {host}:{port}: {e.strerror}"
+                ) from None
+            logger.info("llm-monitor: metrics at http://%s:%d/metrics", host, port)
+        self._sampler = asyncio.get_running_loop().create_task(self._sample_metrics())
+
+    async def _sample_metrics(self) -> None:
+        """The recorder's gauges, once a second (never per request)."""
+        while self.metrics is not None:
+            recorder = self.recorder
+            if recorder is not None:
+                self.metrics.sample(
+                    recorder.queue_rows,
+                    recorder.write_lag,
+                    spool_path_for(recorder.db_path),
+                    len(self._inflight),
+                )
+            await asyncio.sleep(1)
 
     def _open(self) -> None:
         db_path = ctx.options.monitor_db
@@ -323,7 +405,8 @@ class Monitor:
         except Exception as e:
             raise exceptions.OptionsError(f"monitor_db: cannot open {db_path}: {e}") from None
         self._close()
-        self.recorder = Recorder(db_path, max_delay=flush_ms / 1000)
+        on_written = self.metrics.written if self.metrics is not None else None
+        self.recorder = Recorder(db_path, max_delay=flush_ms / 1000, on_written=on_written)
         self.recorder.start()
         self.tokens = TokenIndex(db_path, refresh_seconds=refresh)
         self.tokens.start()
@@ -385,11 +468,11 @@ class Monitor:
         strip_our_parts(request)
         if head_size(request) > self.max_header:
             message = f"Request headers larger than {self.max_header // 1024} KB (LLM Monitor)."
-            self._reject(flow, provider, guard, 431, message, "request_headers_too_large")
+            self._reject(flow, provider, guard, 431, message, "request_headers_too_large", token)
             return
         if self.tokens is None:  # not running yet, or the database failed: nothing passes
             message = "LLM Monitor is not ready."
-            self._reject(flow, provider, guard, 503, message, "monitor_not_ready")
+            self._reject(flow, provider, guard, 503, message, "monitor_not_ready", token)
             return
         owner = self.tokens.owner(token)
         if owner is None:
@@ -399,12 +482,18 @@ class Monitor:
                 else f"Invalid or revoked {TOKEN_HEADER}"
             )
             self._reject(
-                flow, provider, guard, 401, f"{message} (LLM Monitor).", "invalid_monitor_token"
+                flow,
+                provider,
+                guard,
+                401,
+                f"{message} (LLM Monitor).",
+                "invalid_monitor_token",
+                token,
             )
             return
         declared = headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > self.max_request:
-            self._reject(flow, provider, guard, *self._too_large())
+            self._reject(flow, provider, guard, *self._too_large(), token)
             return
         try:
             state = FlowState(
@@ -417,7 +506,7 @@ class Monitor:
             )
         except BadMonitorHeader as e:
             message = f"{e} (LLM Monitor)."
-            self._reject(flow, provider, guard, 400, message, "invalid_monitor_header")
+            self._reject(flow, provider, guard, 400, message, "invalid_monitor_header", token)
             return
         if self.key_hints:
             state.key_hint = provider.key_hint(headers)
@@ -481,6 +570,8 @@ class Monitor:
         response = flow.response
         if state is None or response is None or not state.forwarded:
             return
+        if self.draining and response.http_version.startswith("HTTP/1"):
+            response.headers["connection"] = "close"  # the client goes elsewhere next time
         if refused_changed_body(state, response):
             return  # kept whole (an error is small) until `response` sends the body again
         state.tap = self._tap_for(state, response)
@@ -660,6 +751,11 @@ class Monitor:
                     error="proxy shut down before the response ended",
                 )
         self._close()
+        if self._sampler is not None:
+            self._sampler.cancel()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()  # type: ignore[attr-defined]
+            self._metrics_server = None
 
     # Helpers.
 
@@ -722,11 +818,98 @@ class Monitor:
         status: int,
         message: str,
         code: str,
+        token: str | None = None,
     ) -> None:
         """Answer from the headers; the body, if any, is dropped as it arrives."""
         flow.response = self._response(flow, provider, status, message, code)
         flow.request.headers.pop("expect", None)  # no "100 Continue" for a refused body
         guard.answered = True
+        name = self._listener(flow.client_conn.proxy_mode).provider
+        self._log_rejection(flow, name, status, code, token)
+
+    def _log_rejection(
+        self, flow: http.HTTPFlow, provider: str, status: int, code: str, token: str | None
+    ) -> None:
+        """One line per refused request: who (address, token prefix, X-Monitor-User),
+        what and why; never a whole token or a key."""
+        if self.metrics is not None:
+            self.metrics.rejected(provider, code)
+        peer = flow.client_conn.peername
+        fields = {
+            "event": "rejected",
+            "client": peer[0] if peer else None,
+            "provider": provider,
+            "method": printable(flow.request.method[:16]),
+            "path": printable(stored_path(flow.request)[:200]),
+            "status": status,
+            "reason": code,
+            "token_prefix": printable(display_prefix(token)[:12]) if token else None,
+        }
+        logger.warning(
+            "llm-monitor: refused %s %s from %s on %s: %d %s (token %s)",
+            fields["method"],
+            fields["path"],
+            fields["client"] or "?",
+            provider,
+            status,
+            code,
+            fields["token_prefix"] or "none",
+            extra={logs.FIELDS: fields},
+        )
+
+    def _error_response(self, mode: object, status: int, message: str) -> http.Response | None:
+        """What the client gets instead of mitmproxy's HTML error page (see `limits`): the
+        listener's provider's JSON error. 502 when the provider could not be reached (504
+        when that timed out); mitmproxy's other refusals keep their status."""
+        if not isinstance(mode, ReverseMode):
+            return None
+        provider = provider_named(self._listener(mode).provider)
+        detail = printable(redact(message))[:300]
+        if status == 502:
+            if "timed out" in message.lower() or "timeout" in message.lower():
+                status, code = 504, "upstream_timeout"
+                text = f"LLM Monitor could not reach the provider in time: {detail}"
+            else:
+                code = "upstream_unreachable"
+                text = f"LLM Monitor could not reach the provider: {detail}"
+        else:
+            code, text = "proxy_error", f"LLM Monitor could not pass the request on: {detail}"
+        headers = {"content-type": "application/json"}
+        return http.Response.make(status, provider.rejection(status, text, code), headers)
+
+    def _timeout_response(self, client: object) -> http.Response | None:
+        """A 504 for the request on `client`'s connection that the provider left without
+        an answer for `tcp_timeout` seconds, just before mitmproxy closes it."""
+        for flow in self._inflight.values():
+            state = self._state(flow)
+            if flow.client_conn is client and state and state.forwarded and flow.response is None:
+                if not flow.request.http_version.startswith("HTTP/1"):
+                    return None
+                seconds = ctx.options.tcp_timeout
+                text = f"LLM Monitor: the provider did not answer within {seconds} s."
+                body = state.provider.rejection(504, text, "upstream_timeout")
+                return http.Response.make(504, body, {"content-type": "application/json"})
+        return None
+
+    async def drain(self, seconds: float) -> int:
+        """Stop accepting connections and wait up to `seconds` for the requests in flight
+        to finish (answers meanwhile ask HTTP/1 clients to close their connection).
+        Returns how many are left."""
+        self.draining = True
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver is not None:
+            await proxyserver.servers.update([])  # closes the listening sockets only
+        logger.info(
+            "llm-monitor: draining: %d requests in flight, up to %g s", len(self._inflight), seconds
+        )
+        deadline = time.monotonic() + seconds
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._inflight:
+            logger.warning(
+                "llm-monitor: %d requests still in flight after %g s", len(self._inflight), seconds
+            )
+        return len(self._inflight)
 
     def _head_rejection(self, mode: object) -> bytes:
         """The 431 body for a head too long to parse (see `limits`)."""
@@ -790,6 +973,8 @@ class Monitor:
             **UsageRecord.usage_fields(usage),
         )
         self.recorder.submit(record)
+        if self.metrics is not None:
+            self.metrics.observe(record)
         if self.log_requests:
             self._log(record)
 

@@ -4,6 +4,7 @@ share it."""
 
 from __future__ import annotations
 
+import socket
 import sys
 
 from mitmproxy.net import server_spec
@@ -42,3 +43,17 @@ def proxy_command(db_path: str, host: str, listeners: dict[str, tuple[str, int]]
         args += ["--mode", f"reverse:{upstream}@{host}:{port}"]
     names = ",".join(f"{port}:{name}" for name, (_, port) in listeners.items())
     return [*args, "--set", f"monitor_providers={names}"]
+
+
+def busy_ports(host: str, ports: dict[str, int]) -> list[str]:
+    """`NAME port N` for each of `ports` that cannot be bound on `host` now (in use, or
+    not allowed), checked before anything starts."""
+    busy = []
+    for name, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                busy.append(f"port {port} ({name}) on {host}: {e.strerror}")
+    return busy

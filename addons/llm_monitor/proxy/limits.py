@@ -14,12 +14,21 @@ gaps; the addon decides everything else through plain values:
   out when the body ends. A client that sends more than `drain` bytes after being answered
   is cut off with a 413.
 
-`install()` applies both once per process; `test_hostile.py` fails if a mitmproxy upgrade
+- `Http1Server.send`: mitmproxy's own error page for a flow it could not complete (the
+  provider unreachable, a TLS failure, a request it refused) is `settings.error_response(
+  proxy_mode, status, message)` instead, the listener's provider's JSON error, when that
+  gives one.
+- `ConnectionHandler.on_timeout`: before mitmproxy closes a connection idle past
+  `tcp_timeout`, `settings.timeout_response(client)` may give an answer to send first (a
+  504 for a request the provider never answered).
+
+`install()` applies them once per process; `test_hostile.py` fails if a mitmproxy upgrade
 moves what they wrap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import socket
@@ -29,6 +38,7 @@ from typing import Any
 
 from mitmproxy import flow as mflow
 from mitmproxy import http
+from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import HttpStream, SendHttp
@@ -36,6 +46,7 @@ from mitmproxy.proxy.layers.http._events import ErrorCode, RequestData, Response
 from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.proxy.server import ConnectionHandler
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +70,20 @@ def _default_rejection(mode: ProxyMode) -> bytes:
     return b"Request header fields too large."
 
 
+def _no_response(*_: object) -> None:
+    return None
+
+
 @dataclass(slots=True)
 class Settings:
     max_header_bytes: int = 64 * 1024
     # The body of the 431 sent for an overlong head, in the listener's provider's shape.
     header_rejection: Callable[[ProxyMode], bytes] = _default_rejection
+    # The answer to send instead of mitmproxy's error page for (mode, status, message),
+    # or None for mitmproxy's own page.
+    error_response: Callable[[ProxyMode, int, str], http.Response | None] = _no_response
+    # The response to send on a connection closed for inactivity, or None.
+    timeout_response: Callable[[Any], http.Response | None] = _no_response
 
 
 settings = Settings()
@@ -78,6 +98,36 @@ def install() -> None:
     _installed = True
     read_headers = Http1Server.read_headers
     consume_body = HttpStream.state_consume_request_body
+    send = Http1Server.send
+    on_timeout = ConnectionHandler.on_timeout
+
+    def shaped_send(self: Http1Server, event: Any) -> Any:
+        if (
+            isinstance(event, ResponseProtocolError)
+            and not self.response
+            and self.conn.state & ConnectionState.CAN_WRITE
+            and (status := event.code.http_status_code()) is not None
+            and (
+                response := settings.error_response(
+                    self.context.client.proxy_mode, status, event.message
+                )
+            )
+            is not None
+        ):
+            response.headers["connection"] = "close"
+            yield commands.SendData(self.conn, http1.assemble_response(response))
+            yield commands.CloseConnection(self.conn)
+            return
+        yield from send(self, event)
+
+    async def answered_timeout(self: ConnectionHandler) -> None:
+        io = self.transports.get(self.client)
+        response = settings.timeout_response(self.client) if io is not None else None
+        if response is not None and io.writer is not None:
+            response.headers["connection"] = "close"
+            with contextlib.suppress(Exception):
+                io.writer.write(http1.assemble_response(response))
+        await on_timeout(self)
 
     def limited_read_headers(self: Http1Server, event: events.Event) -> Any:
         if (
@@ -106,6 +156,8 @@ def install() -> None:
 
     Http1Server.read_headers = limited_read_headers  # type: ignore[method-assign]
     HttpStream.state_consume_request_body = guarded_consume_body  # type: ignore[method-assign]
+    Http1Server.send = shaped_send  # type: ignore[method-assign]
+    ConnectionHandler.on_timeout = answered_timeout  # type: ignore[method-assign]
 
 
 def _refuse_head(server: Http1Server) -> Any:

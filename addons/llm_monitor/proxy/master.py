@@ -94,11 +94,31 @@ async def serve(modes: Sequence[str], settings: Sequence[str]) -> int:
         print(f"llm-monitor proxy: {e}", file=sys.stderr)
         return 2
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+
+    def stop() -> None:
+        """The first SIGTERM or SIGINT drains, a second one stops at once."""
+        if stopping:
+            proxy.shutdown()
+        else:
+            stopping.append(loop.create_task(drain_then_stop(proxy)))
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, proxy.shutdown)
+        loop.add_signal_handler(signum, stop)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a client gone mid-write is no reason to exit
     await proxy.run()
     return 0
+
+
+async def drain_then_stop(proxy: LeanMaster) -> None:
+    """Stop accepting, let what is in flight finish (`monitor_drain_seconds`), then shut
+    down as before: the addon records what is left as `proxy_shutdown`."""
+    monitor = proxy.addons.get("monitor")
+    try:
+        if monitor is not None:
+            await monitor.drain(proxy.options.monitor_drain_seconds)
+    finally:
+        proxy.shutdown()
 
 
 def run(modes: Sequence[str], settings: Sequence[str]) -> int:

@@ -8,6 +8,7 @@ pass through untouched. `up --workers N` starts all of them and stops all of the
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_monitor.proxy import metrics
 from llm_monitor.proxy.launch import proxy_command
 
 
@@ -64,9 +66,14 @@ def run(
     workers: int,
     extra: Sequence[str],
     also: Sequence[Sequence[str]] = (),
+    *,
+    metrics_port: int | None = None,
 ) -> int:
     """Start HAProxy, the workers and `also` (the dashboard); when any of them exits, or
-    on SIGTERM/SIGINT, stop them all (each worker writes what it has queued first)."""
+    on SIGTERM/SIGINT, stop them all (each worker writes what it has queued first).
+
+    With `metrics_port`, the workers run in prometheus-client's multiprocess mode (their
+    series in files of a directory of this run) and this process serves their sum."""
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
     if haproxy is None:
         raise RuntimeError("--workers needs HAProxy: apt-get install haproxy")
@@ -82,13 +89,29 @@ def run(
     with tempfile.TemporaryDirectory(prefix="llm-monitor-") as tmp:
         config = Path(tmp) / "haproxy.cfg"
         config.write_text(haproxy_config(host, backends))
+        env = None
+        server = None
+        if metrics_port is not None:
+            shared = Path(tmp) / "metrics"
+            shared.mkdir()
+            env = {**os.environ, metrics.MULTIPROC_ENV: str(shared)}
+            server = metrics.serve_multiprocess(metrics_port, host, shared)
         children = [
-            subprocess.Popen([*proxy_command(db_path, "127.0.0.1", worker_listeners(w)), *extra])
+            subprocess.Popen(
+                [*proxy_command(db_path, "127.0.0.1", worker_listeners(w)), *extra], env=env
+            )
             for w in range(workers)
         ]
-        children.append(subprocess.Popen([haproxy, "-db", "-f", str(config)]))
+        balancer = subprocess.Popen([haproxy, "-db", "-f", str(config)])
+        children.append(balancer)
         children += [subprocess.Popen(command) for command in also]
-        status = _supervise(children)
+        try:
+            # HAProxy's soft stop (SIGUSR1): it stops listening and lets the connections it
+            # carries finish, while each worker drains them.
+            status = _supervise(children, soft={balancer.pid})
+        finally:
+            if server is not None:
+                server.shutdown()
     print("llm-monitor: all workers stopped", file=sys.stderr)
     return status
 
@@ -98,7 +121,11 @@ def supervise(commands: Sequence[Sequence[str]]) -> int:
     return _supervise([subprocess.Popen(command) for command in commands])
 
 
-def _supervise(children: list[subprocess.Popen]) -> int:
+# The workers drain for monitor_drain_seconds (default 30), then write what they queued.
+STOP_TIMEOUT = 75
+
+
+def _supervise(children: list[subprocess.Popen], soft: set[int] = frozenset()) -> int:
     stopping = False
 
     def stop(*_: object) -> None:
@@ -112,11 +139,11 @@ def _supervise(children: list[subprocess.Popen]) -> int:
     # Last started first: the dashboard, HAProxy (no new connections), then the workers.
     for child in reversed(children):
         if child.poll() is None:
-            child.terminate()
+            child.send_signal(signal.SIGUSR1 if child.pid in soft else signal.SIGTERM)
     status = 0
     for child in reversed(children):
         try:
-            child.wait(30)
+            child.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()

@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ class Recorder:
         max_delay: float = 0.2,
         max_backoff: float = 1.0,
         max_pending: int = 200_000,
+        on_written: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.batch_size = batch_size
@@ -86,6 +87,19 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._deadline: float | None = None
         self._warned_unpriced: set[tuple[str, str | None]] = set()
+        self._waiting_since: float | None = None  # when the oldest row in memory came
+        self.on_written = on_written  # called on the recorder's thread with written rows
+
+    @property
+    def queue_rows(self) -> int:
+        """Rows submitted and not written yet (approximate while the thread runs)."""
+        return self._queue.qsize() + len(self._pending)
+
+    @property
+    def write_lag(self) -> float:
+        """Seconds the oldest row still in memory has waited (0 when none waits)."""
+        since = self._waiting_since
+        return time.monotonic() - since if since is not None else 0.0
 
     def submit(self, record: UsageRecord) -> None:
         """Never blocks: safe to call from the proxy's event loop."""
@@ -138,9 +152,13 @@ class Recorder:
                         if (seen := prices_version(db)) != prices_seen:
                             book, prices_seen = load_price_book(db), seen
                     batch = self._pending[: self.batch_size]
-                    write_rows(db, [self._priced(r, book) for r in batch])
+                    priced = [self._priced(r, book) for r in batch]
+                    write_rows(db, priced)
                     del self._pending[: len(batch)]
                     self.written += len(batch)
+                    if not self._pending:
+                        self._waiting_since = None
+                    self._written(priced)
                     if outage_since is not None:
                         logger.warning(
                             "llm-monitor: database writable again after %.1fs; %d rows waiting",
@@ -173,7 +191,8 @@ class Recorder:
         done = 0
         for record in batch:
             try:
-                write_rows(db, [self._priced(record, book)])
+                row = self._priced(record, book)
+                write_rows(db, [row])
             except sqlite3.Error:
                 break  # the database itself: retry later as usual
             except Exception as e:
@@ -181,8 +200,11 @@ class Recorder:
                 self._spool([record])
             else:
                 self.written += 1
+                self._written([row])
             done += 1
         del self._pending[:done]
+        if not self._pending:
+            self._waiting_since = None
 
     def _collect(self, backoff: float) -> bool:
         """Move queued records to pending; True once the stop sentinel has been seen.
@@ -200,6 +222,7 @@ class Recorder:
             if first is _STOP:
                 return True
             self._pending.append(first)
+            self._waiting_since = time.monotonic()
             self._closing.wait(self.max_delay)
         elif backoff:
             self._closing.wait(backoff)
@@ -214,6 +237,13 @@ class Recorder:
             else:
                 self._pending.append(item)
         return stop
+
+    def _written(self, rows: list[dict[str, Any]]) -> None:
+        if self.on_written is not None:
+            try:
+                self.on_written(rows)
+            except Exception:  # a metrics failure must not stop the writing
+                logger.exception("llm-monitor: on_written failed")
 
     def _outage(self, since: float | None, error: sqlite3.Error) -> float:
         """Log the start of an outage once; rows wait in memory meanwhile."""

@@ -30,6 +30,7 @@ from typing import Any
 from sqlite_utils import Database
 
 Key = tuple[Any, ...]
+PRUNED_TABLE = "usage_pruned"  # one row: `usage` holds no rows of days before this one
 
 SUMS = (
     "requests",
@@ -244,7 +245,13 @@ def add(db: Database, rows: Iterable[dict[str, Any]]) -> None:
 
 def rebuild(db: Database, since: str = "", names: Iterable[str] | None = None) -> None:
     """Recompute rollups from `usage` for every bucket from `since` (a date or an hour
-    such as `2026-06-01T13`; everything if empty). All rollups, or those named."""
+    such as `2026-06-01T13`; everything if empty). All rollups, or those named.
+
+    Never before the day `llm-monitor prune` removed rows up to: those buckets keep the
+    sums of rows that are gone."""
+    if PRUNED_TABLE in db.table_names():
+        pruned = db.execute(f"select max(before) from {PRUNED_TABLE}").fetchone()[0] or ""
+        since = max(since, pruned)
     db.register_function(latency_le, deterministic=True, replace=True)
     for rollup in ROLLUPS:
         if names is not None and rollup.table not in names:
