@@ -11,6 +11,7 @@ from llm_monitor.accounts.orgs import find_org
 from llm_monitor.cli.accounts import dashboard_token, orgs, tokens
 from llm_monitor.cli.billing import billing
 from llm_monitor.cli.common import emit, get_db, handle_errors, json_option
+from llm_monitor.cli.controls import COMMANDS as CONTROL_COMMANDS
 from llm_monitor.cli.prices import pricing
 from llm_monitor.cli.run import dashboard, demo, import_spool, proxy, up
 from llm_monitor.inert import printable
@@ -117,6 +118,7 @@ COMMANDS = (
     dashboard,
     demo,
     import_spool,
+    *CONTROL_COMMANDS,
 )
 for command in COMMANDS:
     cli.add_command(command)

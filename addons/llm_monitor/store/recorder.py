@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +86,18 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._deadline: float | None = None
         self._warned_unpriced: set[tuple[str, str | None]] = set()
+        # Called on this thread with the priced row (spend controls settle by it); keyed by
+        # the record's identity, so that the queue and the spool keep plain records.
+        self._on_priced: dict[int, Callable[[dict[str, Any]], None]] = {}
 
-    def submit(self, record: UsageRecord) -> None:
-        """Never blocks: safe to call from the proxy's event loop."""
+    def submit(
+        self, record: UsageRecord, on_priced: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        """Never blocks: safe to call from the proxy's event loop. `on_priced` is called
+        once, on the recorder's thread, with the row when it is priced (not for a row
+        spooled unpriced)."""
+        if on_priced is not None:
+            self._on_priced[id(record)] = on_priced
         self._queue.put(record)
 
     def start(self) -> None:
@@ -230,6 +239,11 @@ class Recorder:
 
     def _priced(self, record: UsageRecord, book: PriceBook) -> dict[str, Any]:
         row = price_row(record, book)
+        if self._on_priced and (callback := self._on_priced.pop(id(record), None)) is not None:
+            try:
+                callback(row)
+            except Exception:
+                logger.exception("llm-monitor: settling a request's reservation failed")
         key = (record.provider, record.billed_model)
         reason = row["unpriced_reason"]
         if reason not in (None, "usage_unseen") and key not in self._warned_unpriced:
