@@ -69,7 +69,7 @@ class Meter:
         left, whichever is more; small when the window is nearly gone, so that one idle
         worker does not sit on what another needs."""
         left = max(self.limit - self.committed + self.free, 0)
-        share = min(self.limit // (4 * holders), left // (2 * holders))
+        share = min(self.limit // (2 * holders), left // (2 * holders))
         return max(2 * self.peak, share, 1)
 
 
@@ -211,6 +211,7 @@ class Gate:
         with self._lock:
             for meter, amount, _ in wanted:
                 if amount > meter.free:
+                    meter.peak = max(meter.peak, amount)  # the next slice is sized for it
                     self._wake.set()
                     return self._refusal(meter, amount, at)
             hold = Hold()
