@@ -12,6 +12,7 @@ import click
 from llm_monitor.accounts.orgs import find_org
 from llm_monitor.cli.common import emit, get_db, json_option
 from llm_monitor.cli.common import handle_errors as _handle_errors
+from llm_monitor.controls.alerts import deliver_due, evaluate, list_alerts
 from llm_monitor.controls.budgets import (
     budget_status,
     list_limits,
@@ -20,6 +21,7 @@ from llm_monitor.controls.budgets import (
     set_budget,
     set_limit,
 )
+from llm_monitor.controls.notify import NotifyFile, Target, notify_path, send
 from llm_monitor.errors import Invalid
 
 
@@ -192,4 +194,95 @@ def limits_remove(ctx: click.Context, limit_id: int) -> None:
     click.echo(f"rate limit {limit_id} removed")
 
 
-COMMANDS = (budgets, limits)
+def _notify_file(ctx: click.Context) -> NotifyFile:
+    return NotifyFile(notify_path(ctx.obj["db_path"]))
+
+
+@click.group()
+def notify() -> None:
+    """Where an organisation's alerts go: any Apprise URL (Slack, Teams, email, Discord,
+    ntfy, json:// webhooks). The URLs are kept in DB.notify.json, readable by its owner
+    only, and shown redacted."""
+
+
+@notify.command("add")
+@click.option("--org", required=True, help="The organisation.")
+@click.argument("url")
+@click.pass_context
+@handle_errors
+def notify_add(ctx: click.Context, org: str, url: str) -> None:
+    """Add a notification URL (checked by Apprise, not contacted)."""
+    org_id = find_org(get_db(ctx), org)
+    target_id = _notify_file(ctx).add(org_id, url)
+    click.echo(f"notification URL {target_id} added")
+
+
+@notify.command("list")
+@click.option("--org", help="Only this organisation's URLs.")
+@json_option
+@click.pass_context
+@handle_errors
+def notify_list(ctx: click.Context, org: str | None, as_json: bool) -> None:
+    """Notification URLs, redacted."""
+    db = get_db(ctx)
+    names = {row["id"]: row["name"] for row in db.query("select id, name from orgs")}
+    emit(_notify_file(ctx).listing(names, find_org(db, org) if org else None), as_json)
+
+
+@notify.command("remove")
+@click.argument("target_id", type=int)
+@click.pass_context
+@handle_errors
+def notify_remove(ctx: click.Context, target_id: int) -> None:
+    """Remove a notification URL."""
+    _notify_file(ctx).remove(target_id)
+    click.echo(f"notification URL {target_id} removed")
+
+
+@notify.command("test")
+@click.option("--org", required=True, help="The organisation.")
+@click.pass_context
+@handle_errors
+def notify_test(ctx: click.Context, org: str) -> None:
+    """Send a test message to each of the organisation's URLs, now."""
+    org_id = find_org(get_db(ctx), org)
+    targets: list[Target] = _notify_file(ctx).targets(org_id)
+    if not targets:
+        raise click.ClickException(f"{org} has no notification URLs (`llm-monitor notify add`)")
+    failed = 0
+    for target in targets:
+        error = send(target, "LLM Monitor: test", f"A test notification for {org}.")
+        click.echo(f"{target.id} {target.shown}: {'sent' if error is None else error}")
+        failed += error is not None
+    if failed:
+        raise click.ClickException(f"{failed} of {len(targets)} could not be sent")
+
+
+@click.group()
+def alerts() -> None:
+    """Alerts: budget thresholds, spend anomalies, error spikes, unpriced models."""
+
+
+@alerts.command("list")
+@click.option("--org", help="Only this organisation's alerts.")
+@json_option
+@click.pass_context
+@handle_errors
+def alerts_list(ctx: click.Context, org: str | None, as_json: bool) -> None:
+    """The latest alerts and whether they were delivered."""
+    db = get_db(ctx)
+    emit(list_alerts(db, find_org(db, org) if org else None), as_json)
+
+
+@alerts.command("check")
+@click.pass_context
+@handle_errors
+def alerts_check(ctx: click.Context) -> None:
+    """Evaluate and deliver once, now (the proxy does it every 15 s by itself)."""
+    db = get_db(ctx)
+    raised = evaluate(db)
+    delivered = deliver_due(db, _notify_file(ctx))
+    click.echo(f"{len(raised)} new alerts, {delivered} delivered")
+
+
+COMMANDS = (budgets, limits, notify, alerts)

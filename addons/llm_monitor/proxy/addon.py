@@ -21,6 +21,7 @@ from mitmproxy import addonmanager, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from llm_monitor.accounts.tokens import TokenIndex, TokenOwner
+from llm_monitor.controls.alerts import Watcher
 from llm_monitor.controls.gate import Gate, Hold, Refusal
 from llm_monitor.inert import (
     install_log_filter,
@@ -181,6 +182,7 @@ class Monitor:
         self.recorder: Recorder | None = None
         self.tokens: TokenIndex | None = None
         self.gate: Gate | None = None
+        self.watcher: Watcher | None = None
         self.listeners: dict[int, Listener] = {}
         self._inflight: dict[str, http.HTTPFlow] = {}
         self._running = False
@@ -268,6 +270,13 @@ class Monitor:
             32768,
             "Output tokens a hard budget reserves for a request that sets no max_tokens.",
         )
+        loader.add_option(
+            "monitor_alerts_seconds",
+            int,
+            15,
+            "Seconds between evaluations of budget thresholds and anomalies, and deliveries "
+            "of their alerts (on a thread of its own); 0 turns it off in this process.",
+        )
         limits.install()
         install_log_filter()
 
@@ -297,6 +306,7 @@ class Monitor:
             ("monitor_max_read_mb", 1, 1024),
             ("monitor_listen_backlog", 1, 65535),
             ("monitor_default_max_output", 1, 10_000_000),
+            ("monitor_alerts_seconds", 0, 3600),
         ):
             if name in updated and not low <= getattr(ctx.options, name) <= high:
                 raise exceptions.OptionsError(f"{name} must be from {low} to {high}")
@@ -342,6 +352,9 @@ class Monitor:
         self.tokens.start()
         self.gate = Gate(db_path, default_max_output=ctx.options.monitor_default_max_output)
         self.gate.start()
+        if ctx.options.monitor_alerts_seconds:
+            self.watcher = Watcher(db_path, interval=ctx.options.monitor_alerts_seconds)
+            self.watcher.start()
         if not len(self.tokens):
             logger.warning(
                 "llm-monitor: %s has no monitor tokens yet; every request will get "
@@ -371,6 +384,9 @@ class Monitor:
             writer.transport.abort()
 
     def _close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
         if self.tokens is not None:
             self.tokens.stop()
             self.tokens = None

@@ -381,8 +381,10 @@ def m007_price_library_and_cost_basis(db: Database) -> None:
 
 @migrations()
 def m008_spend_controls(db: Database) -> None:
-    """Budgets, rate limits, the leases workers spend them from, notification URLs and
-    alerts (llm_monitor.controls)."""
+    """Budgets, rate limits, the leases workers spend them from, and alerts with their
+    delivery attempts (llm_monitor.controls). Notification URLs hold secrets: they are
+    kept in a file of their own (controls.notify), never in the database the dashboard
+    serves."""
     db.execute("""
         create table budgets (
           id integer primary key, org_id integer not null references orgs(id),
@@ -414,12 +416,6 @@ def m008_spend_controls(db: Database) -> None:
           granted integer not null, used integer not null, seen_at real not null,
           primary key (meter, window, holder)
         )""")
-    db.execute("""
-        create table notify_urls (
-          id integer primary key, org_id integer not null references orgs(id),
-          url text not null, shown text not null, created_at text not null
-        )""")
-    db.execute("create unique index idx_notify_urls on notify_urls (org_id, url)")
     # One row per crossing per window: the unique key keeps workers from raising it twice.
     db.execute("""
         create table alerts (
@@ -435,7 +431,7 @@ def m008_spend_controls(db: Database) -> None:
     db.execute("""
         create table alert_deliveries (
           id integer primary key, alert_id integer not null references alerts(id),
-          attempted_at text not null, ok integer not null, error text
+          url_id integer not null, attempted_at text not null, ok integer not null, error text
         )""")
 
 
