@@ -287,7 +287,10 @@ def upstream(
     return process(args, port, workdir / "upstream.log", cpus)
 
 
-PROXY_PATHS = ("bare", "addon", "lean", "proxy")  # the paths that run a proxy process
+# The paths that run a proxy process; `controls` is `proxy` with a hard budget and a rate
+# limit on every request (both high enough never to refuse one).
+PROXY_PATHS = ("bare", "addon", "lean", "proxy", "controls")
+MONITOR_PATHS = ("addon", "proxy", "controls")  # the paths that record usage
 
 
 def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list[str]:
@@ -296,7 +299,7 @@ def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list
     or it is no baseline.
 
     bare: mitmdump; addon: mitmdump -s addons/monitor.py; lean: the lean master without
-    the addon (`serve-lean` below); proxy: `llm-monitor proxy`.
+    the addon (`serve-lean` below); proxy and controls: `llm-monitor proxy`.
     """
     common = [
         "--mode",
@@ -319,7 +322,7 @@ def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list
     return [str(BIN / "llm-monitor"), "proxy", *common, *monitor]
 
 
-def new_db(workdir: Path) -> tuple[Path, str]:
+def new_db(workdir: Path, controls: bool = False) -> tuple[Path, str]:
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / "bench.db"
     llm_monitor = str(BIN / "llm-monitor")
@@ -339,6 +342,12 @@ def new_db(workdir: Path) -> tuple[Path, str]:
         check=True,
         capture_output=True,
     )
+    if controls:  # a hard budget and a rate limit that every request passes through
+        for command in (
+            ["budgets", "set", "--org", "Bench", "--period", "month", "--usd", "1000000000"],
+            ["limits", "set", "--org", "Bench", "--rpm", "1000000000", "--tpm", "1000000000"],
+        ):
+            subprocess.run([llm_monitor, "--db", str(db), *command], check=True)
     return db, json.loads(out.stdout)["token"]
 
 
@@ -421,11 +430,15 @@ def run_proxy_path(
 ) -> Result:
     port = free_port()
     run_dir = workdir / f"{path}-{kind}-{round_}"
-    db, token = new_db(run_dir) if path in ("addon", "proxy") else (workdir / "unused.db", "-")
+    db, token = (
+        new_db(run_dir, controls=path == "controls")
+        if path in MONITOR_PATHS
+        else (workdir / "unused.db", "-")
+    )
     args = proxy_args(path, upstream_port, port, db, kind)
     with process(args, port, workdir / f"{run_dir.name}.log", PROXY_CPU) as proc:
         result = measure(path, kind, port, requests, concurrency, token, proc.pid)
-    if path in ("addon", "proxy"):
+    if path in MONITOR_PATHS:
         result.rows = count_rows(db)
     result.round = round_
     return result
@@ -498,6 +511,7 @@ THROUGHPUT_RATIOS = [
     ("lean", "bare"),  # the lean master against mitmdump, neither with the addon
     ("proxy", "lean"),  # the addon under the lean master
     ("proxy", "addon"),  # llm-monitor proxy against mitmdump + addon
+    ("controls", "proxy"),  # a hard budget and a rate limit on every request
 ]
 
 
@@ -532,7 +546,7 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
                     entry[f"{path}_ttft_p50_added_ms"] = median(
                         [by[path].ttft_p50_ms - by["direct"].ttft_p50_ms for by in per_round]
                     )
-        for path in ("addon", "proxy"):
+        for path in MONITOR_PATHS:
             if everywhere(path):
                 entry[f"{path}_rows_recorded_vs_sent"] = " ".join(
                     f"{by[path].rows}/{by[path].requests + 200}" for by in per_round
@@ -556,7 +570,7 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
     "paths",
     multiple=True,
     type=click.Choice(["direct", *PROXY_PATHS]),
-    help="Paths to measure (default: all five).",
+    help="Paths to measure (default: all of them).",
 )
 @click.option(
     "--first-event-ms",

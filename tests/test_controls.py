@@ -94,6 +94,23 @@ def test_a_budget_resets_at_its_period_boundary(acme: Path) -> None:
     assert windows == {"2026-03-09": 2 * each, "2026-03-10": each}
 
 
+def test_the_next_window_is_held_before_it_begins(acme: Path) -> None:
+    """Refreshed a moment before midnight, a worker already holds a share of the next
+    day: the first request after the boundary is not refused for want of one."""
+    clock = Clock(dt.datetime(2026, 3, 9, 23, 59, 59, 900_000, tzinfo=dt.UTC))
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "day", "--usd", "1")
+    invoke(acme, "limits", "set", "--org", "Acme", "--rpm", "100")
+    gate = Gate(acme, clock=clock)
+    gate.refresh()
+    assert isinstance(admit(gate), Hold)
+    clock.at += dt.timedelta(milliseconds=200)
+    assert isinstance(admit(gate), Hold)
+    conn = sqlite3.connect(acme)
+    gate.refresh()
+    windows = sorted(row[0] for row in conn.execute("select window from control_leases"))
+    assert windows == ["2026-03-09", "2026-03-09T23:59", "2026-03-10", "2026-03-10T00:00"]
+
+
 def test_settled_cost_frees_what_was_reserved(acme: Path) -> None:
     invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "1")
     gate = Gate(acme)

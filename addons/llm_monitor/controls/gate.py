@@ -124,11 +124,15 @@ class Gate:
         self.clock = clock
         self._lock = threading.Lock()
         self._rules: dict[int, Rules] = {}
-        self._meters: dict[str, Meter] = {}
+        # By meter and window: near a boundary, both windows' meters are held.
+        self._meters: dict[tuple[str, str], Meter] = {}
         self._book: Any = None
         self._prices_seen: int | None = None
         self._rates: dict[tuple[str, str], tuple[int, int] | None] = {}
         self._holders = 1
+        # How early the next window's meters are taken, so that no request meets a window
+        # this worker holds nothing of yet.
+        self._lookahead = dt.timedelta(seconds=2 * refresh_seconds)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -173,6 +177,9 @@ class Gate:
             cost = None  # a billable call without a model: nothing to price it by
         wanted: list[tuple[Meter, int, str]] = []
         for budget in budgets:
+            window = budget.window(at)
+            if window is None:
+                continue  # a date range not begun or over
             amount = cost
             if amount is None:
                 if budget.on_unpriced == "refuse":
@@ -183,11 +190,8 @@ class Gate:
                         "budget_unpriced_model",
                     )
                 amount = 0  # let through: its row will say it is unpriced
-            window = budget.window(at)
-            if window is None:
-                continue  # a date range that is over
-            meter = self._meters.get(budget.meter)
-            if meter is None or not meter.synced or meter.window.key != window.key:
+            meter = self._meters.get((budget.meter, window.key))
+            if meter is None or not meter.synced:
                 return Refusal(
                     f"{budget.describe()}: this worker has no share of it yet; retry "
                     "(LLM Monitor).",
@@ -195,12 +199,13 @@ class Gate:
                     "budget_not_ready",
                 )
             wanted.append((meter, amount, "cost"))
+        minute = window_of("minute", at).key  # type: ignore[union-attr]
         for limit in limits:
-            for kind, amount in (("rpm", 1), ("tpm", tokens)):
-                meter = self._meters.get(f"{kind}:{limit.id}")
-                if meter is None:
+            for kind, amount, value in (("rpm", 1, limit.rpm), ("tpm", tokens, limit.tpm)):
+                if value is None:
                     continue
-                if not meter.synced or meter.window.end <= at:
+                meter = self._meters.get((f"{kind}:{limit.id}", minute))
+                if meter is None or not meter.synced:
                     return Refusal(
                         f"{limit.describe()}: this worker has no share of this minute yet; "
                         "retry (LLM Monitor).",
@@ -363,24 +368,26 @@ class Gate:
             prices = conn.execute("select version from prices_version").fetchone()[0]
         finally:
             conn.close()
-        at = self.clock()
+        now = self.clock()
+        moments = (now, now + self._lookahead)  # this window and, near its end, the next
         rules: dict[int, Rules] = {}
-        meters: dict[str, Meter] = {}
+        meters: dict[tuple[str, str], Meter] = {}
         for budget in budgets:
-            window = budget.window(at)
-            if window is None:
-                continue  # a date range not yet begun, or over: nothing to hold
-            meter = self._meter(budget.meter, window, budget.limit, budget.describe(), "usd")
-            meters[meter.key] = meter
-            old = rules.get(budget.org_id, Rules())
-            rules[budget.org_id] = Rules((*old.budgets, budget), old.limits)
-        minute = window_of("minute", at)
-        assert minute is not None
+            windows = {w.key: w for w in map(budget.window, moments) if w is not None}
+            for window in windows.values():
+                meter = self._meter(budget.meter, window, budget.limit, budget.describe(), "usd")
+                meters[meter.key, window.key] = meter
+            if windows:  # else a date range not yet begun, or over: nothing to hold
+                old = rules.get(budget.org_id, Rules())
+                rules[budget.org_id] = Rules((*old.budgets, budget), old.limits)
+        minutes = {w.key: w for w in (window_of("minute", m) for m in moments) if w is not None}
         for limit in limits:
             for kind, value, unit in (("rpm", limit.rpm, "requests"), ("tpm", limit.tpm, "tokens")):
                 if value is not None:
                     key = f"{kind}:{limit.id}"
-                    meters[key] = self._meter(key, minute, value, limit.describe(), unit)
+                    for minute in minutes.values():
+                        meter = self._meter(key, minute, value, limit.describe(), unit)
+                        meters[key, minute.key] = meter
             old = rules.get(limit.org_id, Rules())
             rules[limit.org_id] = Rules(old.budgets, (*old.limits, limit))
         if budgets and (self._book is None or prices != self._prices_seen):
@@ -400,8 +407,8 @@ class Gate:
     def _meter(self, key: str, window: Window, limit: int, label: str, unit: str) -> Meter:
         """The meter of this window: the one held so far (its slice and use kept), with
         the limit as it is now; a new one when the window turned."""
-        meter = self._meters.get(key)
-        if meter is None or meter.window.key != window.key:
+        meter = self._meters.get((key, window.key))
+        if meter is None:
             return Meter(key, window, limit, label, unit)
         meter.limit, meter.label = limit, label
         return meter
