@@ -260,6 +260,8 @@ class Recorder:
         """Rows the database would not take, as JSONL next to it; loud if even that fails."""
         path = spool_path_for(self.db_path)
         records = list(records)
+        for record in records:  # never priced here: their reservations are kept
+            self._on_priced.pop(id(record), None)
         try:
             with path.open("a", encoding="utf-8") as f:
                 for record in records:
