@@ -175,7 +175,6 @@ def hourly_history(db_path: Path, end: dt.datetime, weeks: int, seed: int = 3) -
     db.conn.close()
 
 
-@pytest.mark.slow
 def test_anomalies_fire_on_a_spike_and_not_on_seasonality(acme: Path) -> None:
     end = dt.datetime(2026, 6, 29, tzinfo=dt.UTC)  # a Monday
     hourly_history(acme, end, weeks=5)
