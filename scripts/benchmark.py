@@ -289,12 +289,13 @@ def upstream(
 
 # The paths that run a proxy process.
 PROXY_PATHS = ("bare", "addon", "lean", "proxy")
-# Measured only when asked for (--only): proxy-metrics is `llm-monitor proxy` with its
-# Prometheus metrics on (the endpoint served, not scraped during the run); proxy-uvloop
-# is `llm-monitor proxy` on uvloop, which needs mitmproxy's eager task factory left out
-# (uvloop 0.23 rejects its `eager_start`).
-OPTIONAL_PATHS = ("proxy-metrics", "proxy-uvloop")
-RECORDING_PATHS = ("addon", "proxy", "proxy-metrics", "proxy-uvloop")
+# Measured only when asked for (--only): controls is `proxy` with a hard budget and a rate
+# limit on every request (both high enough never to refuse one); proxy-metrics is
+# `llm-monitor proxy` with its Prometheus metrics on (the endpoint served, not scraped
+# during the run); proxy-uvloop is `llm-monitor proxy` on uvloop, which needs mitmproxy's
+# eager task factory left out (uvloop 0.23 rejects its `eager_start`).
+OPTIONAL_PATHS = ("controls", "proxy-metrics", "proxy-uvloop")
+RECORDING_PATHS = ("addon", "proxy", "controls", "proxy-metrics", "proxy-uvloop")
 
 
 def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list[str]:
@@ -303,7 +304,7 @@ def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list
     or it is no baseline.
 
     bare: mitmdump; addon: mitmdump -s addons/monitor.py; lean: the lean master without
-    the addon (`serve-lean` below); proxy: `llm-monitor proxy`.
+    the addon (`serve-lean` below); proxy and controls: `llm-monitor proxy`.
     """
     common = [
         "--mode",
@@ -330,7 +331,7 @@ def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list
     return [str(BIN / "llm-monitor"), "proxy", *common, *monitor]
 
 
-def new_db(workdir: Path) -> tuple[Path, str]:
+def new_db(workdir: Path, controls: bool = False) -> tuple[Path, str]:
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / "bench.db"
     llm_monitor = str(BIN / "llm-monitor")
@@ -350,6 +351,12 @@ def new_db(workdir: Path) -> tuple[Path, str]:
         check=True,
         capture_output=True,
     )
+    if controls:  # a hard budget and a rate limit that every request passes through
+        for command in (
+            ["budgets", "set", "--org", "Bench", "--period", "month", "--usd", "1000000000"],
+            ["limits", "set", "--org", "Bench", "--rpm", "1000000000", "--tpm", "1000000000"],
+        ):
+            subprocess.run([llm_monitor, "--db", str(db), *command], check=True)
     return db, json.loads(out.stdout)["token"]
 
 
@@ -432,12 +439,15 @@ def run_proxy_path(
 ) -> Result:
     port = free_port()
     run_dir = workdir / f"{path}-{kind}-{round_}"
-    recording = path in RECORDING_PATHS
-    db, token = new_db(run_dir) if recording else (workdir / "unused.db", "-")
+    db, token = (
+        new_db(run_dir, controls=path == "controls")
+        if path in RECORDING_PATHS
+        else (workdir / "unused.db", "-")
+    )
     args = proxy_args(path, upstream_port, port, db, kind)
     with process(args, port, workdir / f"{run_dir.name}.log", PROXY_CPU) as proc:
         result = measure(path, kind, port, requests, concurrency, token, proc.pid)
-    if recording:
+    if path in RECORDING_PATHS:
         result.rows = count_rows(db)
     result.round = round_
     return result
@@ -515,6 +525,7 @@ THROUGHPUT_RATIOS = [
     ("proxy", "addon"),  # llm-monitor proxy against mitmdump + addon
     ("proxy-metrics", "proxy"),  # what the Prometheus metrics cost
     ("proxy-uvloop", "proxy"),  # the same on uvloop
+    ("controls", "proxy"),  # a hard budget and a rate limit on every request
 ]
 
 

@@ -37,6 +37,8 @@ from tests.proxy import log_in, running_dashboard
 PASSWORDS = {"Acme": "acme-password-1", "Globex": "globex-password-2", "Ops": "ops-password-3"}
 EMAILS = {"Acme": "finance@acme.example", "Globex": "it@globex.example", "Ops": "ops@x.example"}
 ORG_VIEWS = [
+    "budgets",
+    "alerts",
     "summary",
     "timeline",
     "by_model",

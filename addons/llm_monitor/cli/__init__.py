@@ -17,6 +17,7 @@ from llm_monitor.cli.common import (
     handle_errors,
     json_option,
 )
+from llm_monitor.cli.controls import COMMANDS as CONTROL_COMMANDS
 from llm_monitor.cli.operations import backup, doctor, prune
 from llm_monitor.cli.prices import pricing
 from llm_monitor.cli.run import dashboard, demo, import_spool, proxy, up
@@ -128,6 +129,7 @@ COMMANDS = (
     doctor,
     backup,
     prune,
+    *CONTROL_COMMANDS,
 )
 for command in COMMANDS:
     cli.add_command(command)

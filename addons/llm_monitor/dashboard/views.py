@@ -106,6 +106,8 @@ NAV = [
     ("recent_requests", "Requests"),
     ("recent_errors", "Errors"),
     ("unpriced", "Unpriced"),
+    ("budgets", "Budgets"),
+    ("alerts", "Alerts"),
     ("summary", "Summary"),
     ("my_tokens", "Monitor tokens"),
     ("admin_orgs", "Organisations"),

@@ -10,9 +10,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlite_utils import Database
+
 from llm_monitor.accounts.orgs import create_org
 from llm_monitor.accounts.passwords import hash_password
 from llm_monitor.accounts.tokens import create_token
+from llm_monitor.controls.alerts import evaluate
+from llm_monitor.controls.budgets import set_budget
 from llm_monitor.demo import synthetic
 from llm_monitor.errors import DomainError
 from llm_monitor.money.sync import install_defaults
@@ -54,8 +58,39 @@ def create_demo_db(path: str, history_days: int) -> DemoDatabase:
             db, org_ids=org_ids, days=history_days, rows=history_days * 1500, end=end
         )
         rows = report.rows
+        add_budgets(db, org_ids, end.date() - dt.timedelta(days=history_days), end.date())
     db.conn.close()
     return DemoDatabase(tokens, rows)
+
+
+def add_budgets(db: Database, org_ids: list[int], first: dt.date, last: dt.date) -> None:
+    """Per organisation, a soft budget over the history that it has run past half of (so
+    that the Budgets and Alerts views have something to show) and a generous hard monthly
+    one that the demo's traffic stays within."""
+    for org_id in org_ids:
+        spent = db.execute(
+            "select coalesce(sum(cost_usd), 0) from usage where org_id = ? and ts >= ?",
+            [org_id, first.isoformat()],
+        ).fetchone()[0]
+        set_budget(
+            db,
+            org_id,
+            scope="org",
+            scope_value=None,
+            period=f"range:{first}..{last}",
+            usd=f"{max(spent * 1.6, 0.01):.2f}",
+            hard=False,
+        )
+        set_budget(
+            db,
+            org_id,
+            scope="org",
+            scope_value=None,
+            period="month",
+            usd=f"{max(spent * 20, 100):.2f}",
+            on_unpriced="allow",  # the demo's traffic includes a model without a price
+        )
+    evaluate(db)
 
 
 def wait_until_recording(proxy: subprocess.Popen, log: Path, timeout: float = 30) -> None:

@@ -21,6 +21,8 @@ from mitmproxy import addonmanager, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from llm_monitor.accounts.tokens import TokenIndex, TokenOwner, display_prefix
+from llm_monitor.controls.alerts import Watcher
+from llm_monitor.controls.gate import Gate, Hold, Refusal
 from llm_monitor.inert import (
     install_log_filter,
     is_credential_param,
@@ -179,6 +181,7 @@ class FlowState:
     recorded: bool = False
     key_hint: str | None = None
     accept_encoding: str | None = None  # the client's, when the proxy changed it
+    hold: Hold | None = None  # what hard budgets and rate limits reserved for it
 
     @property
     def stream(self) -> StreamTap | None:
@@ -191,6 +194,8 @@ class Monitor:
     def __init__(self) -> None:
         self.recorder: Recorder | None = None
         self.tokens: TokenIndex | None = None
+        self.gate: Gate | None = None
+        self.watcher: Watcher | None = None
         self.listeners: dict[int, Listener] = {}
         self._inflight: dict[str, http.HTTPFlow] = {}
         self._running = False
@@ -296,6 +301,19 @@ class Monitor:
         loader.add_option(
             "monitor_log_json", bool, False, "Log lines as JSON objects, one per line."
         )
+        loader.add_option(
+            "monitor_default_max_output",
+            int,
+            32768,
+            "Output tokens a hard budget reserves for a request that sets no max_tokens.",
+        )
+        loader.add_option(
+            "monitor_alerts_seconds",
+            int,
+            15,
+            "Seconds between evaluations of budget thresholds and anomalies, and deliveries "
+            "of their alerts (on a thread of its own); 0 turns it off in this process.",
+        )
         limits.install()
         install_log_filter()
 
@@ -326,6 +344,8 @@ class Monitor:
             ("monitor_listen_backlog", 1, 65535),
             ("monitor_metrics_port", 0, 65535),
             ("monitor_drain_seconds", 0, 3600),
+            ("monitor_default_max_output", 1, 10_000_000),
+            ("monitor_alerts_seconds", 0, 3600),
         ):
             if name in updated and not low <= getattr(ctx.options, name) <= high:
                 raise exceptions.OptionsError(f"{name} must be from {low} to {high}")
@@ -342,9 +362,12 @@ class Monitor:
             self._raise_backlog()
         # mitmproxy applies a script's --set options after its first configure: opening the
         # database now would open the default file. It is opened in `running`, once.
-        if self._running and {"monitor_db", "monitor_token_refresh_ms", "monitor_flush_ms"} & (
-            updated
-        ):
+        if self._running and {
+            "monitor_db",
+            "monitor_token_refresh_ms",
+            "monitor_flush_ms",
+            "monitor_default_max_output",
+        } & (updated):
             self._open()
 
     def running(self) -> None:
@@ -410,6 +433,11 @@ class Monitor:
         self.recorder.start()
         self.tokens = TokenIndex(db_path, refresh_seconds=refresh)
         self.tokens.start()
+        self.gate = Gate(db_path, default_max_output=ctx.options.monitor_default_max_output)
+        self.gate.start()
+        if ctx.options.monitor_alerts_seconds:
+            self.watcher = Watcher(db_path, interval=ctx.options.monitor_alerts_seconds)
+            self.watcher.start()
         if not len(self.tokens):
             logger.warning(
                 "llm-monitor: %s has no monitor tokens yet; every request will get "
@@ -439,12 +467,18 @@ class Monitor:
             writer.transport.abort()
 
     def _close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
         if self.tokens is not None:
             self.tokens.stop()
             self.tokens = None
         if self.recorder is not None:
-            self.recorder.close()
+            self.recorder.close()  # settles what it prices, before the gate gives back
             self.recorder = None
+        if self.gate is not None:
+            self.gate.stop()
+            self.gate = None
 
     # Hooks, in the order a flow meets them.
 
@@ -529,6 +563,27 @@ class Monitor:
             state.info = state.provider.inspect_request(request, inject_usage=state.inject_usage)
         except Exception as e:  # an odd body is the provider's to judge, not ours
             logger.warning("llm-monitor: could not read request body (%s)", e)
+        if self.gate is not None and self.gate.active(state.owner.org_id):
+            verdict = self.gate.admit(
+                org_id=state.owner.org_id,
+                token_id=state.owner.token_id,
+                user=state.user,
+                tags=state.tags,
+                provider=state.provider_name,
+                model=state.info.model,
+                billable=state.info.billable,
+                prompt_bytes=len(flow.request.raw_content or b""),
+                max_output=state.info.max_output,
+            )
+            if isinstance(verdict, Refusal):  # refused before the provider hears of it
+                flow.response = self._response(
+                    flow, state.provider, 429, verdict.message, verdict.code
+                )
+                flow.response.headers["retry-after"] = str(verdict.retry_after)
+                state.forwarded = False
+                self._forget(flow, state)
+                return
+            state.hold = verdict
         if state.info.usage_injected:
             # A stream the proxy rewrites is best not compressed: re-encoding costs, and a
             # re-encoded stream cannot fall back to passing the upstream's bytes on.
@@ -765,6 +820,8 @@ class Monitor:
     def _forget(self, flow: http.HTTPFlow, state: FlowState) -> None:
         state.recorded = True
         self._inflight.pop(flow.id, None)
+        if state.hold is not None and self.gate is not None:
+            self.gate.release(state.hold)  # never forwarded: nothing of it was spent
 
     @staticmethod
     def _upstream_silence(flow: http.HTTPFlow, state: FlowState) -> float:
@@ -972,7 +1029,15 @@ class Monitor:
             key_hint=state.key_hint,
             **UsageRecord.usage_fields(usage),
         )
-        self.recorder.submit(record)
+        if state.hold is not None and self.gate is not None:
+            gate, hold = self.gate, state.hold
+            tokens = None
+            if usage is not None and (usage.input_tokens or usage.output_tokens):
+                tokens = (usage.input_tokens or 0) + (usage.output_tokens or 0)
+            gate.settle_tokens(hold, tokens)
+            self.recorder.submit(record, lambda row: gate.settle_cost(hold, row["cost_usd"]))
+        else:
+            self.recorder.submit(record)
         if self.metrics is not None:
             self.metrics.observe(record)
         if self.log_requests:

@@ -528,3 +528,59 @@ def m009_daily_token_and_no_price_rollups(db: Database) -> None:
     # The models no price matched, per day: the admins' list reads this, not `usage`.
     rollups.create(db, ["usage_daily_no_price"])
     rollups.rebuild(db, names=["usage_daily_no_price"])
+
+
+@migrations()
+def m010_spend_controls(db: Database) -> None:
+    """Budgets, rate limits, the leases workers spend them from, and alerts with their
+    delivery attempts (llm_monitor.controls). Notification URLs hold secrets: they are
+    kept in a file of their own (controls.notify), never in the database the dashboard
+    serves."""
+    db.execute("""
+        create table budgets (
+          id integer primary key, org_id integer not null references orgs(id),
+          scope text not null, scope_value text not null default '',
+          period text not null, starts_on text, ends_on text,
+          amount_usd text not null, hard integer not null, thresholds text not null,
+          on_unpriced text not null default 'refuse', created_at text not null
+        )""")
+    # One budget of a kind per scope and period: a soft and a hard one may share a scope.
+    db.execute(
+        "create unique index idx_budgets_scope on budgets "
+        "(org_id, scope, scope_value, period, hard)"
+    )
+    db.execute("""
+        create table rate_limits (
+          id integer primary key, org_id integer not null references orgs(id),
+          scope text not null, scope_value text not null default '',
+          rpm integer, tpm integer, created_at text not null
+        )""")
+    db.execute(
+        "create unique index idx_rate_limits_scope on rate_limits (org_id, scope, scope_value)"
+    )
+    # A meter is `budget:ID`, `rpm:ID` or `tpm:ID`; its window the period it counts in.
+    # `granted` is what the holder took (spent, reserved or still free), `used` what it
+    # had spent or reserved when it last said so.
+    db.execute("""
+        create table control_leases (
+          meter text not null, window text not null, holder text not null,
+          granted integer not null, used integer not null, seen_at real not null,
+          primary key (meter, window, holder)
+        )""")
+    # One row per crossing per window: the unique key keeps workers from raising it twice.
+    db.execute("""
+        create table alerts (
+          id integer primary key, org_id integer references orgs(id),
+          kind text not null, scope text not null, window text not null,
+          threshold text not null default '', message text not null,
+          value real, limit_value real, raised_at text not null,
+          delivered_at text, attempts integer not null default 0, next_attempt_at real,
+          claimed_until real, last_error text
+        )""")
+    db.execute("create unique index idx_alerts_key on alerts (kind, scope, window, threshold)")
+    db.execute("create index idx_alerts_org on alerts (org_id, raised_at)")
+    db.execute("""
+        create table alert_deliveries (
+          id integer primary key, alert_id integer not null references alerts(id),
+          url_id integer not null, attempted_at text not null, ok integer not null, error text
+        )""")

@@ -89,6 +89,9 @@ class Recorder:
         self._warned_unpriced: set[tuple[str, str | None]] = set()
         self._waiting_since: float | None = None  # when the oldest row in memory came
         self.on_written = on_written  # called on the recorder's thread with written rows
+        # Called on this thread with the priced row (spend controls settle by it); keyed by
+        # the record's identity, so that the queue and the spool keep plain records.
+        self._on_priced: dict[int, Callable[[dict[str, Any]], None]] = {}
 
     @property
     def queue_rows(self) -> int:
@@ -101,8 +104,14 @@ class Recorder:
         since = self._waiting_since
         return time.monotonic() - since if since is not None else 0.0
 
-    def submit(self, record: UsageRecord) -> None:
-        """Never blocks: safe to call from the proxy's event loop."""
+    def submit(
+        self, record: UsageRecord, on_priced: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        """Never blocks: safe to call from the proxy's event loop. `on_priced` is called
+        once, on the recorder's thread, with the row when it is priced (not for a row
+        spooled unpriced)."""
+        if on_priced is not None:
+            self._on_priced[id(record)] = on_priced
         self._queue.put(record)
 
     def start(self) -> None:
@@ -260,6 +269,11 @@ class Recorder:
 
     def _priced(self, record: UsageRecord, book: PriceBook) -> dict[str, Any]:
         row = price_row(record, book)
+        if self._on_priced and (callback := self._on_priced.pop(id(record), None)) is not None:
+            try:
+                callback(row)
+            except Exception:
+                logger.exception("llm-monitor: settling a request's reservation failed")
         key = (record.provider, record.billed_model)
         reason = row["unpriced_reason"]
         if reason not in (None, "usage_unseen") and key not in self._warned_unpriced:
@@ -276,6 +290,8 @@ class Recorder:
         """Rows the database would not take, as JSONL next to it; loud if even that fails."""
         path = spool_path_for(self.db_path)
         records = list(records)
+        for record in records:  # never priced here: their reservations are kept
+            self._on_priced.pop(id(record), None)
         try:
             with path.open("a", encoding="utf-8") as f:
                 for record in records:

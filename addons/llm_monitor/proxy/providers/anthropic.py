@@ -23,7 +23,13 @@ from typing import Any
 
 from mitmproxy import http
 
-from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, bearer_token, load_json
+from llm_monitor.proxy.providers.base import (
+    RequestInfo,
+    SSEReader,
+    bearer_token,
+    count_field,
+    load_json,
+)
 from llm_monitor.proxy.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
@@ -110,6 +116,7 @@ class Anthropic:
             model=model,
             streamed=body.get("stream") is True,
             billable=not path.endswith("/count_tokens"),
+            max_output=count_field(body, "max_tokens"),
         )
 
     def usage_from_body(

@@ -29,6 +29,9 @@ class RequestInfo:
     streamed: bool = False
     usage_injected: bool = False
     billable: bool = True  # False for calls the provider does not charge for (count_tokens)
+    # The most output the request allows (max_tokens times the number of choices), when it
+    # says: what a hard budget reserves for it.
+    max_output: int | None = None
     # The body as the client sent it, when the proxy changed it (usage injection): sent
     # again unchanged if the provider refuses the changed one.
     unchanged_body: bytes | None = None
@@ -81,6 +84,15 @@ class Provider(Protocol):
 def bearer_token(headers: http.Headers) -> str | None:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def count_field(body: dict[str, Any], *names: str) -> int | None:
+    """The first of `names` in `body` that holds a non-negative integer."""
+    for name in names:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
 
 
 def load_json(body: bytes) -> Any:

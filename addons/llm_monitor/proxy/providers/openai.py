@@ -21,7 +21,13 @@ from typing import Any
 
 from mitmproxy import http
 
-from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, bearer_token, load_json
+from llm_monitor.proxy.providers.base import (
+    RequestInfo,
+    SSEReader,
+    bearer_token,
+    count_field,
+    load_json,
+)
 from llm_monitor.proxy.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
@@ -240,6 +246,9 @@ class OpenAI:
             return RequestInfo()
         model = body.get("model") if isinstance(body.get("model"), str) else None
         info = RequestInfo(model=model, streamed=body.get("stream") is True)
+        limit = count_field(body, "max_completion_tokens", "max_tokens", "max_output_tokens")
+        if limit is not None:
+            info.max_output = limit * max(count_field(body, "n") or 1, 1)
         if (
             inject_usage
             and info.streamed

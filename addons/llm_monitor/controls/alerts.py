@@ -1,0 +1,369 @@
+"""Alerts: budget thresholds, spend anomalies, error spikes and unpriced models, each
+raised once per crossing per window, and delivered to the organisation's notification
+URLs with retries.
+
+`evaluate` reads budgets and the hourly rollup and inserts what crossed; the `alerts`
+table's unique key (kind, scope, window, threshold) makes a second insert a no-op, so any
+number of workers can evaluate. `deliver_due` claims each undelivered alert for a minute
+before sending, so that two workers do not send it twice; every attempt is recorded, and
+a failed one is retried with backoff until it succeeds or a day has passed.
+`Watcher` runs both on a thread of its own, never on the proxy's event loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sqlite3
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from llm_monitor.controls import periods
+from llm_monitor.controls.budgets import load_budgets, nanos_usd, spent_nanos
+from llm_monitor.controls.notify import NotifyFile, Target, notify_path, send
+from llm_monitor.inert import printable
+from llm_monitor.store.database import open_db
+from llm_monitor.usage import utc_timestamp
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_K = 5.0
+WEEKS = 4  # the trailing weeks whose same hour makes the median
+MIN_ANOMALY_USD = 0.05  # below this an hour's spend is noise, whatever its median
+MIN_ERROR_REQUESTS = 20
+# An hour's spend over few requests is one request's size: heavy-tailed (one long prompt
+# costs 20 typical ones), so a key is judged only once its usual hour has this many.
+MIN_BASELINE_REQUESTS = 20
+RETRY_FOR = dt.timedelta(days=1)
+MAX_BACKOFF = 900.0
+CLAIM_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    org_id: int | None
+    kind: str
+    scope: str
+    window: str
+    threshold: str
+    message: str
+    value: float | None = None
+    limit_value: float | None = None
+
+
+def _hour(at: dt.datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H")  # as usage_hourly.hour
+
+
+def _same_hours(at: dt.datetime) -> list[str]:
+    """The same hour of the week, and the hours either side of it, in each of the last
+    four weeks: twelve samples, so that one odd hour does not make the median."""
+    return [
+        _hour(at - dt.timedelta(weeks=week) + dt.timedelta(hours=shift))
+        for week in range(1, WEEKS + 1)
+        for shift in (-1, 0, 1)
+    ]
+
+
+def budget_drafts(db: Database, at: dt.datetime) -> list[Draft]:
+    """Every threshold of every budget that its window's spend has reached."""
+    names = {row["id"]: row["name"] for row in db.query("select id, name from orgs")}
+    drafts = []
+    for budget in load_budgets(db):
+        window = budget.window(at)
+        if window is None:
+            continue
+        spent, _ = spent_nanos(db, budget, window)
+        limit = budget.limit
+        for pct in budget.thresholds:
+            if spent * 100 >= limit * pct:
+                kind = "hard" if budget.hard else "soft"
+                drafts.append(
+                    Draft(
+                        budget.org_id,
+                        "budget",
+                        budget.meter,
+                        window.key,
+                        f"{pct}%",
+                        f"{names.get(budget.org_id, '?')}: {kind} {budget.describe()} reached "
+                        f"{pct}%: ${nanos_usd(spent):.2f} of ${nanos_usd(limit):.2f} "
+                        f"(resets {window.end_ts})",
+                        nanos_usd(spent),
+                        nanos_usd(limit),
+                    )
+                )
+    return drafts
+
+
+def anomaly_drafts(
+    db: Database, at: dt.datetime, k: float = DEFAULT_K, min_usd: float = MIN_ANOMALY_USD
+) -> list[Draft]:
+    """This hour's spend so far, per token and per model, above k times the median of the
+    same hours of the week over the last four weeks (see `_same_hours`; a missing hour
+    counts as 0), and at least `min_usd`; only keys whose usual hour has at least
+    `MIN_BASELINE_REQUESTS` requests."""
+    hour = _hour(at)
+    past = _same_hours(at)
+    drafts = []
+    for column, what in (("token_id", "token"), ("model", "model")):
+        current = db.execute(
+            f"select org_id, {column}, sum(cost_usd) from usage_hourly where hour = ? "
+            f"group by org_id, {column}",
+            [hour],
+        ).fetchall()
+        if not current:
+            continue
+        history: dict[tuple[Any, Any, str], tuple[float, int]] = {
+            (org, key, h): (cost, requests)
+            for org, key, h, cost, requests in db.execute(
+                f"select org_id, {column}, hour, sum(cost_usd), sum(requests) from usage_hourly "
+                f"where hour in ({','.join('?' * len(past))}) group by org_id, {column}, hour",
+                past,
+            )
+        }
+        for org, key, spend in current:
+            samples = [history.get((org, key, h), (0.0, 0)) for h in past]
+            median = statistics.median(cost for cost, _ in samples)
+            usual_requests = statistics.median(requests for _, requests in samples)
+            if usual_requests >= MIN_BASELINE_REQUESTS and spend >= min_usd and spend > k * median:
+                drafts.append(
+                    Draft(
+                        org or None,
+                        "anomaly_spend",
+                        f"org:{org}:{what}:{key}",
+                        hour,
+                        f"{k:g}x",
+                        f"spend of {what} {printable(key)} this hour (${spend:.2f} so far, "
+                        f"{hour}Z) is over {k:g} times its median for this hour of the week "
+                        f"(${median:.2f})",
+                        spend,
+                        median,
+                    )
+                )
+    return drafts
+
+
+def error_drafts(db: Database, at: dt.datetime, k: float = DEFAULT_K) -> list[Draft]:
+    """An organisation's error rate this hour above k times its usual for this hour of
+    the week, and above 20%, with at least 20 requests."""
+    hour = _hour(at)
+    past = _same_hours(at)
+    rates: dict[tuple[int, str], float] = {
+        (org, h): errors / requests
+        for org, h, requests, errors in db.execute(
+            f"select org_id, hour, sum(requests), sum(errors) from usage_hourly "
+            f"where hour in ({','.join('?' * len(past))}) group by org_id, hour",
+            past,
+        )
+        if requests
+    }
+    drafts = []
+    for org, requests, errors in db.execute(
+        "select org_id, sum(requests), sum(errors) from usage_hourly where hour = ? "
+        "group by org_id",
+        [hour],
+    ):
+        if requests < MIN_ERROR_REQUESTS:
+            continue
+        rate = errors / requests
+        usual = statistics.median(rates.get((org, h), 0.0) for h in past)
+        if rate > 0.2 and rate > k * usual:
+            drafts.append(
+                Draft(
+                    org or None,
+                    "error_spike",
+                    f"org:{org}",
+                    hour,
+                    f"{k:g}x",
+                    f"{errors} of {requests} requests failed this hour ({hour}Z); usually "
+                    f"{usual:.0%}",
+                    rate,
+                    usual,
+                )
+            )
+    return drafts
+
+
+def unpriced_drafts(db: Database, at: dt.datetime) -> list[Draft]:
+    """Models seen today without a price: their cost is unknown (NULL), never $0."""
+    day = periods.window_of("day", at)
+    assert day is not None
+    return [
+        Draft(
+            org,
+            "unpriced_model",
+            f"org:{org}:{provider}/{model}",
+            day.key,
+            "",
+            f"{provider} model {printable(model)} has no price: its requests are recorded "
+            "without a cost (see `llm-monitor pricing check`)",
+        )
+        for org, provider, model in db.execute(
+            "select distinct org_id, provider, coalesce(response_model, model) from usage "
+            "where ts >= ? and unpriced_reason = 'no_price'",
+            [day.start_ts],
+        )
+    ]
+
+
+def evaluate(db: Database, at: dt.datetime | None = None, k: float = DEFAULT_K) -> list[int]:
+    """Raise whatever crossed; returns the ids of the alerts new this time."""
+    at = at or periods.now()
+    drafts = [
+        *budget_drafts(db, at),
+        *anomaly_drafts(db, at, k),
+        *error_drafts(db, at, k),
+        *unpriced_drafts(db, at),
+    ]
+    raised = utc_timestamp(at.timestamp())
+    new = []
+    with db.atomic():
+        for d in drafts:
+            cursor = db.execute(
+                "insert or ignore into alerts (org_id, kind, scope, window, threshold, message, "
+                "value, limit_value, raised_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    d.org_id,
+                    d.kind,
+                    d.scope,
+                    d.window,
+                    d.threshold,
+                    d.message,
+                    d.value,
+                    d.limit_value,
+                    raised,
+                ],
+            )
+            if cursor.rowcount:
+                new.append(cursor.lastrowid)
+    return new
+
+
+Sender = Callable[[Target, str, str], str | None]
+
+
+def deliver_due(
+    db: Database, notify: NotifyFile, at: dt.datetime | None = None, sender: Sender = send
+) -> int:
+    """Send each undelivered alert to its organisation's URLs that have not had it yet;
+    returns how many alerts were fully delivered."""
+    at = at or periods.now()
+    now = at.timestamp()
+    oldest = utc_timestamp((at - RETRY_FOR).timestamp())
+    due = db.execute(
+        "select id, org_id, kind, message, attempts from alerts where delivered_at is null "
+        "and raised_at >= ? and coalesce(next_attempt_at, 0) <= ? "
+        "and coalesce(claimed_until, 0) < ? order by id",
+        [oldest, now, now],
+    ).fetchall()
+    if not due:
+        return 0
+    targets = notify.targets()
+    delivered = 0
+    for alert_id, org_id, kind, message, attempts in due:
+        mine = [t for t in targets if t.org_id == org_id]
+        if not mine:
+            continue  # sent once the organisation has somewhere to send it (within a day)
+        with db.atomic():
+            claimed = db.execute(
+                "update alerts set claimed_until = ? where id = ? and delivered_at is null "
+                "and coalesce(claimed_until, 0) < ?",
+                [now + CLAIM_SECONDS, alert_id, now],
+            ).rowcount
+        if not claimed:
+            continue  # another worker has it
+        done = {
+            row[0]
+            for row in db.execute(
+                "select url_id from alert_deliveries where alert_id = ? and ok = 1", [alert_id]
+            )
+        }
+        failures = []
+        for target in mine:
+            if target.id in done:
+                continue
+            error = sender(target, f"LLM Monitor: {kind.replace('_', ' ')}", message)
+            with db.atomic():
+                db.execute(
+                    "insert into alert_deliveries (alert_id, url_id, attempted_at, ok, error) "
+                    "values (?, ?, ?, ?, ?)",
+                    [alert_id, target.id, utc_timestamp(time.time()), int(error is None), error],
+                )
+            if error is not None:
+                failures.append(error)
+        with db.atomic():
+            if failures:
+                backoff = min(5.0 * 2**attempts, MAX_BACKOFF)
+                db.execute(
+                    "update alerts set attempts = attempts + 1, next_attempt_at = ?, "
+                    "claimed_until = null, last_error = ? where id = ?",
+                    [now + backoff, "; ".join(failures)[:500], alert_id],
+                )
+            else:
+                delivered += 1
+                db.execute(
+                    "update alerts set attempts = attempts + 1, delivered_at = ?, "
+                    "claimed_until = null, last_error = null where id = ?",
+                    [utc_timestamp(time.time()), alert_id],
+                )
+    return delivered
+
+
+def list_alerts(db: Database, org_id: int | None = None, limit: int = 200) -> list[dict]:
+    where, params = ("where a.org_id = ?", [org_id]) if org_id is not None else ("", [])
+    return list(
+        db.query(
+            "select a.id, a.raised_at, orgs.name as org, a.kind, a.threshold, a.message, "
+            "a.delivered_at, a.attempts, a.last_error from alerts a "
+            f"left join orgs on orgs.id = a.org_id {where} order by a.id desc limit ?",
+            [*params, limit],
+        )
+    )
+
+
+class Watcher:
+    """Evaluates and delivers every `interval` seconds on its own thread."""
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        interval: float = 15.0,
+        clock: Callable[[], dt.datetime] = periods.now,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.interval = interval
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="llm-monitor-alerts", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+            self._thread = None
+
+    def run_once(self) -> None:
+        db = open_db(self.db_path, migrate=False, busy_timeout_ms=2000)
+        try:
+            evaluate(db, self.clock())
+            deliver_due(db, NotifyFile(notify_path(self.db_path)), self.clock())
+        finally:
+            db.conn.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.run_once()
+            except (sqlite3.Error, OSError, ValueError) as e:
+                logger.warning("llm-monitor: alert evaluation failed (%s); retrying", e)

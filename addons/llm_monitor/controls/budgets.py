@@ -1,0 +1,398 @@
+"""Budgets and rate limits: what they are, how they are set, listed and removed, and how
+much of each is spent.
+
+Amounts are kept as decimal text and counted in whole nano-dollars (`NANOS` per USD), so
+that reservations and settlements add up exactly across workers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import sqlite3
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlite_utils import Database
+
+from llm_monitor.controls.periods import PERIODS, Window, now, parse_range, window_of
+from llm_monitor.errors import Conflict, Invalid, NotFound
+from llm_monitor.inert import printable
+from llm_monitor.usage import utc_timestamp
+
+NANOS = 10**9
+SCOPES = ("org", "token", "user", "tag")
+LIMIT_SCOPES = ("org", "token")
+DEFAULT_THRESHOLDS = (50, 80, 100)
+MAX_USD = Decimal(10**9)
+_TAG = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")  # as X-Monitor-Tags keys
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    id: int
+    org_id: int
+    scope: str
+    scope_value: str
+    period: str
+    starts_on: str | None
+    ends_on: str | None
+    amount_usd: str
+    hard: bool
+    thresholds: tuple[int, ...]
+    on_unpriced: str  # refuse | allow: an unpriced model under a hard budget
+
+    @property
+    def limit(self) -> int:
+        return usd_nanos(Decimal(self.amount_usd))
+
+    @property
+    def meter(self) -> str:
+        return f"budget:{self.id}"
+
+    def window(self, at: dt.datetime) -> Window | None:
+        return window_of(self.period, at, self.starts_on, self.ends_on)
+
+    def describe(self, org: str | None = None) -> str:
+        """`budget 3 (org Acme, month)`: how a 429 and an alert name it."""
+        who = {
+            "org": f"org {org}" if org else "org",
+            "token": f"token {self.scope_value}",
+            "user": f"user {self.scope_value}",
+            "tag": f"tag {self.scope_value}",
+        }[self.scope]
+        period = self.period if self.period != "range" else f"{self.starts_on}..{self.ends_on}"
+        return f"budget {self.id} ({printable(who)}, {period})"
+
+    def matches(self, token_id: int | None, user: str | None, tags: dict[str, str]) -> bool:
+        if self.scope == "org":
+            return True
+        if self.scope == "token":
+            return token_id is not None and str(token_id) == self.scope_value
+        if self.scope == "user":
+            return user == self.scope_value
+        key, _, value = self.scope_value.partition("=")
+        return tags.get(key) == value
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    id: int
+    org_id: int
+    scope: str
+    scope_value: str
+    rpm: int | None
+    tpm: int | None
+
+    def matches(self, token_id: int | None) -> bool:
+        return self.scope == "org" or (token_id is not None and str(token_id) == self.scope_value)
+
+    def describe(self) -> str:
+        who = "org" if self.scope == "org" else f"token {self.scope_value}"
+        return f"rate limit {self.id} ({who})"
+
+
+def usd_nanos(usd: Decimal | float) -> int:
+    """USD as whole nano-dollars, rounded up: a reservation never falls short by rounding."""
+    return math.ceil(Decimal(usd) * NANOS)
+
+
+def nanos_usd(nanos: int) -> float:
+    return nanos / NANOS
+
+
+def parse_usd(value: str) -> str:
+    """A positive amount of USD as normalised decimal text, or Invalid."""
+    try:
+        amount = Decimal(str(value).strip().lstrip("$"))
+    except InvalidOperation:
+        raise Invalid(
+            f"--usd must be a number of dollars, e.g. 500 or 19.99; got {value!r}"
+        ) from None
+    if not amount.is_finite() or amount <= 0 or amount > MAX_USD:
+        raise Invalid(f"--usd must be more than 0 and at most {MAX_USD}; got {value!r}")
+    if amount.as_tuple().exponent < -9:  # type: ignore[operator]
+        raise Invalid("--usd has more than 9 decimal places")
+    return format(amount.normalize(), "f")
+
+
+def parse_thresholds(value: str | None) -> tuple[int, ...]:
+    """`50,80,100`: percentages of the budget at which an alert is raised."""
+    if value is None:
+        return DEFAULT_THRESHOLDS
+    try:
+        found = sorted({int(part) for part in value.split(",") if part.strip()})
+    except ValueError:
+        found = []
+    if not found or not all(1 <= p <= 1000 for p in found):
+        raise Invalid(f"--alert-at takes percentages from 1 to 1000, e.g. 50,80,100; got {value!r}")
+    return tuple(found)
+
+
+def check_scope(
+    db: Database, org_id: int, scope: str, value: str | None, allowed: tuple[str, ...] = SCOPES
+) -> str:
+    """The stored form of a scope's value, checked; Invalid or NotFound if it is none."""
+    if scope not in allowed:
+        raise Invalid(f"unknown scope {scope!r} (one of {', '.join(allowed)})")
+    if scope == "org":
+        return ""
+    value = (value or "").strip()
+    if scope == "token":
+        if not (value.isascii() and value.isdigit()):
+            raise Invalid(f"--token takes a monitor token id (a number); got {value!r}")
+        row = next(
+            db.query(
+                "select org_id from monitor_tokens where id = ? and revoked_at is null",
+                [int(value)],
+            ),
+            None,
+        )
+        if row is None or row["org_id"] != org_id:
+            raise NotFound(f"no live monitor token {value} in this organisation")
+        return str(int(value))
+    if scope == "user":
+        if not value or len(value) > 256 or not value.isprintable():
+            raise Invalid("--user must be printable and at most 256 characters")
+        return value
+    key, sep, tag = (part.strip() for part in value.partition("="))
+    if not sep or not _TAG.match(key) or not tag or not tag.isprintable():
+        raise Invalid(
+            f"--tag takes KEY=VALUE as in X-Monitor-Tags, e.g. team=search; got {value!r}"
+        )
+    return f"{key}={tag}"
+
+
+def set_budget(
+    db: Database,
+    org_id: int,
+    *,
+    scope: str,
+    scope_value: str | None,
+    period: str,
+    usd: str,
+    hard: bool = True,
+    thresholds: str | None = None,
+    on_unpriced: str = "refuse",
+    replace: bool = False,
+) -> int:
+    """Create a budget (or, with `replace`, change the one of the same scope, period and
+    kind); returns its id. Nothing is stored unless every value is good."""
+    stored_value = check_scope(db, org_id, scope, scope_value)
+    starts_on = ends_on = None
+    if period.startswith("range:"):
+        starts_on, ends_on = parse_range(period.removeprefix("range:"))
+        period = "range"
+    elif period not in PERIODS or period == "range":
+        raise Invalid(f"--period must be day, week, month or FIRST..LAST dates; got {period!r}")
+    amount = parse_usd(usd)
+    levels = parse_thresholds(thresholds)
+    if on_unpriced not in ("refuse", "allow"):
+        raise Invalid("--unpriced must be refuse or allow")
+    row = {
+        "org_id": org_id,
+        "scope": scope,
+        "scope_value": stored_value,
+        "period": period,
+        "starts_on": starts_on,
+        "ends_on": ends_on,
+        "amount_usd": amount,
+        "hard": int(hard),
+        "thresholds": ",".join(map(str, levels)),
+        "on_unpriced": on_unpriced,
+        "created_at": utc_timestamp(now().timestamp()),
+    }
+    key = [org_id, scope, stored_value, period, int(hard)]
+    existing = next(
+        db.query(
+            "select id from budgets where org_id = ? and scope = ? and scope_value = ? "
+            "and period = ? and hard = ?",
+            key,
+        ),
+        None,
+    )
+    with db.atomic():
+        if existing is not None:
+            if not replace:
+                kind = "hard" if hard else "soft"
+                raise Conflict(
+                    f"a {kind} {period} budget for this scope exists already (budget "
+                    f"{existing['id']}); change it with --replace or remove it first"
+                )
+            db["budgets"].update(existing["id"], row)
+            return existing["id"]
+        try:
+            return db["budgets"].insert(row).last_pk
+        except sqlite3.IntegrityError:  # another writer won the race
+            raise Conflict("a budget of this scope, period and kind exists already") from None
+
+
+def remove_budget(db: Database, budget_id: int) -> None:
+    with db.atomic():
+        if not db.execute("delete from budgets where id = ?", [budget_id]).rowcount:
+            raise NotFound(f"no budget {budget_id} (see `llm-monitor budgets list`)")
+        db.execute("delete from control_leases where meter = ?", [f"budget:{budget_id}"])
+
+
+def load_budgets(db: Database | sqlite3.Connection) -> list[Budget]:
+    conn = db.conn if isinstance(db, Database) else db
+    rows = conn.execute(
+        "select id, org_id, scope, scope_value, period, starts_on, ends_on, amount_usd, hard, "
+        "thresholds, on_unpriced from budgets order by id"
+    ).fetchall()
+    return [
+        Budget(
+            *row[:8],
+            hard=bool(row[8]),
+            thresholds=tuple(int(p) for p in row[9].split(",") if p),
+            on_unpriced=row[10],
+        )
+        for row in rows
+    ]
+
+
+def load_limits(db: Database | sqlite3.Connection) -> list[RateLimit]:
+    conn = db.conn if isinstance(db, Database) else db
+    rows = conn.execute(
+        "select id, org_id, scope, scope_value, rpm, tpm from rate_limits order by id"
+    ).fetchall()
+    return [RateLimit(*row) for row in rows]
+
+
+def spent_nanos(db: Database, budget: Budget, window: Window) -> tuple[int, int]:
+    """(recorded cost in the window, in nanos; requests in it without a cost)."""
+    where, params = "org_id = ? and ts >= ? and ts < ?", [budget.org_id, window.start_ts]
+    params.append(window.end_ts)
+    if budget.scope == "token":
+        where += " and token_id = ?"
+        params.append(int(budget.scope_value))
+    elif budget.scope == "user":
+        where += " and user = ?"
+        params.append(budget.scope_value)
+    elif budget.scope == "tag":
+        key, _, value = budget.scope_value.partition("=")
+        where += " and json_extract(tags, ?) = ?"
+        params += [f'$."{key}"', value]
+    row = db.execute(
+        f"select sum(cost_usd), sum(cost_usd is null and billable = 1 and status < 400) "
+        f"from usage where {where}",
+        params,
+    ).fetchone()
+    return usd_nanos(row[0] or 0), int(row[1] or 0)
+
+
+def committed(db: Database, meter: str, window: str) -> int:
+    """What every worker has taken of a meter's window: spent, reserved or held."""
+    row = db.execute(
+        "select coalesce(sum(granted), 0) from control_leases where meter = ? and window = ?",
+        [meter, window],
+    ).fetchone()
+    return int(row[0])
+
+
+def budget_status(db: Database, org_id: int | None = None) -> list[dict[str, Any]]:
+    """Each budget with its limit, spent, reserved (taken by workers, not yet spent),
+    left (neither) and when it resets."""
+    orgs = {row["id"]: row["name"] for row in db.query("select id, name from orgs")}
+    at = now()
+    result = []
+    for budget in load_budgets(db):
+        if org_id is not None and budget.org_id != org_id:
+            continue
+        window = budget.window(at)
+        limit = budget.limit
+        spent = taken = unpriced = 0
+        if window is not None:
+            spent, unpriced = spent_nanos(db, budget, window)
+            taken = committed(db, budget.meter, window.key)
+        reserved = max(taken - spent, 0)
+        result.append(
+            {
+                "id": budget.id,
+                "org": orgs.get(budget.org_id),
+                "scope": budget.scope,
+                "value": budget.scope_value or None,
+                "period": budget.period
+                if budget.period != "range"
+                else f"{budget.starts_on}..{budget.ends_on}",
+                "kind": "hard" if budget.hard else "soft",
+                "limit_usd": float(budget.amount_usd),
+                "spent_usd": nanos_usd(spent),
+                "reserved_usd": nanos_usd(reserved),
+                "left_usd": nanos_usd(max(limit - max(spent, taken), 0)),
+                "resets_at": window.end_ts if window is not None else None,
+                "unpriced_requests": unpriced,
+            }
+        )
+    return result
+
+
+def set_limit(
+    db: Database,
+    org_id: int,
+    *,
+    scope: str,
+    scope_value: str | None,
+    rpm: int | None,
+    tpm: int | None,
+) -> int:
+    """Set (or change) the requests and tokens per minute of an organisation or a token."""
+    stored_value = check_scope(db, org_id, scope, scope_value, LIMIT_SCOPES)
+    if rpm is None and tpm is None:
+        raise Invalid("give --rpm, --tpm or both")
+    for name, value in (("--rpm", rpm), ("--tpm", tpm)):
+        if value is not None and not 1 <= value <= 10**9:
+            raise Invalid(f"{name} must be from 1 to 1000000000; got {value}")
+    row = {
+        "org_id": org_id,
+        "scope": scope,
+        "scope_value": stored_value,
+        "rpm": rpm,
+        "tpm": tpm,
+        "created_at": utc_timestamp(now().timestamp()),
+    }
+    with db.atomic():
+        existing = next(
+            db.query(
+                "select id from rate_limits where org_id = ? and scope = ? and scope_value = ?",
+                [org_id, scope, stored_value],
+            ),
+            None,
+        )
+        if existing is not None:
+            db["rate_limits"].update(existing["id"], row)
+            return existing["id"]
+        return db["rate_limits"].insert(row).last_pk
+
+
+def remove_limit(db: Database, limit_id: int) -> None:
+    with db.atomic():
+        if not db.execute("delete from rate_limits where id = ?", [limit_id]).rowcount:
+            raise NotFound(f"no rate limit {limit_id} (see `llm-monitor limits list`)")
+        db.execute(
+            "delete from control_leases where meter in (?, ?)",
+            [f"rpm:{limit_id}", f"tpm:{limit_id}"],
+        )
+
+
+def list_limits(db: Database, org_id: int | None = None) -> list[dict[str, Any]]:
+    where, params = ("where l.org_id = ?", [org_id]) if org_id is not None else ("", [])
+    return list(
+        db.query(
+            "select l.id, orgs.name as org, l.scope, nullif(l.scope_value, '') as value, "
+            f"l.rpm, l.tpm from rate_limits l join orgs on orgs.id = l.org_id {where} "
+            "order by l.id",
+            params,
+        )
+    )
+
+
+def tags_of(tags: str | None) -> dict[str, str]:
+    """The stored X-Monitor-Tags JSON as a dict (empty when there are none)."""
+    if not tags:
+        return {}
+    value = json.loads(tags)
+    return value if isinstance(value, dict) else {}

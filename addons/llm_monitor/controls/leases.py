@@ -1,0 +1,123 @@
+"""Leases: how workers share a budget or a rate limit without asking anyone per request.
+
+A worker (a *holder*) takes a slice of a meter's window from the lease store and spends
+from it in memory; when it runs low it takes another, and what it holds beyond its need
+goes back. The store only ever grants what no holder has taken, in one transaction, so
+the slices of all holders together never exceed the limit.
+
+`LeaseStore` is the whole interface the proxy needs: SQLite implements it for the workers
+of one host; a store shared by several hosts can implement the same one method.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+# A holder not heard of for this long is not counted among the active ones (its slice
+# stays taken: what it spent is not known, and the guarantee comes first).
+ACTIVE_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """What a holder says about one meter's window: how much it has used (spent or
+    reserved), how much it keeps (used and free; less than it was granted when it gives
+    some back) and how much free it wants to hold."""
+
+    meter: str
+    window: str
+    limit: int
+    used: int
+    holding: int
+    want_free: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    meter: str
+    window: str
+    granted: int  # this holder's slice, used and free together
+    committed: int  # every holder's slices together: never more than the limit
+    holders: int  # holders active on this meter
+
+
+class LeaseStore(Protocol):
+    def sync(self, holder: str, requests: list[LeaseRequest]) -> list[Lease]:
+        """Record each request's `used` and `holding` (what it keeps: a holder gives
+        back by keeping less, never by being taken from; a holder that stops keeps only
+        what it used), then top its free part up to
+        `want_free` from what no holder has taken of `limit`, all at once; returns the
+        holder's leases in the same order."""
+        ...
+
+
+class SqliteLeaseStore:
+    """Leases in the usage database's `control_leases` table. Used from one thread."""
+
+    def __init__(self, db_path: str | Path, busy_timeout_ms: int = 2000) -> None:
+        self.db_path = str(db_path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            # Used by one thread at a time (the gate's first sync, then its thread).
+            conn = sqlite3.connect(
+                self.db_path,
+                timeout=self.busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = conn
+        return self._conn
+
+    def sync(self, holder: str, requests: list[LeaseRequest]) -> list[Lease]:
+        if not requests:
+            return []
+        conn = self._connection()
+        seen = time.time()
+        leases = []
+        # BEGIN IMMEDIATE: the write lock first, so that two holders never both read the
+        # same remainder and both take it.
+        conn.execute("begin immediate")
+        try:
+            for r in requests:
+                granted = max(r.holding, r.used)
+                total, holders = conn.execute(
+                    "select coalesce(sum(granted), 0), "
+                    "count(case when seen_at > ? then 1 end) from control_leases "
+                    "where meter = ? and window = ? and holder != ?",
+                    (seen - ACTIVE_SECONDS, r.meter, r.window, holder),
+                ).fetchone()
+                free = granted - r.used
+                if free < r.want_free:
+                    granted += max(min(r.want_free - free, r.limit - total - granted), 0)
+                conn.execute(
+                    "insert into control_leases (meter, window, holder, granted, used, seen_at) "
+                    "values (?, ?, ?, ?, ?, ?) on conflict (meter, window, holder) do update "
+                    "set granted = excluded.granted, used = excluded.used, "
+                    "seen_at = excluded.seen_at",
+                    (r.meter, r.window, holder, granted, r.used, seen),
+                )
+                leases.append(Lease(r.meter, r.window, granted, total + granted, holders + 1))
+            # Per-minute windows are of no use once past: keep the table small.
+            conn.execute(
+                "delete from control_leases where meter not like 'budget:%' and seen_at < ?",
+                (seen - 180,),
+            )
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
+        return leases
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,227 @@
+"""Alerts with a real database and a local json:// receiver: each budget threshold once,
+no duplicates from two evaluators, delivery retried until the receiver is up and then
+exactly once, anomalies on a 10x spike and not on weekly seasonality; notification URLs
+checked, kept private and shown redacted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import random
+import stat
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from llm_monitor.cli import cli
+from llm_monitor.controls.alerts import anomaly_drafts, deliver_due, error_drafts, evaluate
+from llm_monitor.controls.notify import NotifyFile, notify_path
+from llm_monitor.money.costs import load_price_book, price_row
+from llm_monitor.store.database import open_db
+from llm_monitor.store.recorder import write_rows
+from tests.conftest import invoke, new_org, usage_record
+
+
+class Receiver(ThreadingHTTPServer):
+    """A json:// endpoint on 127.0.0.1: answers 503 while `down`, records what it accepts."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                status = 503 if server.down else 200
+                if status == 200:
+                    server.received.append(json.loads(body))
+                else:
+                    server.refused += 1
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.down = False
+        self.refused = 0
+        self.received: list[dict[str, Any]] = []
+
+    @property
+    def url(self) -> str:
+        return f"json://127.0.0.1:{self.server_address[1]}/hook"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def acme(fresh_db: Path) -> Path:
+    new_org(fresh_db, "Acme")
+    return fresh_db
+
+
+def spend(db_path: Path, ts: str, usd_each: float, count: int = 1, **fields: Any) -> None:
+    """`count` gpt-4o requests costing about `usd_each` each, through the recorder's own
+    write (rows and rollups in one transaction)."""
+    db = open_db(db_path)
+    book = load_price_book(db)
+    tokens = max(round(usd_each / 2.5e-6), 1)  # gpt-4o input: $2.50 per 1M
+    rows = [
+        price_row(
+            usage_record(ts=ts, model="gpt-4o", input_tokens=tokens, output_tokens=0, **fields),
+            book,
+        )
+        for _ in range(count)
+    ]
+    write_rows(db, rows)
+    db.conn.close()
+
+
+def test_each_budget_threshold_fires_once(acme: Path, receiver: Receiver) -> None:
+    at = dt.datetime(2026, 6, 10, 12, tzinfo=dt.UTC)
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "10", "--soft")
+    invoke(acme, "notify", "add", "--org", "Acme", receiver.url)
+    db = open_db(acme)
+    notify = NotifyFile(notify_path(acme))
+    spend(acme, "2026-06-10T11:00:00.000Z", 5.2)
+    assert len(evaluate(db, at)) == 1
+    assert evaluate(db, at) == []  # once per crossing
+    assert evaluate(open_db(acme), at) == []  # another worker: no duplicate
+    spend(acme, "2026-06-10T11:30:00.000Z", 5.0)  # 102%: crosses 80 and 100 at once
+    assert len(evaluate(db, at)) == 2
+    assert deliver_due(db, notify, at) == 3
+    assert deliver_due(db, notify, at) == 0
+    messages = sorted(r["message"] for r in receiver.received)
+    assert len(messages) == 3
+    assert any("reached 100%" in m and "$10.20 of $10.00" in m for m in messages)
+    assert all(r["title"] == "LLM Monitor: budget" for r in receiver.received)
+    # The next month is a new window: the same thresholds may fire again there.
+    july = dt.datetime(2026, 7, 1, 1, tzinfo=dt.UTC)
+    assert evaluate(db, july) == []
+    listed = json.loads(invoke(acme, "alerts", "list", "--json"))
+    assert [a["threshold"] for a in listed] == ["100%", "80%", "50%"]
+    assert all(a["delivered_at"] for a in listed)
+
+
+def test_a_receiver_down_for_a_while_gets_the_alert_once(acme: Path, receiver: Receiver) -> None:
+    at = dt.datetime(2026, 6, 10, 12, tzinfo=dt.UTC)
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "day", "--usd", "1", "--soft")
+    invoke(acme, "notify", "add", "--org", "Acme", receiver.url)
+    db = open_db(acme)
+    notify = NotifyFile(notify_path(acme))
+    spend(acme, "2026-06-10T11:00:00.000Z", 0.6)
+    assert len(evaluate(db, at)) == 1
+    receiver.down = True
+    assert deliver_due(db, notify, at) == 0
+    assert deliver_due(db, notify, at) == 0  # not before its backoff
+    assert deliver_due(db, notify, at + dt.timedelta(seconds=6)) == 0  # second failure
+    assert receiver.refused == 2
+    receiver.down = False
+    assert deliver_due(db, notify, at + dt.timedelta(seconds=8)) == 0  # backoff doubled
+    assert deliver_due(db, notify, at + dt.timedelta(seconds=20)) == 1
+    assert deliver_due(db, notify, at + dt.timedelta(seconds=60)) == 0
+    assert len(receiver.received) == 1
+    attempts = db.execute("select ok from alert_deliveries order by id").fetchall()
+    assert attempts == [(0,), (0,), (1,)]
+    # A day after it was raised, an undelivered alert is given up.
+    spend(acme, "2026-06-10T11:10:00.000Z", 0.3)
+    assert len(evaluate(db, at)) == 1  # 80%
+    receiver.down = True
+    assert deliver_due(db, notify, at + dt.timedelta(days=1, seconds=1)) == 0
+    assert receiver.refused == 2  # not even tried
+
+
+def hourly_history(db_path: Path, end: dt.datetime, weeks: int, seed: int = 3) -> None:
+    """Weeks of ordinary traffic for one token: busier by day and on weekdays, each hour's
+    count and each request's size varying."""
+    rng = random.Random(seed)
+    db = open_db(db_path)
+    book = load_price_book(db)
+    rows = []
+    hour = end - dt.timedelta(weeks=weeks)
+    while hour < end:
+        daily = 0.3 + math.exp(-(((hour.hour - 14) / 4.5) ** 2))
+        weekly = (1.0, 1.0, 1.0, 1.0, 0.92, 0.42, 0.38)[hour.weekday()]
+        count = round(60 * daily * weekly * rng.lognormvariate(0, 0.15))
+        for i in range(count):
+            ts = hour + dt.timedelta(seconds=i * 3600 // max(count, 1))
+            record = usage_record(
+                ts=ts.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                model="gpt-4o",
+                input_tokens=round(2000 * rng.lognormvariate(0, 0.5)),
+                output_tokens=round(300 * rng.lognormvariate(0, 0.5)),
+            )
+            rows.append(price_row(record, book))
+        hour += dt.timedelta(hours=1)
+    write_rows(db, rows)
+    db.conn.close()
+
+
+def test_anomalies_fire_on_a_spike_and_not_on_seasonality(acme: Path) -> None:
+    end = dt.datetime(2026, 6, 29, tzinfo=dt.UTC)  # a Monday
+    hourly_history(acme, end, weeks=5)
+    db = open_db(acme)
+    quiet = []
+    for h in range(7 * 24):  # every hour of the last week, each judged when complete
+        at = end - dt.timedelta(hours=h) - dt.timedelta(seconds=1)
+        quiet += anomaly_drafts(db, at) + error_drafts(db, at)
+    assert quiet == []
+    # Ten times the usual spend in one hour of a Tuesday afternoon.
+    at = dt.datetime(2026, 6, 30, 14, 40, tzinfo=dt.UTC)
+    usual = db.execute(
+        "select sum(cost_usd) from usage_hourly where hour = '2026-06-23T14'"
+    ).fetchone()[0]
+    spend(acme, "2026-06-30T14:30:00.000Z", usual / 60, count=600)
+    drafts = anomaly_drafts(db, at)
+    assert {d.scope for d in drafts} == {"org:1:token:1", "org:1:model:gpt-4o"}
+    assert all(d.value > 5 * d.limit_value for d in drafts)
+    assert len(evaluate(db, at)) == 2
+    assert evaluate(db, at) == []
+
+
+def run(db: Path, *args: str):
+    return CliRunner().invoke(cli, ["--db", str(db), *args])
+
+
+def test_notification_urls_are_checked_private_and_redacted(acme: Path, receiver: Receiver) -> None:
+    secret = "slack://T000AAAA/B000BBBB/XXXXsecretXXXX"
+    bad = run(acme, "notify", "add", "--org", "Acme", "nonsense://what")
+    assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1
+    assert not notify_path(acme).exists()  # nothing stored
+    invoke(acme, "notify", "add", "--org", "Acme", secret)
+    invoke(acme, "notify", "add", "--org", "Acme", receiver.url)
+    path = notify_path(acme)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    listed = invoke(acme, "notify", "list")
+    assert "XXXXsecretXXXX" not in listed and "B000BBBB" not in listed
+    assert "slack://T0…" in listed
+    dup = run(acme, "notify", "add", "--org", "Acme", secret)
+    assert dup.exit_code == 1 and "already" in dup.output
+    # `notify test` sends to each: the Slack one fails (never leaves 127.0.0.1? it is not
+    # sent: removed first), the local receiver gets it.
+    invoke(acme, "notify", "remove", "1")
+    assert "sent" in invoke(acme, "notify", "test", "--org", "Acme")
+    assert receiver.received[-1]["title"] == "LLM Monitor: test"
+    # A file others may read is refused, not used.
+    os.chmod(path, 0o644)
+    refused = run(acme, "notify", "list")
+    assert refused.exit_code == 1 and "chmod 600" in refused.output
+    assert secret not in refused.output

@@ -1,0 +1,340 @@
+"""Budgets and rate limits at the level of the gate and the lease store, with a real
+database and an injected clock: period boundaries, changes, unpriced models, several
+holders, and the CLI's refusals of bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llm_monitor.cli import cli
+from llm_monitor.controls.budgets import NANOS
+from llm_monitor.controls.gate import Gate, Hold, Refusal
+from tests.conftest import invoke, new_org
+
+
+class Clock:
+    def __init__(self, at: dt.datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> dt.datetime:
+        return self.at
+
+
+def admit(gate: Gate, prompt_bytes: int = 1000, max_output: int = 100, **kw: object):
+    values = {
+        "org_id": 1,
+        "token_id": 1,
+        "user": None,
+        "tags": None,
+        "provider": "openai",
+        "model": "gpt-4o",
+        "billable": True,
+        "prompt_bytes": prompt_bytes,
+        "max_output": max_output,
+        **kw,
+    }
+    return gate.admit(**values)  # type: ignore[arg-type]
+
+
+def reservation(gate: Gate, prompt_bytes: int = 1000, max_output: int = 100) -> int:
+    rates = gate._rates_for("openai", "gpt-4o")
+    assert rates is not None
+    return rates[0] * prompt_bytes + rates[1] * max_output
+
+
+@pytest.fixture
+def acme(fresh_db: Path) -> Path:
+    new_org(fresh_db, "Acme")
+    return fresh_db
+
+
+def usd(nanos: int) -> str:
+    return str(nanos / NANOS)
+
+
+def test_a_budget_resets_at_its_period_boundary(acme: Path) -> None:
+    clock = Clock(dt.datetime(2026, 3, 9, 23, 59, 30, tzinfo=dt.UTC))
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "day", "--usd", "1")
+    gate = Gate(acme, clock=clock)
+    gate.refresh()
+    each = reservation(gate)
+    invoke(
+        acme,
+        "budgets",
+        "set",
+        "--org",
+        "Acme",
+        "--period",
+        "day",
+        "--replace",
+        "--usd",
+        usd(2 * each),
+    )
+    for _ in range(2):  # the background thread refreshes after each (and every 0.25 s)
+        gate.refresh()
+        assert isinstance(admit(gate), Hold)
+    gate.refresh()
+    refused = admit(gate)
+    assert isinstance(refused, Refusal) and refused.code == "budget_exceeded"
+    assert refused.retry_after == 30  # seconds to midnight UTC
+    assert "resets at 2026-03-10T00:00:00.000Z" in refused.message
+    clock.at += dt.timedelta(seconds=31)  # the next day: no sleep, no restart
+    gate.refresh()
+    assert isinstance(admit(gate), Hold)
+    gate.refresh()
+    conn = sqlite3.connect(acme)
+    windows = dict(conn.execute("select window, sum(used) from control_leases group by window"))
+    assert windows == {"2026-03-09": 2 * each, "2026-03-10": each}
+
+
+def test_the_next_window_is_held_before_it_begins(acme: Path) -> None:
+    """Refreshed a moment before midnight, a worker already holds a share of the next
+    day: the first request after the boundary is not refused for want of one."""
+    clock = Clock(dt.datetime(2026, 3, 9, 23, 59, 59, 900_000, tzinfo=dt.UTC))
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "day", "--usd", "1")
+    invoke(acme, "limits", "set", "--org", "Acme", "--rpm", "100")
+    gate = Gate(acme, clock=clock)
+    gate.refresh()
+    assert isinstance(admit(gate), Hold)
+    clock.at += dt.timedelta(milliseconds=200)
+    assert isinstance(admit(gate), Hold)
+    conn = sqlite3.connect(acme)
+    gate.refresh()
+    windows = sorted(row[0] for row in conn.execute("select window from control_leases"))
+    assert windows == ["2026-03-09", "2026-03-09T23:59", "2026-03-10", "2026-03-10T00:00"]
+
+
+def test_settled_cost_frees_what_was_reserved(acme: Path) -> None:
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "1")
+    gate = Gate(acme)
+    gate.refresh()
+    each = reservation(gate)
+    invoke(
+        acme,
+        "budgets",
+        "set",
+        "--org",
+        "Acme",
+        "--period",
+        "month",
+        "--replace",
+        "--usd",
+        usd(2 * each),
+    )
+    gate.refresh()
+    first = admit(gate)
+    gate.refresh()
+    second = admit(gate)
+    gate.refresh()
+    assert isinstance(first, Hold) and isinstance(second, Hold)
+    assert isinstance(admit(gate), Refusal)
+    gate.settle_cost(first, each / 2 / NANOS)  # cost half of its worst case
+    gate.settle_cost(second, None)  # usage never seen: keeps its reservation
+    gate.refresh()
+    third = admit(gate, prompt_bytes=400, max_output=40)
+    assert isinstance(third, Hold)
+    assert isinstance(admit(gate, prompt_bytes=400, max_output=40), Refusal)
+    gate.release(third)  # never forwarded: its reservation comes back
+    assert isinstance(admit(gate, prompt_bytes=400, max_output=40), Hold)
+
+
+def test_changes_and_removals_apply_on_the_next_refresh(acme: Path) -> None:
+    gate = Gate(acme)
+    gate.refresh()
+    assert admit(gate) is None  # no budget: nothing reserved, nothing refused
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "week", "--usd", "0.000001")
+    gate.refresh()
+    assert isinstance(admit(gate), Refusal)
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "week", "--usd", "100", "--replace")
+    gate.refresh()
+    assert isinstance(admit(gate), Hold)
+    invoke(acme, "budgets", "remove", "1")
+    gate.refresh()
+    assert admit(gate) is None
+
+
+def test_scopes_match_their_own_requests(acme: Path) -> None:
+    invoke(
+        acme,
+        "budgets",
+        "set",
+        "--org",
+        "Acme",
+        "--user",
+        "alice",
+        "--period",
+        "day",
+        "--usd",
+        "0.000001",
+    )
+    invoke(
+        acme,
+        "budgets",
+        "set",
+        "--org",
+        "Acme",
+        "--tag",
+        "team=search",
+        "--period",
+        "day",
+        "--usd",
+        "0.000001",
+    )
+    gate = Gate(acme)
+    gate.refresh()
+    assert admit(gate, user="bob") is None
+    assert isinstance(admit(gate, user="alice"), Refusal)
+    assert isinstance(admit(gate, tags=json.dumps({"team": "search"})), Refusal)
+    assert admit(gate, tags=json.dumps({"team": "ads"})) is None
+
+
+def test_an_unpriced_model_is_refused_or_let_through_as_the_budget_says(acme: Path) -> None:
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "day", "--usd", "10")
+    gate = Gate(acme)
+    gate.refresh()
+    refused = admit(gate, model="no-such-model-xyz")
+    assert isinstance(refused, Refusal) and refused.code == "budget_unpriced_model"
+    invoke(
+        acme,
+        "budgets",
+        "set",
+        "--org",
+        "Acme",
+        "--period",
+        "day",
+        "--usd",
+        "10",
+        "--replace",
+        "--unpriced",
+        "allow",
+    )
+    gate.refresh()
+    hold = admit(gate, model="no-such-model-xyz")
+    assert isinstance(hold, Hold) and hold.cost_parts[0][1] == 0
+
+
+def test_several_holders_never_take_more_than_the_limit(acme: Path) -> None:
+    """Three gates (three workers) spend one budget at random: whatever they do, every
+    slice together stays within it, and so does what they spent."""
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "1")
+    gates = [Gate(acme) for _ in range(3)]
+    for gate in gates:
+        gate.refresh()
+    each = reservation(gates[0])
+    limit = 25 * each
+    invoke(
+        acme,
+        "budgets",
+        "set",
+        "--org",
+        "Acme",
+        "--period",
+        "month",
+        "--replace",
+        "--usd",
+        usd(limit),
+    )
+    for gate in gates:  # each gives back what it took of the old amount
+        gate.refresh()
+    rng = random.Random(5)
+    holds: list[tuple[Gate, Hold]] = []
+    spent = 0
+    conn = sqlite3.connect(acme)
+    for _ in range(400):
+        gate = rng.choice(gates)
+        action = rng.random()
+        if action < 0.5:
+            verdict = admit(gate)
+            if isinstance(verdict, Hold):
+                holds.append((gate, verdict))
+        elif action < 0.8 and holds:
+            owner, hold = holds.pop(rng.randrange(len(holds)))
+            cost = rng.randint(0, each)
+            spent += cost
+            owner.settle_cost(hold, cost / NANOS)
+        else:
+            gate.refresh()
+        taken = conn.execute("select coalesce(sum(granted), 0) from control_leases").fetchone()[0]
+        assert taken <= limit
+    assert spent <= limit
+    assert spent > limit // 2  # and the budget was used, not sat on
+
+
+def test_rate_limits_count_requests_and_tokens_per_minute(acme: Path) -> None:
+    clock = Clock(dt.datetime(2026, 3, 9, 12, 0, 10, tzinfo=dt.UTC))
+    invoke(acme, "limits", "set", "--token", "1", "--rpm", "3", "--tpm", "100000")
+    gate = Gate(acme, clock=clock)
+    gate.refresh()
+    for _ in range(3):
+        gate.refresh()
+        assert isinstance(admit(gate, prompt_bytes=10, max_output=10), Hold)
+    gate.refresh()
+    refused = admit(gate, prompt_bytes=10, max_output=10)
+    assert isinstance(refused, Refusal) and refused.code == "rate_limit_exceeded"
+    assert refused.retry_after == 50
+    assert isinstance(admit(gate, prompt_bytes=10, max_output=10, token_id=2), type(None))
+    big = admit(gate, prompt_bytes=200_000, max_output=10, token_id=1)
+    assert isinstance(big, Refusal)
+    clock.at += dt.timedelta(minutes=1)
+    gate.refresh()
+    assert isinstance(admit(gate, prompt_bytes=10, max_output=10), Hold)
+
+
+def run(db: Path, *args: str):
+    return CliRunner().invoke(cli, ["--db", str(db), *args])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--org", "Acme", "--period", "month", "--usd", "-5"],
+        ["--org", "Acme", "--period", "month", "--usd", "lots"],
+        ["--org", "Acme", "--period", "month", "--usd", "nan"],
+        ["--org", "Acme", "--period", "year", "--usd", "5"],
+        ["--org", "Acme", "--period", "2026-05-01..2026-04-01", "--usd", "5"],
+        ["--org", "Nobody", "--period", "month", "--usd", "5"],
+        ["--token", "99", "--period", "month", "--usd", "5"],
+        ["--org", "Acme", "--tag", "no-equals", "--period", "month", "--usd", "5"],
+        ["--org", "Acme", "--user", "a", "--tag", "a=b", "--period", "month", "--usd", "5"],
+        ["--org", "Acme", "--period", "month", "--usd", "5", "--alert-at", "80,x"],
+    ],
+)
+def test_bad_budgets_get_one_line_and_store_nothing(acme: Path, args: list[str]) -> None:
+    result = run(acme, "budgets", "set", *args)
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert "Traceback" not in result.output
+    assert sqlite3.connect(acme).execute("select count(*) from budgets").fetchone()[0] == 0
+
+
+def test_one_budget_of_a_kind_per_scope_and_period(acme: Path) -> None:
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "500")
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "400", "--soft")
+    second = run(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "600")
+    assert second.exit_code == 1
+    assert second.output.strip() == (
+        "Error: a hard month budget for this scope exists already (budget 1); change it "
+        "with --replace or remove it first"
+    )
+    rows = json.loads(invoke(acme, "budgets", "list", "--json"))
+    assert [(r["kind"], r["limit_usd"]) for r in rows] == [("hard", 500.0), ("soft", 400.0)]
+    assert rows[0]["left_usd"] == 500.0 and rows[0]["resets_at"].endswith("T00:00:00.000Z")
+
+
+def test_bad_limits_get_one_line_and_store_nothing(acme: Path) -> None:
+    for args in (
+        ["--org", "Acme"],
+        ["--org", "Acme", "--rpm", "0"],
+        ["--token", "x", "--rpm", "5"],
+    ):
+        result = run(acme, "limits", "set", *args)
+        assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
+    assert sqlite3.connect(acme).execute("select count(*) from rate_limits").fetchone()[0] == 0

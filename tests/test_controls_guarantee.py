@@ -1,0 +1,177 @@
+"""Hard budgets and rate limits through a real `llm-monitor up --workers 2`: spend never
+exceeds the budget under concurrency, refused requests never reach the provider, and a
+rate limit holds across the workers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import queue
+import shutil
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llm_monitor.controls.budgets import NANOS
+from llm_monitor.controls.gate import NANOS_PER_RATE
+from llm_monitor.money.costs import load_price_book
+from llm_monitor.store.database import open_db
+from tests.conftest import API_KEY, invoke
+from tests.replay import ReplayServer, Reply, load_recording
+from tests.test_up import start_up
+
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(HAPROXY is None, reason="HAProxy is not installed"),
+]
+
+JSON_RECORDING = "openai/chat_json_text_gpt-4o.json"
+STREAM_RECORDING = "openai/chat_stream_text_include_usage_gpt-4o.json"
+MAX_TOKENS = 20
+
+
+def request_body(recording: dict) -> bytes:
+    return json.dumps({**recording["request"]["body"], "max_tokens": MAX_TOKENS}).encode()
+
+
+def worst_case_nanos(db_path: Path, body: bytes) -> int:
+    """What the proxy reserves for `body`: its bytes at gpt-4o's input rate, max_tokens at
+    its output rate (the price book the proxy uses)."""
+    db = open_db(db_path)
+    quote = load_price_book(db).quote("openai", "gpt-4o", dt.datetime.now(dt.UTC))
+    rates = quote.rates
+    input_rate = max(rates[k] for k in ("input", "cache_write", "cache_write_1h") if rates.get(k))
+    return int(
+        len(body) * input_rate * NANOS_PER_RATE + MAX_TOKENS * rates["output"] * NANOS_PER_RATE
+    )
+
+
+def drain(received: queue.Queue) -> int:
+    count = 0
+    while True:
+        try:
+            received.get(timeout=0.5)
+        except queue.Empty:
+            return count
+        count += 1
+
+
+def post(port: int, token: str, body: bytes) -> httpx.Response:
+    with httpx.Client(timeout=30) as client:  # a connection of its own: spread by HAProxy
+        response = client.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            content=body,
+            headers={
+                "X-Monitor-Token": token,
+                "Authorization": f"Bearer {API_KEY}",
+                "content-type": "application/json",
+            },
+        )
+        response.read()
+        return response
+
+
+def wait_for_settled(db_path: Path, count: int, timeout: float = 15) -> list[sqlite3.Row]:
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = sqlite3.connect(db_path)
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute("select * from usage").fetchall()
+        conn.close()
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("recording_name", [JSON_RECORDING, STREAM_RECORDING])
+def test_a_hard_budget_holds_across_two_workers(
+    tmp_path: Path, upstream: ReplayServer, recording_name: str
+) -> None:
+    recording = load_recording(recording_name)
+    body = request_body(recording)
+    up = start_up(
+        tmp_path, upstream, "--workers", "2", "--", "--set", "monitor_flush_ms=20", workers=2
+    )
+    try:
+        reservation = worst_case_nanos(up.db_path, body)
+        budget_usd = Decimal(10 * reservation) / NANOS  # affords 10 requests at their worst
+        invoke(
+            up.db_path,
+            "budgets",
+            "set",
+            "--org",
+            "Acme",
+            "--period",
+            "month",
+            "--usd",
+            str(budget_usd),
+        )
+        time.sleep(1.5)  # applies within a second
+        for _ in range(50):
+            upstream.reply(Reply.from_recording(recording, seed=7))
+        with ThreadPoolExecutor(50) as pool:
+            responses = list(pool.map(lambda _: post(up.port, up.token, body), range(50)))
+        statuses = [r.status_code for r in responses]
+        admitted = statuses.count(200)
+        refused = [r for r in responses if r.status_code == 429]
+        assert admitted + len(refused) == 50, statuses
+        assert admitted >= 1
+        # The refused ones never reached the provider.
+        assert drain(upstream.received) == admitted
+        rows = wait_for_settled(up.db_path, admitted)
+        assert len(rows) == admitted
+        assert all(row["priced"] == 1 for row in rows)
+        spent = sum(Decimal(repr(row["cost_usd"])) for row in rows)
+        assert 0 < spent <= budget_usd
+        # Each refusal in OpenAI's own shape, naming the budget, with Retry-After.
+        for response in refused:
+            error = response.json()["error"]
+            assert error["code"] in ("budget_exceeded", "budget_not_ready")
+            assert "budget 1" in error["message"]
+            assert int(response.headers["retry-after"]) >= 1
+        exceeded = [r for r in refused if r.json()["error"]["code"] == "budget_exceeded"]
+        assert exceeded
+        assert "resets at 20" in exceeded[0].json()["error"]["message"]
+        assert "of $" in exceeded[0].json()["error"]["message"]
+        status = json.loads(invoke(up.db_path, "budgets", "list", "--json"))[0]
+        assert status["spent_usd"] <= float(budget_usd)
+    finally:
+        assert up.stop() == 0
+    # Stopped: every worker gave back what it held beyond what it spent.
+    conn = sqlite3.connect(up.db_path)
+    granted, used = conn.execute("select sum(granted), sum(used) from control_leases").fetchone()
+    assert granted == used
+
+
+def test_a_rate_limit_holds_across_two_workers(tmp_path: Path, upstream: ReplayServer) -> None:
+    recording = load_recording(JSON_RECORDING)
+    body = request_body(recording)
+    up = start_up(
+        tmp_path, upstream, "--workers", "2", "--", "--set", "monitor_flush_ms=20", workers=2
+    )
+    rpm = 100
+    try:
+        invoke(up.db_path, "limits", "set", "--org", "Acme", "--rpm", str(rpm))
+        time.sleep(1.5)
+        while dt.datetime.now(dt.UTC).second > 40:  # all of it within one minute
+            time.sleep(0.5)
+        for _ in range(140):
+            upstream.reply(Reply.from_recording(recording))
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda _: post(up.port, up.token, body), range(140)))
+        statuses = [r.status_code for r in responses]
+        admitted = statuses.count(200)
+        assert admitted + statuses.count(429) == 140
+        assert rpm * 0.95 <= admitted <= rpm, statuses
+        assert drain(upstream.received) == admitted
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+    finally:
+        assert up.stop() == 0
