@@ -205,3 +205,23 @@ def test_tls_cert_without_a_key_is_refused_before_anything_starts(tmp_path: Path
     assert "Traceback" not in result.stderr
     assert "no private key in the file" in result.stderr
     assert "openai:" not in result.stderr  # nothing announced
+
+
+def test_sighup_with_one_worker_is_ignored(tmp_path: Path, upstream: ReplayServer) -> None:
+    up = start_up(tmp_path, upstream)
+    try:
+        up.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "SIGHUP ignored" not in up.log.read_text():
+            assert up.process.poll() is None and time.monotonic() < deadline, up.log.read_text()
+            time.sleep(0.05)
+        reply = upstream.reply(Reply.from_recording(RECORDING))
+        response = httpx.post(
+            f"http://127.0.0.1:{up.port}/v1/chat/completions",
+            json=RECORDING["request"]["body"],
+            headers={"X-Monitor-Token": up.token},
+        )
+        assert response.status_code == 200
+        assert row_for(up.db_path, reply.request_id)["status"] == 200
+    finally:
+        assert up.stop() == 0

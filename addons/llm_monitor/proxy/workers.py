@@ -3,7 +3,9 @@
 mitmproxy cannot share a listening port between processes (no SO_REUSEPORT), so each
 worker listens on ports of its own on 127.0.0.1 and HAProxy (Debian's package) spreads
 connections over them in TCP mode: keep-alive connections stay with one worker, streams
-pass through untouched. `up --workers N` starts all of them and stops all of them together.
+pass through untouched. `up --workers N` starts all of them and stops all of them together;
+on SIGHUP it restarts them one at a time, HAProxy's runtime API taking each out of rotation
+first. With `up --tls-cert` HAProxy also terminates TLS (then even for one worker).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import IO, TextIO
 
 from llm_monitor.proxy import metrics
 from llm_monitor.proxy.launch import proxy_command
+from llm_monitor.proxy.master import HUP_IGNORED
 
 
 @dataclass(frozen=True)
@@ -284,10 +287,7 @@ class Pool:
         exits; a new one starts on the same ports and rejoins once it records. Returns
         False if a new worker did not start (the caller then stops everything)."""
         if len(self.workers) < 2:
-            print(
-                "llm-monitor: SIGHUP ignored: a rolling restart needs --workers 2 or more",
-                file=sys.stderr,
-            )
+            print(HUP_IGNORED, file=sys.stderr)
             return True
         self.admin.wait_until_listening(START_TIMEOUT)
         print("llm-monitor: rolling restart", file=sys.stderr)
@@ -332,6 +332,7 @@ def _supervise(children: list[subprocess.Popen], soft: set[int] = frozenset()) -
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda *_: print(HUP_IGNORED, file=sys.stderr))
     while not stopping and all(child.poll() is None for child in children):
         time.sleep(0.1)
     return _stop(children, soft)
