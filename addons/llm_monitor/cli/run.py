@@ -21,7 +21,7 @@ from llm_monitor.demo.setup import DEMO_ORGS, create_demo_db, wait_until_recordi
 from llm_monitor.demo.standin import StandinProvider
 from llm_monitor.demo.traffic import PROVIDERS, send_traffic
 from llm_monitor.errors import DomainError
-from llm_monitor.proxy import master, workers
+from llm_monitor.proxy import master, tls, workers
 from llm_monitor.proxy.launch import DEFAULT_LISTENERS, busy_ports, parse_listen, proxy_command
 from llm_monitor.store.maintenance import import_spool as import_spool_file
 
@@ -77,6 +77,12 @@ def listen_option(ctx: click.Context, param: click.Parameter, values: tuple[str,
     type=click.IntRange(1, 65535),
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (every worker's, added up).",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve the listeners and the dashboard over HTTPS (HAProxy terminates TLS): a PEM "
+    "file with the certificate chain and its private key.",
+)
 @click.argument("proxy_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @handle_errors
@@ -91,6 +97,7 @@ def up(
     no_dashboard: bool,
     allow_signup: bool,
     metrics_port: int | None,
+    tls_cert: str | None,
     proxy_args: tuple[str, ...],
 ) -> None:
     """Run the proxy (`llm-monitor proxy`, one listener per provider) and the dashboard
@@ -99,7 +106,8 @@ def up(
     By default: OpenAI on 8080, Anthropic on 8081, Gemini on 8082 and xAI on 8083.
     Names other than openai, anthropic, gemini and xai are read as OpenAI-compatible.
     Arguments after `--` go to `llm-monitor proxy`, e.g.
-    `llm-monitor up -- --set tcp_timeout=900`.
+    `llm-monitor up -- --set tcp_timeout=900`. With --workers 2 or more, SIGHUP restarts
+    the workers one at a time without dropping a call.
     """
     listeners = {} if no_defaults else dict(DEFAULT_LISTENERS)
     for name, upstream, port in listen:
@@ -116,28 +124,49 @@ def up(
         wanted["metrics"] = metrics_port
     if len(set(wanted.values())) != len(wanted):
         raise click.UsageError("two of the listeners, the dashboard and the metrics share a port")
+    if tls_cert is not None:
+        try:
+            tls.check_pem(Path(tls_cert).read_bytes())
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(str(e), param_hint="--tls-cert") from None
+        tls_cert = str(Path(tls_cert).resolve())
     db_path = ctx.obj["db_path"]
     get_db(ctx).conn.close()  # it exists, and its schema is current before any worker starts
     if busy := busy_ports(host, wanted):
         raise click.ClickException(f"cannot start: {busy[0]}")
+    scheme = "https" if tls_cert else "http"
     for name, (upstream, port) in listeners.items():
-        click.echo(f"{name:>10}: http://{host}:{port} -> {upstream}", err=True)
+        click.echo(f"{name:>10}: {scheme}://{host}:{port} -> {upstream}", err=True)
     # Each option is set once: a second --set of it is refused.
     extra = ["--set", f"monitor_log_requests={str(log_requests).lower()}", *proxy_args]
     also = []
+    behind = None  # with TLS: the dashboard's public port and its own, on 127.0.0.1
     if not no_dashboard:
-        click.echo(f"{'dashboard':>10}: http://{host}:{dashboard_port}/", err=True)
+        click.echo(f"{'dashboard':>10}: {scheme}://{host}:{dashboard_port}/", err=True)
         ports = {name: port for name, (_, port) in listeners.items()}
-        command = dashboard_command(db_path, host, dashboard_port, allow_signup, ports)
+        if tls_cert:
+            behind = (dashboard_port, workers.free_ports(1)[0])
+            command = dashboard_command(db_path, "127.0.0.1", behind[1], allow_signup, ports)
+        else:
+            command = dashboard_command(db_path, host, dashboard_port, allow_signup, ports)
         also.append([*command, "--no-banner"])
-    if metrics_port is not None and worker_count > 1:  # one proxy says it itself
+    balanced = worker_count > 1 or tls_cert is not None
+    if metrics_port is not None and balanced:  # one proxy says it itself
         click.echo(f"{'metrics':>10}: http://{host}:{metrics_port}/metrics", err=True)
-    if worker_count > 1:
-        click.echo(f"{worker_count} workers behind HAProxy", err=True)
+    if balanced:
+        click.echo(f"{worker_count} worker(s) behind HAProxy", err=True)
         found = [workers.Listener(n, u, p) for n, (u, p) in listeners.items()]
         try:
             status = workers.run(
-                db_path, host, found, worker_count, extra, also, metrics_port=metrics_port
+                db_path,
+                host,
+                found,
+                worker_count,
+                extra,
+                also,
+                metrics_port=metrics_port,
+                tls_cert=tls_cert,
+                dashboard=behind,
             )
         except RuntimeError as e:
             raise click.ClickException(str(e)) from None

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from mitmproxy import addonmanager, ctx, exceptions, http
+from mitmproxy import addonmanager, connection, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from llm_monitor.accounts.tokens import TokenIndex, TokenOwner, display_prefix
@@ -190,6 +190,10 @@ class FlowState:
         return tap if tap is not None and not isinstance(tap.reader, BodyCollector) else None
 
 
+# Seconds after its last request that a keep-alive connection counts as idle when draining.
+DRAIN_IDLE = 1.0
+
+
 class Monitor:
     def __init__(self) -> None:
         self.recorder: Recorder | None = None
@@ -210,6 +214,8 @@ class Monitor:
         self._metrics_server: object | None = None
         self._sampler: asyncio.Task | None = None
         self.draining = False
+        # Open client connections: when each last finished a request (or connected).
+        self._last_active: dict[str, float] = {}
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("monitor_db", str, "llm-monitor.db", "SQLite file to record usage in.")
@@ -455,11 +461,15 @@ class Monitor:
         if self._running:
             self._raise_backlog()
 
+    def client_connected(self, client: connection.Client) -> None:
+        self._last_active[client.id] = time.monotonic()
+
     def client_disconnected(self, client: object) -> None:
         """Work around a mitmproxy 12 leak: when it closes a connection whose client is
         still sending (a cut-off body, an overlong head), the socket can stay open and the
         client hang. Abort whatever transport is left (internal API, looked up defensively)."""
         proxyserver = ctx.master.addons.get("proxyserver")
+        self._last_active.pop(getattr(client, "id", None), None)
         handler = getattr(proxyserver, "connections", {}).get(getattr(client, "id", None))
         io = getattr(handler, "transports", {}).get(client) if handler is not None else None
         writer = getattr(io, "writer", None)
@@ -657,6 +667,7 @@ class Monitor:
         return StreamTap(reader, encoding, max_read=self.max_read)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        self._last_active[flow.client_conn.id] = time.monotonic()
         state = self._state(flow)
         if state is None or state.recorded or flow.response is None:
             return None
@@ -769,6 +780,7 @@ class Monitor:
         return usage, model, error
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._last_active[flow.client_conn.id] = time.monotonic()
         state = self._state(flow)
         if state is None or state.recorded:
             return
@@ -951,7 +963,9 @@ class Monitor:
     async def drain(self, seconds: float) -> int:
         """Stop accepting connections and wait up to `seconds` for the requests in flight
         to finish (answers meanwhile ask HTTP/1 clients to close their connection).
-        Returns how many are left."""
+        A keep-alive connection that was busy within the last `DRAIN_IDLE` seconds is
+        waited for too: its client's next request gets its answer (and `Connection: close`)
+        instead of a cut connection. Returns how many requests are left."""
         self.draining = True
         proxyserver = ctx.master.addons.get("proxyserver")
         if proxyserver is not None:
@@ -960,13 +974,17 @@ class Monitor:
             "llm-monitor: draining: %d requests in flight, up to %g s", len(self._inflight), seconds
         )
         deadline = time.monotonic() + seconds
-        while self._inflight and time.monotonic() < deadline:
+        while (self._inflight or self._recently_active()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self._inflight:
             logger.warning(
                 "llm-monitor: %d requests still in flight after %g s", len(self._inflight), seconds
             )
         return len(self._inflight)
+
+    def _recently_active(self) -> bool:
+        since = time.monotonic() - DRAIN_IDLE
+        return any(at > since for at in self._last_active.values())
 
     def _head_rejection(self, mode: object) -> bytes:
         """The 431 body for a head too long to parse (see `limits`)."""

@@ -76,6 +76,9 @@ def configure_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+HUP_IGNORED = "llm-monitor: SIGHUP ignored: rolling restarts are `up --workers 2` (or more)'s"
+
+
 async def serve(modes: Sequence[str], settings: Sequence[str]) -> int:
     """Run until SIGINT or SIGTERM. `settings` are `--set` values (`NAME=VALUE`); an
     unknown option or a bad value is refused before anything listens."""
@@ -105,6 +108,9 @@ async def serve(modes: Sequence[str], settings: Sequence[str]) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop)
+    # A restart is `up --workers N`'s to make (one worker at a time); here SIGHUP would
+    # otherwise end the process without draining.
+    loop.add_signal_handler(signal.SIGHUP, lambda: print(HUP_IGNORED, file=sys.stderr))
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a client gone mid-write is no reason to exit
     await proxy.run()
     return 0
