@@ -408,8 +408,3 @@ def links(db: Database) -> list[Link]:
     ]
 
 
-def check_provider(name: str, known: Iterable[str]) -> str:
-    known = tuple(known)
-    if name not in known:
-        raise Invalid(f"unknown provider {name!r}; one of {', '.join(known)}")
-    return name

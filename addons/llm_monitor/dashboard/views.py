@@ -406,13 +406,6 @@ def parameter_problem(
     return None
 
 
-def parameter_error(
-    allowed_values: dict[str, list[str]], params: list[str], args: dict[str, list[str]]
-) -> str | None:
-    problem = parameter_problem(allowed_values, params, args)
-    return problem.message if problem else None
-
-
 def canned_query_params(datasette: Datasette, path: str) -> list[str] | None:
     """The declared parameters of the usage database's canned query at `path`, or None
     when `path` is no such query (tables keep Datasette's own column filters)."""

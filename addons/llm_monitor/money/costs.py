@@ -143,17 +143,6 @@ def cost_usd(price: PriceEntry, **units: int | None) -> Decimal:
     return sum((line.amount for line in breakdown(price.rates(), **units)), Decimal(0))
 
 
-def priced_cost(price: PriceEntry | None, **units: int | None) -> tuple[float | None, int]:
-    """(cost_usd, priced) of a request with usage at `price`: no cost and priced 0 when
-    there is no price or no rate for one of its units."""
-    if price is None:
-        return None, 0
-    try:
-        return float(cost_usd(price, **units)), 1
-    except Unpriced:
-        return None, 0
-
-
 def tier_variant(service_tier: str | None) -> str:
     """The price variant of a response's service tier: '' for the standard price."""
     if not service_tier or service_tier in ("default", "auto", "standard", "standard_only"):

@@ -457,10 +457,6 @@ class Monitor:
         if proxyserver is not None:
             limits.raise_backlog(proxyserver.servers, ctx.options.monitor_listen_backlog)
 
-    def server_started(self, *_: object) -> None:  # a listener added while running
-        if self._running:
-            self._raise_backlog()
-
     def client_connected(self, client: connection.Client) -> None:
         self._last_active[client.id] = time.monotonic()
 
