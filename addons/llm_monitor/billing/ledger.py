@@ -406,5 +406,3 @@ def links(db: Database) -> list[Link]:
             "order by o.name, l.provider, l.project_id, l.api_key_id"
         )
     ]
-
-

@@ -59,6 +59,9 @@ class BodyCollector:
         self._body: bytearray | None = bytearray()
         self._tail = b""
 
+    def cap(self, max_read: int) -> None:
+        pass  # its limit is the one it was made with
+
     def feed(self, data: bytes) -> bytes:
         self.size += len(data)
         if self._body is not None:
@@ -114,11 +117,7 @@ class StreamTap:
         self._identity = content_encoding.strip().lower() in ("", "identity")
         self._decoder = decoder_for(content_encoding)
         self._encoder = encoder_for(content_encoding) if self.rewrites else None
-        splitter = getattr(reader, "_splitter", None)
-        if splitter is not None:
-            splitter.max_line = max_read
-        if hasattr(reader, "max_element"):
-            reader.max_element = max_read
+        reader.cap(max_read)
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         if not chunk:

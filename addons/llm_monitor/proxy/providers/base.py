@@ -54,6 +54,9 @@ class StreamReader(Protocol):
 
     def finish(self) -> bytes: ...
 
+    def cap(self, max_read: int) -> None:
+        """Keep at most `max_read` decoded bytes of one event or element."""
+
 
 class Provider(Protocol):
     name: str
@@ -120,6 +123,9 @@ class SSEReader:
         """Inspect one raw event (`parse_event` reads it); return the bytes to pass on in its
         place (b"" drops it)."""
         raise NotImplementedError
+
+    def cap(self, max_read: int) -> None:
+        self._splitter.max_line = max_read
 
     def feed(self, data: bytes) -> bytes:
         events = self._splitter.feed(data)

@@ -135,7 +135,10 @@ class JsonArrayReader(_ResponseReader):
     """
 
     rewrites: ClassVar[bool] = False
-    max_element = 16 * 1024 * 1024  # one element kept at most (StreamTap sets it)
+    max_element = 16 * 1024 * 1024  # one element kept at most (StreamTap caps it)
+
+    def cap(self, max_read: int) -> None:
+        self.max_element = max_read
 
     def __init__(self) -> None:
         self.unread: str | None = None
