@@ -48,6 +48,25 @@ STREAM_BODY = json.dumps(
         "messages": [{"role": "user", "content": "Say hi"}],
     }
 ).encode()
+# Time to first token is measured as a model streams: a few streams at once, their events
+# PACED_INTERVAL_MS apart (a stream lasts ~120 ms), so that the proxy is not saturated and
+# what is measured is the delay it adds, not a queue. Throughput ("sse") is measured with
+# events back to back, at full load.
+PACED_MARKER = "bench-paced"
+PACED_BODY = json.dumps(
+    {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "Say hi"}],
+        "user": PACED_MARKER,
+    }
+).encode()
+PACED_INTERVAL_MS = 5.0
+TTFT_CONCURRENCY = 4
+TTFT_REQUESTS = 300
+KINDS = ("json", "sse", "ttft")
+BODIES = {"json": CHAT_BODY, "sse": STREAM_BODY, "ttft": PACED_BODY}
 
 
 # The upstream: a minimal HTTP/1.1 server, fast enough not to be what is measured.
@@ -108,6 +127,7 @@ async def serve_upstream(port: int, first_event_ms: float, events: int, interval
                     if line[:15].lower() == b"content-length:":
                         length = int(line[15:])
                 body = await reader.readexactly(length) if length else b""
+                interval = PACED_INTERVAL_MS if PACED_MARKER.encode() in body else interval_ms
                 if b'"stream": true' in body or b'"stream":true' in body:
                     writer.write(
                         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
@@ -116,8 +136,8 @@ async def serve_upstream(port: int, first_event_ms: float, events: int, interval
                     await writer.drain()
                     await asyncio.sleep(first_event_ms / 1000)
                     for i in range(events):
-                        if i:
-                            await asyncio.sleep(interval_ms / 1000)
+                        if i and interval:
+                            await asyncio.sleep(interval / 1000)
                         writer.write(chunk(sse_event("tok")))
                         await writer.drain()
                     writer.write(
@@ -314,7 +334,7 @@ def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list
         "--set",
         "termlog_verbosity=warn",
     ]
-    if kind == "sse" and path in ("bare", "lean"):
+    if kind != "json" and path in ("bare", "lean"):
         common += ["--set", "stream_large_bodies=1"]
     monitor = ["--set", f"monitor_db={db}", "--set", f"monitor_providers={port}:openai"]
     if path == "bare":
@@ -386,6 +406,7 @@ class Result:
     rss_peak_mb: float | None = None
     rows: int | None = None
     round: int = 0
+    sent: int = 0  # requests sent, warm-up included
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -404,7 +425,9 @@ def measure(
     warmup: int = 200,
     headers: dict[str, str] | None = None,
 ) -> Result:
-    body = STREAM_BODY if kind == "sse" else CHAT_BODY
+    body = BODIES[kind]
+    if kind == "ttft":
+        requests, concurrency, warmup = min(requests, TTFT_REQUESTS), TTFT_CONCURRENCY, 40
     asyncio.run(load(port, warmup, min(concurrency, warmup), body, token, headers=headers))
     rss_start = rss_kb(pid) / 1024 if pid else None
     started = time.perf_counter()
@@ -420,11 +443,12 @@ def measure(
         p50_ms=round(quantile(timing.latency, 0.50), 2),
         p95_ms=round(quantile(timing.latency, 0.95), 2),
         p99_ms=round(quantile(timing.latency, 0.99), 2),
-        ttft_p50_ms=round(quantile(timing.ttft, 0.50), 2) if kind == "sse" else None,
+        ttft_p50_ms=round(quantile(timing.ttft, 0.50), 2) if kind != "json" else None,
         errors=timing.errors,
         rss_start_mb=round(rss_start, 1) if rss_start else None,
         rss_end_mb=round(rss_kb(pid) / 1024, 1) if pid else None,
         rss_peak_mb=round(rss_kb(pid, "VmHWM") / 1024, 1) if pid else None,
+        sent=requests + warmup,
     )
 
 
@@ -556,14 +580,14 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
                 entry[f"{path}_p50_added_ms"] = median(
                     [by[path].p50_ms - by["direct"].p50_ms for by in per_round]
                 )
-                if kind == "sse":
+                if kind != "json":
                     entry[f"{path}_ttft_p50_added_ms"] = median(
                         [by[path].ttft_p50_ms - by["direct"].ttft_p50_ms for by in per_round]
                     )
         for path in RECORDING_PATHS:
             if everywhere(path):
                 entry[f"{path}_rows_recorded_vs_sent"] = " ".join(
-                    f"{by[path].rows}/{by[path].requests + 200}" for by in per_round
+                    f"{by[path].rows}/{by[path].sent}" for by in per_round
                 )
         out.append(entry)
     return out
@@ -576,8 +600,9 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
     "--kind",
     "kinds",
     multiple=True,
-    type=click.Choice(["json", "sse"]),
-    help="Response kinds (default: both).",
+    type=click.Choice(KINDS),
+    help="json and sse: throughput at --concurrency; ttft: time to first token over "
+    f"{TTFT_CONCURRENCY} paced streams (default: all three).",
 )
 @click.option(
     "--only",
@@ -623,7 +648,7 @@ def main(
     pin(os.getpid(), OTHER_CPUS)
     with tempfile.TemporaryDirectory() as tmp:
         results = run_paths(
-            list(kinds or ("json", "sse")),
+            list(kinds or KINDS),
             list(paths or ("direct", *PROXY_PATHS)),
             requests,
             concurrency,
@@ -824,7 +849,7 @@ def peers_table(results: list[Result]) -> list[dict[str, object]]:
                 "p99_ms": med(path, "p99_ms"),
                 "ttft_added_ms": (
                     round(med(path, "ttft_p50_ms") - direct_ttft, 2)
-                    if kind == "sse" and direct_ttft is not None and path != "direct"
+                    if kind != "json" and direct_ttft is not None and path != "direct"
                     else None
                 ),
                 "peak_rss_mb": med(path, "rss_peak_mb"),
@@ -842,7 +867,7 @@ def peers_table(results: list[Result]) -> list[dict[str, object]]:
 @click.option("--concurrency", default=10, show_default=True, help="Keep-alive connections.")
 @click.option("--rounds", default=3, show_default=True, help="Medians over this many rounds.")
 @click.option(
-    "--kind", "kinds", multiple=True, type=click.Choice(["json", "sse"]), help="Default: both."
+    "--kind", "kinds", multiple=True, type=click.Choice(KINDS), help="Default: all three."
 )
 @click.option("--first-event-ms", default=20.0, show_default=True)
 @click.option(
@@ -878,7 +903,7 @@ def peers_command(
         systems: list[str | Peer] = ["bare", "addon", "proxy", *peers]
         with upstream(upstream_port, workdir, first_event_ms=first_event_ms):
             for round_ in range(rounds):
-                for kind in kinds or ("json", "sse"):
+                for kind in kinds or KINDS:
                     result = measure("direct", kind, upstream_port, requests, concurrency, "-")
                     result.round = round_
                     results.append(result)

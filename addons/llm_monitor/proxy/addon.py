@@ -52,6 +52,9 @@ MAX_TAGS = 20
 MAX_TAG_VALUE_LENGTH = 128
 _TAG = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 _METADATA_KEY = "llm_monitor"
+_TOKEN_KEY, _USER_KEY, _TAGS_KEY = (
+    h.lower().encode() for h in (TOKEN_HEADER, USER_HEADER, TAGS_HEADER)
+)
 
 __all__ = ["Monitor", "StreamTap", "parse_tags", "stored_path"]
 
@@ -136,27 +139,56 @@ def stored_path(request: http.Request) -> str:
     return f"{path}?{urlencode(kept)}" if kept else path
 
 
-def strip_our_parts(request: http.Request) -> None:
+def take_our_headers(request: http.Request) -> tuple[dict[bytes, str], int]:
     """Remove every `x-monitor-*` header (`x_monitor_*` too) and query parameter: they are
-    ours, never the provider's."""
-    for name in {n for n in request.headers if is_our_name(n)}:
-        del request.headers[name]
-    if "?" in request.path and any(is_our_name(k) for k in request.query):
+    ours, never the provider's. Returns our headers (lower-case name: value, repeated ones
+    joined by ", " as mitmproxy joins them) and the size of the head that goes on.
+
+    One pass over the raw header fields: this runs for every request, and each of
+    mitmproxy's case-insensitive header look-ups walks them all again.
+    """
+    ours: dict[bytes, str] = {}
+    kept = []
+    size = 0
+    for raw_name, raw_value in request.headers.fields:
+        name = raw_name.lower()
+        if name[:10].replace(b"_", b"-") == b"x-monitor-":
+            value = raw_value.decode("utf-8", "surrogateescape")
+            ours[name] = f"{ours[name]}, {value}" if name in ours else value
+        else:
+            kept.append((raw_name, raw_value))
+            size += len(name) + len(raw_value) + 4
+    if ours:
+        request.headers.fields = tuple(kept)
+    path = request.data.path
+    if b"?" in path and any(is_our_name(k) for k in request.query):
         query = request.query
         for name in {k for k in query if is_our_name(k)}:
             del query[name]
-
-
-def head_size(request: http.Request) -> int:
-    """The bytes of the request line and headers, as sent."""
-    fields = sum(len(k) + len(v) + 4 for k, v in request.headers.fields)
-    return len(request.method) + len(request.path) + 12 + fields
+        path = request.data.path
+    return ours, len(request.data.method) + len(path) + 12 + size
 
 
 def is_json(content_type: str) -> bool:
     """application/json or a +json type; not NDJSON/JSON Lines, which stream."""
     media_type = content_type.split(";")[0].strip().lower()
     return media_type == "application/json" or media_type.endswith("+json")
+
+
+# A JSON answer up to this size (as its Content-Length declares it) is kept whole by
+# mitmproxy and read once complete: passing it on chunk by chunk through a tap would cost
+# about a fifth of the proxy's throughput (`scripts/benchmark.py`) for nothing at this size.
+# A larger or undeclared one passes on as it arrives, read on the side.
+MAX_KEPT_WHOLE = 256 * 1024
+
+
+def kept_whole(response: http.Response) -> bool:
+    """Whether a JSON body (or an error) may be kept whole rather than streamed: its
+    declared length is small, and mitmproxy has not chosen to stream it already."""
+    if response.stream:
+        return False
+    declared = response.headers.get("content-length", "")
+    return declared.isascii() and declared.isdigit() and int(declared) <= MAX_KEPT_WHOLE
 
 
 def refused_changed_body(state: FlowState, response: http.Response) -> bool:
@@ -176,6 +208,7 @@ class FlowState:
     tags: str | None
     info: RequestInfo = field(default_factory=RequestInfo)
     tap: StreamTap | None = None
+    whole: bool = False  # the JSON answer is kept whole by mitmproxy, read in `response`
     forwarded: bool = False  # the whole request was read and is going to the provider
     unread: str | None = None  # why the proxy did not read a body it would have read
     recorded: bool = False
@@ -189,6 +222,10 @@ class FlowState:
         tap = self.tap
         return tap if tap is not None and not isinstance(tap.reader, BodyCollector) else None
 
+
+_BLANK_RECORD = UsageRecord.model_construct(
+    ts="", org_id=None, token_id=None, provider="", method="", path="", outcome=""
+)
 
 # Seconds after its last request that a keep-alive connection counts as idle when draining.
 DRAIN_IDLE = 1.0
@@ -504,9 +541,9 @@ class Monitor:
             too_large=lambda: self._response(flow, provider, *self._too_large()),
         )
         headers = request.headers
-        token, user, tags = (headers.get(h) for h in (TOKEN_HEADER, USER_HEADER, TAGS_HEADER))
-        strip_our_parts(request)
-        if head_size(request) > self.max_header:
+        ours, head_bytes = take_our_headers(request)
+        token = ours.get(_TOKEN_KEY)
+        if head_bytes > self.max_header:
             message = f"Request headers larger than {self.max_header // 1024} KB (LLM Monitor)."
             self._reject(flow, provider, guard, 431, message, "request_headers_too_large", token)
             return
@@ -541,8 +578,8 @@ class Monitor:
                 provider,
                 listener.inject_usage and self.inject_usage,
                 owner,
-                parse_user(user),
-                parse_tags(tags),
+                parse_user(ours.get(_USER_KEY)),
+                parse_tags(ours.get(_TAGS_KEY)),
             )
         except BadMonitorHeader as e:
             message = f"{e} (LLM Monitor)."
@@ -659,6 +696,9 @@ class Monitor:
             if response.status_code < 400 and not is_json(content_type):
                 response.stream = True  # files, audio, images: no usage to read
                 return None
+            if kept_whole(response):
+                state.whole = True
+                return None
             reader = BodyCollector(self.max_read)  # JSON and errors: read on the side
         return StreamTap(reader, encoding, max_read=self.max_read)
 
@@ -722,6 +762,7 @@ class Monitor:
         if state.recorded:  # the client hung up meanwhile (recorded by `error`)
             return
         # The answer came whole: read it as if it had passed, within the same limits.
+        state.whole = False
         state.tap = self._tap_for(state, flow.response)
         if state.tap is not None:
             state.tap(flow.response.raw_content or b"")
@@ -742,38 +783,66 @@ class Monitor:
                 self._record(flow, state, outcome="ok", error=None)
             return
         usage, response_model, error = None, None, None
-        if state.tap is not None:
-            usage, response_model, error = self._read_body(state, response.status_code)
+        if state.tap is not None or state.whole:
+            usage, response_model, error = self._read_body(state, response)
         outcome = "provider_error" if response.status_code >= 400 else "ok"
         self._record(
             flow, state, outcome=outcome, error=error, usage=usage, response_model=response_model
         )
 
     def _read_body(
-        self, state: FlowState, status: int
+        self, state: FlowState, response: http.Response
     ) -> tuple[TokenUsage | None, str | None, str | None]:
-        """Usage, answering model and error code of a JSON body read on the side: parsed
-        whole when within the limits, else from its tail (OpenAI's usage comes last)."""
-        assert state.tap is not None and isinstance(state.tap.reader, BodyCollector)
-        collector, provider = state.tap.reader, state.provider
-        body, reason = None, collector.unread  # a body read in part is not read
-        if state.tap.broken:
-            reason = "response body could not be decoded"
-        elif reason is None and (body := collector.body) is None:
-            reason = f"response body over {self.max_read // MiB} MB decoded: usage not read"
-        elif body is not None and (too_complex := json_too_complex(body)) is not None:
+        """Usage, answering model and error code of a JSON body: parsed whole when within
+        the limits, else from its tail (OpenAI's usage comes last)."""
+        provider, status = state.provider, response.status_code
+        body, tail, reason = (
+            self._whole_body(response) if state.whole else self._collected_body(state)
+        )
+        if body is not None and (too_complex := json_too_complex(body)) is not None:
             body, reason = None, f"response body: {too_complex}"
         if body is not None:
             usage, model = provider.usage_from_body(body, state.info)
             error = provider.error_code(body) if status >= 400 else None
         else:
-            usage, model = provider.usage_from_body(collector.tail, state.info)
+            usage, model = provider.usage_from_body(tail, state.info)
             error = None
             if usage is None and reason is not None:
                 state.unread = f"{state.unread}; {reason}" if state.unread else reason
         if status >= 400:
             error = error or f"HTTP {status}"
         return usage, model, error
+
+    def _collected_body(self, state: FlowState) -> tuple[bytes | None, bytes, str | None]:
+        """The body a `BodyCollector` read on the side: (whole body or None, its tail,
+        why it is not whole)."""
+        assert state.tap is not None and isinstance(state.tap.reader, BodyCollector)
+        collector = state.tap.reader
+        body, reason = None, collector.unread  # a body read in part is not read
+        if state.tap.broken:
+            reason = "response body could not be decoded"
+        elif reason is None and (body := collector.body) is None:
+            reason = f"response body over {self.max_read // MiB} MB decoded: usage not read"
+        return body, collector.tail, reason
+
+    def _whole_body(self, response: http.Response) -> tuple[bytes | None, bytes, str | None]:
+        """A body mitmproxy kept whole, decoded within the same limits as a streamed one."""
+        raw = response.raw_content
+        if raw is None:  # streamed after all (mitmproxy's stream_large_bodies)
+            return None, b"", "response body streamed by mitmproxy: usage not read"
+        encoding = response.headers.get("content-encoding", "").strip()
+        if not encoding or encoding.lower() == "identity":
+            return raw, b"", None
+        try:
+            return (
+                decode_body(raw, encoding, request_decode_limit(len(raw), self.max_read)),
+                b"",
+                None,
+            )
+        except TooLarge as e:  # a bomb, or more than max_read: as a streamed one says
+            return None, b"", str(e)
+        except ValueError:
+            return None, b"", "response body could not be decoded"
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._last_active[flow.client_conn.id] = time.monotonic()
@@ -1017,31 +1086,34 @@ class Monitor:
         started = request.timestamp_start
         ended = (response.timestamp_end if response is not None else None) or time.time()
         first = stream.first_chunk_at if stream else None
-        # Built from this module's own typed values: constructed without re-validating them
-        # on the event loop (a spooled row is validated when it is imported).
-        record = UsageRecord.model_construct(
-            ts=utc_timestamp(started),
-            org_id=state.owner.org_id,
-            token_id=state.owner.token_id,
-            provider=state.provider_name,
-            method=request.method,
-            path=stored_path(request),
-            model=state.info.model,
-            response_model=response_model,
-            status=response.status_code if response is not None else None,
-            outcome=outcome,
-            streamed=stream is not None,
-            usage_injected=state.info.usage_injected,
-            billable=state.info.billable,
-            latency_ms=round((ended - started) * 1000, 3),
-            ttft_ms=round((first - started) * 1000, 3) if first else None,
-            request_id=_request_id(response),
-            user=state.user,
-            tags=state.tags,
-            error=redact(error)[:500] if error else None,
-            unread_reason=unread,
-            key_hint=state.key_hint,
-            **UsageRecord.usage_fields(usage),
+        # Built from this module's own typed values: not validated again on the event loop
+        # (a spooled row is validated when it is imported), and copied from a blank record,
+        # which costs a third of `model_construct`'s walk over every field.
+        record = _BLANK_RECORD.model_copy(
+            update=dict(
+                ts=utc_timestamp(started),
+                org_id=state.owner.org_id,
+                token_id=state.owner.token_id,
+                provider=state.provider_name,
+                method=request.method,
+                path=stored_path(request),
+                model=state.info.model,
+                response_model=response_model,
+                status=response.status_code if response is not None else None,
+                outcome=outcome,
+                streamed=stream is not None,
+                usage_injected=state.info.usage_injected,
+                billable=state.info.billable,
+                latency_ms=round((ended - started) * 1000, 3),
+                ttft_ms=round((first - started) * 1000, 3) if first else None,
+                request_id=_request_id(response),
+                user=state.user,
+                tags=state.tags,
+                error=redact(error)[:500] if error else None,
+                unread_reason=unread,
+                key_hint=state.key_hint,
+                **UsageRecord.usage_fields(usage),
+            )
         )
         if state.hold is not None and self.gate is not None:
             gate, hold = self.gate, state.hold
