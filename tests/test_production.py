@@ -22,6 +22,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from llm_monitor.proxy.addon import BadMonitorHeader, parse_tags
+from llm_monitor.proxy.metrics import MAX_FAMILIES, MAX_MODEL_NAMES, Metrics
 from tests.conftest import API_KEY, invoke, new_org
 from tests.proxy import free_port, running_proxy, wait_for_rows
 from tests.replay import ReplayServer, Reply, load_recording
@@ -105,6 +106,17 @@ def test_metrics_count_requests_tokens_cost_and_rejections(
         assert "refused GET /v1/models from 127.0.0.1 on openai: 401 invalid_monitor_token" in log
         assert "(token mon_not-a-)" in log
         assert "mon_not-a-real-token" not in log and API_KEY not in log
+
+
+def test_model_families_stay_bounded_whatever_clients_send() -> None:
+    """Model names come from clients: the label values, and what is remembered of them,
+    stay bounded however many a client invents."""
+    metrics = Metrics()
+    families = {metrics.family(f"m{i}-x{i}-2024") for i in range(2 * MAX_MODEL_NAMES)}
+    assert len(families) == MAX_FAMILIES + 1 and "other" in families
+    assert metrics.family("m3-x3-2024") == "m3-x3"  # known before the cap: kept
+    assert metrics.family(f"m{MAX_FAMILIES + 5}-y") == "other"
+    assert len(metrics._family_of) == MAX_MODEL_NAMES
 
 
 def test_rejections_as_json_log_lines(tmp_path: Path, upstream: ReplayServer) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MAX_FAMILIES = 64
+MAX_MODEL_NAMES = 4096  # model names whose family is remembered
 TOKEN_KINDS = (
     ("input_tokens", "input"),
     ("cached_input_tokens", "cached_input"),
@@ -49,6 +50,21 @@ def model_family(model: str | None) -> str:
     name = model.rsplit("/", 1)[-1].lower()
     parts = [p for p in name.split("-")[:2] if _FAMILY_PART.match(p)]
     return "-".join(parts) or "other"
+
+
+def children(metric: Any) -> Callable[..., Any]:
+    """`metric.labels(*values)`, remembered: prometheus-client checks and looks up the
+    label values on every call, which would be most of the cost per request. As bounded as
+    the labels themselves (see `Metrics.family`)."""
+    known: dict[tuple[str, ...], Any] = {}
+
+    def child(*values: str) -> Any:
+        found = known.get(values)
+        if found is None:
+            found = known[values] = metric.labels(*values)
+        return found
+
+    return child
 
 
 def multiprocess_dir() -> str | None:
@@ -135,14 +151,28 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self._families: set[str] = set()
+        self._family_of: dict[str | None, str] = {}
+        self._requests = children(self.requests)
+        self._tokens = children(self.tokens)
+        self._cost = children(self.cost)
+        self._unpriced = children(self.unpriced)
+        self._latency = children(self.latency)
+        self._ttft = children(self.ttft)
+        self._upstream_errors = children(self.upstream_errors)
+        self._rejections = children(self.rejections)
 
     def family(self, model: str | None) -> str:
-        family = model_family(model)
-        if family in self._families:
+        family = self._family_of.get(model)
+        if family is not None:
             return family
-        if len(self._families) >= MAX_FAMILIES:
-            return "other"
-        self._families.add(family)
+        family = model_family(model)
+        if family not in self._families:
+            if len(self._families) >= MAX_FAMILIES:
+                family = "other"
+            else:
+                self._families.add(family)
+        if len(self._family_of) < MAX_MODEL_NAMES:  # names come from clients: bounded
+            self._family_of[model] = family
         return family
 
     def observe(self, record: Any) -> None:
@@ -152,19 +182,19 @@ class Metrics:
         org = str(record.org_id)
         status = record.status
         status_class = f"{status // 100}xx" if status else "none"
-        self.requests.labels(provider, family, org, status_class, record.outcome).inc()
+        self._requests(provider, family, org, status_class, record.outcome).inc()
         for attribute, kind in TOKEN_KINDS:
             count = getattr(record, attribute)
             if count:
-                self.tokens.labels(provider, family, org, kind).inc(count)
-        self.latency.labels(provider, family).observe(record.latency_ms / 1000)
+                self._tokens(provider, family, org, kind).inc(count)
+        self._latency(provider, family).observe(record.latency_ms / 1000)
         if record.ttft_ms is not None:
-            self.ttft.labels(provider, family).observe(record.ttft_ms / 1000)
+            self._ttft(provider, family).observe(record.ttft_ms / 1000)
         if record.outcome == "upstream_error":
-            self.upstream_errors.labels(provider).inc()
+            self._upstream_errors(provider).inc()
 
     def rejected(self, provider: str, reason: str) -> None:
-        self.rejections.labels(provider, reason).inc()
+        self._rejections(provider, reason).inc()
 
     def written(self, rows: Iterable[dict[str, Any]]) -> None:
         """Rows the recorder has written (its thread): their cost."""
@@ -172,9 +202,9 @@ class Metrics:
             family = self.family(row.get("response_model") or row.get("model"))
             if row.get("cost_usd") is not None:
                 labels = (row["provider"], family, str(row["org_id"]))
-                self.cost.labels(*labels).inc(row["cost_usd"])
+                self._cost(*labels).inc(row["cost_usd"])
             elif row.get("unpriced_reason") not in (None, "usage_unseen"):
-                self.unpriced.labels(row["provider"], family).inc()
+                self._unpriced(row["provider"], family).inc()
 
     def sample(self, queue_rows: int, write_lag: float, spool: Path | None, inflight: int) -> None:
         self.queue_depth.set(queue_rows)
