@@ -534,7 +534,8 @@ class Monitor:
         listener = self._listener(mode)
         provider = provider_named(listener.provider)
         request = flow.request
-        request.authority = ""  # an absolute-form target goes upstream in origin form
+        if request.data.authority:  # an absolute-form target goes upstream in origin form
+            request.authority = ""
         guard = flow.metadata[GUARD_KEY] = BodyGuard(
             limit=self.max_request,
             drain=2 * self.max_request,
@@ -1145,7 +1146,18 @@ class Monitor:
         )
 
 
+_REQUEST_ID_HEADERS = (b"x-request-id", b"request-id")
+
+
 def _request_id(response: http.Response | None) -> str | None:
+    """The provider's request id: `x-request-id` (OpenAI), else `request-id` (Anthropic).
+    One pass over the raw fields rather than two look-ups: this runs for every request."""
     if response is None:
         return None
-    return response.headers.get("x-request-id") or response.headers.get("request-id")
+    found: dict[bytes, bytes] = {}
+    for name, value in response.headers.fields:
+        lowered = name.lower()
+        if lowered in _REQUEST_ID_HEADERS and lowered not in found:
+            found[lowered] = value
+    value = found.get(b"x-request-id") or found.get(b"request-id")
+    return value.decode("utf-8", "surrogateescape") if value else None

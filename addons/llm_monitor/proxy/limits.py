@@ -101,6 +101,8 @@ def install() -> None:
     send = Http1Server.send
     on_timeout = ConnectionHandler.on_timeout
 
+    # The wrappers are plain functions that return a generator: they run for every event
+    # of every request, and an extra generator frame around mitmproxy's own would cost.
     def shaped_send(self: Http1Server, event: Any) -> Any:
         if (
             isinstance(event, ResponseProtocolError)
@@ -114,11 +116,8 @@ def install() -> None:
             )
             is not None
         ):
-            response.headers["connection"] = "close"
-            yield commands.SendData(self.conn, http1.assemble_response(response))
-            yield commands.CloseConnection(self.conn)
-            return
-        yield from send(self, event)
+            return _send_error(self, response)
+        return send(self, event)
 
     async def answered_timeout(self: ConnectionHandler) -> None:
         io = self.transports.get(self.client)
@@ -135,9 +134,8 @@ def install() -> None:
             and len(self.buf) > settings.max_header_bytes
             and _HEAD_END.search(bytes(self.buf), 0, settings.max_header_bytes + 2) is None
         ):
-            yield from _refuse_head(self)
-            return
-        yield from read_headers(self, event)
+            return _refuse_head(self)
+        return read_headers(self, event)
 
     def guarded_consume_body(self: HttpStream, event: events.Event) -> Any:
         guard: BodyGuard | None = self.flow.metadata.get(GUARD_KEY)
@@ -149,15 +147,23 @@ def install() -> None:
                 self.request_body_buf.clear()
             if guard.answered:
                 guard.dropped += len(event.data)
-                if guard.dropped > guard.drain:
-                    yield from _cut_off(self)
-                return
-        yield from consume_body(self, event)
+                return _cut_off(self) if guard.dropped > guard.drain else _nothing()
+        return consume_body(self, event)
 
     Http1Server.read_headers = limited_read_headers  # type: ignore[method-assign]
     HttpStream.state_consume_request_body = guarded_consume_body  # type: ignore[method-assign]
     Http1Server.send = shaped_send  # type: ignore[method-assign]
     ConnectionHandler.on_timeout = answered_timeout  # type: ignore[method-assign]
+
+
+def _send_error(server: Http1Server, response: http.Response) -> Any:
+    response.headers["connection"] = "close"
+    yield commands.SendData(server.conn, http1.assemble_response(response))
+    yield commands.CloseConnection(server.conn)
+
+
+def _nothing() -> Any:
+    yield from ()
 
 
 def _refuse_head(server: Http1Server) -> Any:
