@@ -131,9 +131,7 @@ def _usage_range(db: Database, column: str, start: str, end: str, group: str = "
     ).fetchall()
 
 
-def _history(
-    db: Database, rollup_key: str | None, column: str, at: dt.datetime
-) -> History:
+def _history(db: Database, rollup_key: str | None, column: str, at: dt.datetime) -> History:
     """Spend and requests per (organisation, key, hour) in the same hours of the last
     weeks (`_same_hours`). Users' are read from `usage`, three hours a week, and kept for
     the hour: past hours do not change."""
