@@ -21,8 +21,8 @@ MINUTES_ENV = "LLM_MONITOR_LOOP_MINUTES"
 DEFAULT_REQUESTS = 20
 DEFAULT_MINUTES = 10
 # Bodies up to this size are hashed whole; a longer one by its length, its first and its
-# last HALF bytes, so that the work on the event loop is bounded (about 0.2 ms).
-WHOLE = 256 * 1024
+# last HALF bytes, so that the work on the event loop is bounded (tens of µs).
+WHOLE = 64 * 1024
 HALF = WHOLE // 2
 
 
