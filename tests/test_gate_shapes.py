@@ -2,7 +2,8 @@
 `generationConfig.maxOutputTokens` (and thinking budget) bounds its reservation, and an
 OpenAI client refused by a rate limit or a budget gets OpenAI's own 429 shape (`type`
 `requests` or `tokens` with code `rate_limit_exceeded`; `insufficient_quota` for a
-spending limit), with Retry-After. The upstream never sees a refused request."""
+spending limit), with Retry-After; a Gemini one Google's `RESOURCE_EXHAUSTED`. The
+upstream never sees a refused request."""
 
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def test_gemini_bounds_and_openai_429_shapes(
         refused = until_ready(lambda: to_gemini(None))
         assert refused.status_code == 429
         error = refused.json()["error"]
-        assert error["code"] == 429 and error["details"][0]["reason"] == "BUDGET_EXCEEDED"
+        assert (error["code"], error["status"]) == (429, "RESOURCE_EXHAUSTED")
+        assert error["details"][0]["reason"] == "BUDGET_EXCEEDED"
         thinking = {"maxOutputTokens": 200, "thinkingConfig": {"thinkingBudget": 8000}}
         assert to_gemini(thinking).status_code == 429  # 8,200 tokens: $0.0205
         upstream.reply(Reply.from_recording(gemini))

@@ -38,6 +38,8 @@ from llm_monitor.usage import TokenUsage, as_count
 _MODEL_METHOD = re.compile(r"/(?:models|tunedModels)/([^/:]+):([A-Za-z]+)$")
 _FREE_METHODS = frozenset({"countTokens"})
 _GENERATING = frozenset({"generateContent", "streamGenerateContent"})
+# google.rpc status names of the statuses the proxy answers with itself.
+_STATUS_NAMES = {401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED"}
 _STRUCTURAL = re.compile(rb'[\\"\[\]{}]')
 
 
@@ -273,7 +275,7 @@ class Gemini:
                 "error": {
                     "code": status,
                     "message": message,
-                    "status": "UNAUTHENTICATED" if status == 401 else "INVALID_ARGUMENT",
+                    "status": _STATUS_NAMES.get(status, "INVALID_ARGUMENT"),
                     "details": [
                         {
                             "@type": "type.googleapis.com/google.rpc.ErrorInfo",
