@@ -21,7 +21,14 @@ import pytest
 from click.testing import CliRunner
 
 from llm_monitor.cli import cli
-from llm_monitor.controls.alerts import anomaly_drafts, deliver_due, error_drafts, evaluate
+from llm_monitor.controls.alerts import (
+    anomaly_drafts,
+    deliver_due,
+    error_drafts,
+    evaluate,
+    loop_drafts,
+)
+from llm_monitor.controls.loops import LoopRule, body_digest
 from llm_monitor.controls.notify import NotifyFile, notify_path
 from llm_monitor.money.costs import load_price_book, price_row
 from llm_monitor.store.database import open_db
@@ -168,6 +175,7 @@ def hourly_history(db_path: Path, end: dt.datetime, weeks: int, seed: int = 3) -
                 model="gpt-4o",
                 input_tokens=round(2000 * rng.lognormvariate(0, 0.5)),
                 output_tokens=round(300 * rng.lognormvariate(0, 0.5)),
+                user="alice@acme.example",
             )
             rows.append(price_row(record, book))
         hour += dt.timedelta(hours=1)
@@ -183,18 +191,38 @@ def test_anomalies_fire_on_a_spike_and_not_on_seasonality(acme: Path) -> None:
     for h in range(7 * 24):  # every hour of the last week, each judged when complete
         at = end - dt.timedelta(hours=h) - dt.timedelta(seconds=1)
         quiet += anomaly_drafts(db, at) + error_drafts(db, at)
+        quiet += anomaly_drafts(db, at - dt.timedelta(minutes=29))  # and in its middle
     assert quiet == []
     # Ten times the usual spend in one hour of a Tuesday afternoon.
     at = dt.datetime(2026, 6, 30, 14, 40, tzinfo=dt.UTC)
     usual = db.execute(
         "select sum(cost_usd) from usage_hourly where hour = '2026-06-23T14'"
     ).fetchone()[0]
-    spend(acme, "2026-06-30T14:30:00.000Z", usual / 60, count=600)
+    spend(acme, "2026-06-30T14:30:00.000Z", usual / 60, count=600, user="alice@acme.example")
     drafts = anomaly_drafts(db, at)
-    assert {d.scope for d in drafts} == {"org:1:token:1", "org:1:model:gpt-4o"}
+    assert {(d.kind, d.scope) for d in drafts} == {
+        ("anomaly_spend", "org:1:token:1"),
+        ("anomaly_spend", "org:1:model:gpt-4o"),
+        ("anomaly_spend", "org:1:user:alice@acme.example"),
+    }
     assert all(d.value > 5 * d.limit_value for d in drafts)
-    assert len(evaluate(db, at)) == 2
+    assert len(evaluate(db, at)) == 3
     assert evaluate(db, at) == []
+    # A minute with ten times the usual requests (about one a minute at 15:00), as a
+    # second user: not a spend anomaly (the hour's spend is ordinary), a requests one.
+    at = dt.datetime(2026, 6, 30, 15, 20, 30, tzinfo=dt.UTC)
+    spend(acme, "2026-06-30T15:20:05.000Z", usual / 60, count=15, user="carol@acme.example")
+    assert anomaly_drafts(db, at) == []  # 15 in a minute: under 20, no spike whatever the usual
+    spend(acme, "2026-06-30T15:20:10.000Z", usual / 60, count=5, user="carol@acme.example")
+    drafts = anomaly_drafts(db, at)
+    assert {(d.kind, d.scope) for d in drafts} == {
+        ("anomaly_requests", "org:1:token:1"),
+        ("anomaly_requests", "org:1:model:gpt-4o"),
+    }  # carol has no usual hour: not judged
+    assert all(d.value == 20 and d.value > 5 * d.limit_value for d in drafts)
+    assert "sent 20 requests in the minute 2026-06-30T15:20Z" in drafts[0].message
+    assert len(evaluate(db, at)) == 2
+    assert evaluate(db, at + dt.timedelta(minutes=1)) == []  # once an hour per key
 
 
 def run(db: Path, *args: str):
@@ -225,3 +253,98 @@ def test_notification_urls_are_checked_private_and_redacted(acme: Path, receiver
     refused = run(acme, "notify", "list")
     assert refused.exit_code == 1 and "chmod 600" in refused.output
     assert secret not in refused.output
+
+
+def test_body_digest_is_short_stable_and_bounded() -> None:
+    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "again"}]}'
+    assert body_digest(body) == body_digest(bytes(body))
+    assert body_digest(body) != body_digest(body.replace(b"again", b"Again"))
+    assert body_digest(b"") is None and body_digest(None) is None
+    assert -(2**63) <= body_digest(body) < 2**63  # an SQLite INTEGER
+    big = b"x" * (3 * 1024 * 1024)
+    # Over 256 KiB only the length, head and tail are read: they still tell bodies apart.
+    assert body_digest(big) != body_digest(big[:-1] + b"y")
+    assert body_digest(big) != body_digest(big + b"x")
+    assert body_digest(big) != body_digest(b"y" + big[1:])
+
+
+def loop(db_path: Path, start: dt.datetime, count: int, seconds: float, **fields: Any) -> None:
+    """`count` requests with the same body, `seconds` apart, from `start`."""
+    db = open_db(db_path)
+    book = load_price_book(db)
+    rows = []
+    for i in range(count):
+        ts = start + dt.timedelta(seconds=i * seconds)
+        record = usage_record(
+            ts=ts.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            model="gpt-4o",
+            input_tokens=100,
+            output_tokens=10,
+            **{"body_digest": body_digest(b'{"same": true}'), **fields},
+        )
+        rows.append(price_row(record, book))
+    write_rows(db, rows)
+    db.conn.close()
+
+
+def test_a_runaway_loop_is_raised_once_per_window(acme: Path) -> None:
+    start = dt.datetime(2026, 6, 10, 12, 1, tzinfo=dt.UTC)
+    loop(acme, start, 19, 15)  # 19 in 4.5 minutes: not yet
+    loop(acme, start, 25, 10, token_id=None, body_digest=body_digest(b"other"))  # no token
+    loop(acme, start, 5, 15, body_digest=body_digest(b"varied 1"))
+    loop(acme, start, 5, 15, body_digest=body_digest(b"varied 2"))
+    db = open_db(acme)
+    at = start + dt.timedelta(minutes=5)
+    drafts = loop_drafts(db, at)
+    assert [(d.scope.split(":body:")[0], d.value) for d in drafts] == [("org:1:token:0", 25)]
+    loop(acme, start + dt.timedelta(seconds=19 * 15), 1, 1)  # the 20th
+    drafts = loop_drafts(db, at)
+    assert sorted(d.scope.split(":body:")[0] for d in drafts) == ["org:1:token:0", "org:1:token:1"]
+    mine = next(d for d in drafts if d.scope.startswith("org:1:token:1:"))
+    assert mine.window == "2026-06-10T12:00/10m" and mine.threshold == "20/10m"
+    assert "monitor token 1 sent the same request body 20 times" in mine.message
+    assert len(evaluate(db, at)) == 2
+    assert evaluate(db, at + dt.timedelta(minutes=1)) == []  # once per window
+    assert evaluate(open_db(acme), at) == []  # another worker: no duplicate
+    # Stopped: the next window (12:10) sees its last minutes but nothing new in it.
+    assert loop_drafts(db, dt.datetime(2026, 6, 10, 12, 11, tzinfo=dt.UTC)) == []
+    # Going on into the next window: raised once more there.
+    loop(acme, dt.datetime(2026, 6, 10, 12, 10, 30, tzinfo=dt.UTC), 20, 10)
+    later = dt.datetime(2026, 6, 10, 12, 14, tzinfo=dt.UTC)
+    assert len(evaluate(db, later)) == 1
+    assert evaluate(db, later) == []
+    # Half an hour on, the window has moved past all of it.
+    assert loop_drafts(db, dt.datetime(2026, 6, 10, 12, 40, tzinfo=dt.UTC)) == []
+
+
+def test_the_loop_rule_comes_from_the_environment(
+    acme: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = dt.datetime(2026, 6, 10, 12, 1, tzinfo=dt.UTC)
+    loop(acme, start, 6, 50)  # 6 in 5 minutes
+    db = open_db(acme)
+    at = start + dt.timedelta(minutes=5)
+    assert loop_drafts(db, at) == []
+    monkeypatch.setenv("LLM_MONITOR_LOOP_REQUESTS", "5")
+    monkeypatch.setenv("LLM_MONITOR_LOOP_MINUTES", "3")
+    assert loop_drafts(db, at) == []  # only 4 within the last 3 minutes
+    monkeypatch.setenv("LLM_MONITOR_LOOP_MINUTES", "5")
+    [draft] = loop_drafts(db, at)
+    assert draft.threshold == "5/5m" and draft.window == "2026-06-10T12:05/5m"
+    monkeypatch.setenv("LLM_MONITOR_LOOP_REQUESTS", "lots")  # bad: the default (20)
+    assert LoopRule.from_env() == LoopRule(20, 5)
+    assert loop_drafts(db, at) == []
+
+
+def test_users_and_loops_are_read_through_the_index_on_ts(acme: Path) -> None:
+    db = open_db(acme)
+    for sql in (
+        "select coalesce(org_id, 0), user, sum(coalesce(cost_usd, 0)), count(*) from usage "
+        "where ts >= ? and ts < ? and user is not null group by 1, 2",
+        "select org_id, token_id, body_digest, count(*) from usage where ts > ? and ts <= ? "
+        "and body_digest is not null group by org_id, token_id, body_digest",
+    ):
+        plan = " ".join(row[3] for row in db.execute(f"explain query plan {sql}", ["a", "b"]))
+        assert "USING INDEX" in plan and "(ts>? AND ts<?)" in plan.replace(">=", ">").replace(
+            "<=", "<"
+        ), plan

@@ -117,6 +117,8 @@ class UsageRecord(BaseModel):
     unread_reason: str | None = None
     # The provider key as the provider itself displays it (`sk-...abcd`), never more.
     key_hint: str | None = None
+    # BLAKE2b (8 bytes, signed) of the request body as sent, for telling runaway loops.
+    body_digest: int | None = None
 
     @field_validator("ts")
     @classmethod

@@ -27,6 +27,7 @@ from sqlite_utils import Database
 
 from llm_monitor.controls import periods
 from llm_monitor.controls.budgets import load_budgets, nanos_usd, spent_nanos
+from llm_monitor.controls.loops import LoopRule, digest_hex
 from llm_monitor.controls.notify import NotifyFile, Target, notify_path, send
 from llm_monitor.inert import printable
 from llm_monitor.store.database import open_db
@@ -41,6 +42,7 @@ MIN_ERROR_REQUESTS = 20
 # An hour's spend over few requests is one request's size: heavy-tailed (one long prompt
 # costs 20 typical ones), so a key is judged only once its usual hour has this many.
 MIN_BASELINE_REQUESTS = 20
+MIN_MINUTE_REQUESTS = 20  # fewer in a minute is no spike, whatever the usual
 RETRY_FOR = dt.timedelta(days=1)
 MAX_BACKOFF = 900.0
 CLAIM_SECONDS = 60.0
@@ -102,36 +104,118 @@ def budget_drafts(db: Database, at: dt.datetime) -> list[Draft]:
     return drafts
 
 
-def anomaly_drafts(
-    db: Database, at: dt.datetime, k: float = DEFAULT_K, min_usd: float = MIN_ANOMALY_USD
-) -> list[Draft]:
-    """This hour's spend so far, per token and per model, above k times the median of the
-    same hours of the week over the last four weeks (see `_same_hours`; a missing hour
-    counts as 0), and at least `min_usd`; only keys whose usual hour has at least
-    `MIN_BASELINE_REQUESTS` requests."""
-    hour = _hour(at)
+# Per dimension: (what the alert calls it, its key in usage_hourly, its key in usage).
+# Users are not in the hourly rollup: theirs are read from `usage` an hour range at a time,
+# through its index on `ts`.
+_DIMENSIONS = (
+    ("token", "token_id", "coalesce(token_id, 0)"),
+    ("user", None, "user"),
+    ("model", "model", "coalesce(response_model, model, '')"),
+)
+History = dict[tuple[Any, Any, str], tuple[float, int]]
+_user_history_cache: dict[tuple[str, str], History] = {}
+
+
+def _hour_start(hour: str) -> dt.datetime:
+    return dt.datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=dt.UTC)
+
+
+def _usage_range(db: Database, column: str, start: str, end: str, group: str = "") -> list:
+    """Per organisation and key (and `group`), spend and requests of `usage` rows with
+    `start` <= ts < `end`: a range of the index on `ts`, never the whole table."""
+    return db.execute(
+        f"select coalesce(org_id, 0), {column}{group}, sum(coalesce(cost_usd, 0)), count(*) "
+        f"from usage where ts >= ? and ts < ? and {column} is not null "
+        f"group by 1, 2{', 3' if group else ''}",
+        [start, end],
+    ).fetchall()
+
+
+def _history(db: Database, rollup_key: str | None, column: str, at: dt.datetime) -> History:
+    """Spend and requests per (organisation, key, hour) in the same hours of the last
+    weeks (`_same_hours`). Users' are read from `usage`, three hours a week, and kept for
+    the hour: past hours do not change."""
     past = _same_hours(at)
-    drafts = []
-    for column, what in (("token_id", "token"), ("model", "model")):
-        current = db.execute(
-            f"select org_id, {column}, sum(cost_usd) from usage_hourly where hour = ? "
-            f"group by org_id, {column}",
-            [hour],
-        ).fetchall()
-        if not current:
-            continue
-        history: dict[tuple[Any, Any, str], tuple[float, int]] = {
+    if rollup_key is not None:
+        return {
             (org, key, h): (cost, requests)
             for org, key, h, cost, requests in db.execute(
-                f"select org_id, {column}, hour, sum(cost_usd), sum(requests) from usage_hourly "
-                f"where hour in ({','.join('?' * len(past))}) group by org_id, {column}, hour",
+                f"select org_id, {rollup_key}, hour, sum(cost_usd), sum(requests) "
+                f"from usage_hourly where hour in ({','.join('?' * len(past))}) "
+                f"group by org_id, {rollup_key}, hour",
                 past,
             )
         }
+    file = db.execute("pragma database_list").fetchone()[2]
+    cached = _user_history_cache.get((file, _hour(at)))
+    if cached is not None:
+        return cached
+    history: History = {}
+    for week in range(1, WEEKS + 1):
+        first = _hour_start(_hour(at)) - dt.timedelta(weeks=week, hours=1)
+        rows = _usage_range(
+            db,
+            column,
+            periods.usage_ts(first),
+            periods.usage_ts(first + dt.timedelta(hours=3)),
+            ", substr(ts, 1, 13)",
+        )
+        for org, key, h, cost, requests in rows:
+            history[(org, key, h)] = (cost, requests)
+    if len(_user_history_cache) > 16:
+        _user_history_cache.clear()
+    _user_history_cache[(file, _hour(at))] = history
+    return history
+
+
+def _usual(history: History, org: Any, key: Any, at: dt.datetime) -> tuple[float, float]:
+    """The median spend and the median requests of a key's same hours (0 where none)."""
+    samples = [history.get((org, key, h), (0.0, 0)) for h in _same_hours(at)]
+    return (
+        statistics.median(cost for cost, _ in samples),
+        statistics.median(requests for _, requests in samples),
+    )
+
+
+def anomaly_drafts(
+    db: Database, at: dt.datetime, k: float = DEFAULT_K, min_usd: float = MIN_ANOMALY_USD
+) -> list[Draft]:
+    """This hour's spend so far, per token, user and model, above k times the median of
+    the same hours of the week over the last four weeks (see `_same_hours`; a missing hour
+    counts as 0), and at least `min_usd`; and a minute's requests (this minute's and the
+    last one's) above k times the median requests per minute of those hours, and at least
+    `MIN_MINUTE_REQUESTS`. Only keys whose usual hour has at least
+    `MIN_BASELINE_REQUESTS` requests are judged."""
+    hour = _hour(at)
+    start = _hour_start(hour)
+    drafts = []
+    for what, rollup_key, column in _DIMENSIONS:
+        if rollup_key is not None:
+            current = db.execute(
+                f"select org_id, {rollup_key}, sum(cost_usd) from usage_hourly where hour = ? "
+                f"group by org_id, {rollup_key}",
+                [hour],
+            ).fetchall()
+        else:
+            current = [
+                (org, key, cost)
+                for org, key, cost, _ in _usage_range(
+                    db, column, periods.usage_ts(start), periods.usage_ts(at)
+                )
+            ]
+        minute = at.replace(second=0, microsecond=0)
+        minutes = _usage_range(
+            db,
+            column,
+            periods.usage_ts(max(minute - dt.timedelta(minutes=1), start)),
+            periods.usage_ts(at + dt.timedelta(seconds=1)),
+            ", substr(ts, 1, 16)",
+        )
+        if not current and not minutes:
+            continue
+        history = _history(db, rollup_key, column, at)
         for org, key, spend in current:
-            samples = [history.get((org, key, h), (0.0, 0)) for h in past]
-            median = statistics.median(cost for cost, _ in samples)
-            usual_requests = statistics.median(requests for _, requests in samples)
+            median, usual_requests = _usual(history, org, key, at)
             if usual_requests >= MIN_BASELINE_REQUESTS and spend >= min_usd and spend > k * median:
                 drafts.append(
                     Draft(
@@ -145,6 +229,28 @@ def anomaly_drafts(
                         f"(${median:.2f})",
                         spend,
                         median,
+                    )
+                )
+        for org, key, when, _, requests in minutes:
+            usual = _usual(history, org, key, at)[1]
+            per_minute = usual / 60
+            if (
+                usual >= MIN_BASELINE_REQUESTS
+                and requests >= MIN_MINUTE_REQUESTS
+                and requests > k * per_minute
+            ):
+                drafts.append(
+                    Draft(
+                        org or None,
+                        "anomaly_requests",
+                        f"org:{org}:{what}:{key}",
+                        hour,  # once an hour, not once a minute while it lasts
+                        f"{k:g}x",
+                        f"{what} {printable(key)} sent {requests} requests in the minute "
+                        f"{when}Z, over {k:g} times its median for this hour of the week "
+                        f"({per_minute:.1f} a minute)",
+                        requests,
+                        per_minute,
                     )
                 )
     return drafts
@@ -213,7 +319,61 @@ def unpriced_drafts(db: Database, at: dt.datetime) -> list[Draft]:
     ]
 
 
-def evaluate(db: Database, at: dt.datetime | None = None, k: float = DEFAULT_K) -> list[int]:
+def loop_window(at: dt.datetime, minutes: int) -> dt.datetime:
+    """The start of the fixed `minutes`-long window (counted from the epoch) holding `at`:
+    a loop is alerted at most once in each."""
+    step = minutes * 60
+    return dt.datetime.fromtimestamp(int(at.timestamp()) // step * step, dt.UTC)
+
+
+def loop_drafts(db: Database, at: dt.datetime, rule: LoopRule | None = None) -> list[Draft]:
+    """The same request body sent `rule.requests` times or more within the last
+    `rule.minutes` minutes from one monitor token (or from no token): a runaway loop.
+
+    Raised once per loop per fixed window of `rule.minutes` minutes (see `loop_window`),
+    and only when the loop sent something in that window: one that keeps going is raised
+    again in the next window, one that stopped is not. Reads the last minutes of `usage`
+    through its index on `ts`.
+    """
+    rule = rule or LoopRule.from_env()
+    window = loop_window(at, rule.minutes)
+    since = at - dt.timedelta(minutes=rule.minutes)
+    drafts = []
+    for org, token, digest, count, model, path in db.execute(
+        "select org_id, token_id, body_digest, count(*), max(coalesce(response_model, model)), "
+        "max(path) from usage where ts > ? and ts <= ? and body_digest is not null "
+        "group by org_id, token_id, body_digest having count(*) >= ? and max(ts) >= ?",
+        [
+            periods.usage_ts(since),
+            periods.usage_ts(at),
+            rule.requests,
+            periods.usage_ts(window),
+        ],
+    ):
+        who = f"monitor token {token}" if token is not None else "requests without a token"
+        drafts.append(
+            Draft(
+                org,
+                "runaway_loop",
+                f"org:{org}:token:{token or 0}:body:{digest_hex(digest)}",
+                f"{window:%Y-%m-%dT%H:%M}/{rule.minutes}m",
+                f"{rule.requests}/{rule.minutes}m",
+                f"{who} sent the same request body {count} times in the last "
+                f"{rule.minutes} minutes ({printable(model or '-')} {printable(path)}, "
+                f"body {digest_hex(digest)}): a runaway loop?",
+                count,
+                rule.requests,
+            )
+        )
+    return drafts
+
+
+def evaluate(
+    db: Database,
+    at: dt.datetime | None = None,
+    k: float = DEFAULT_K,
+    loops: LoopRule | None = None,
+) -> list[int]:
     """Raise whatever crossed; returns the ids of the alerts new this time."""
     at = at or periods.now()
     drafts = [
@@ -221,6 +381,7 @@ def evaluate(db: Database, at: dt.datetime | None = None, k: float = DEFAULT_K) 
         *anomaly_drafts(db, at, k),
         *error_drafts(db, at, k),
         *unpriced_drafts(db, at),
+        *loop_drafts(db, at, loops),
     ]
     raised = utc_timestamp(at.timestamp())
     new = []

@@ -230,9 +230,41 @@ def set_budget(
             raise Conflict("a budget of this scope, period and kind exists already") from None
 
 
-def remove_budget(db: Database, budget_id: int) -> None:
+def change_budget(
+    db: Database,
+    budget_id: int,
+    *,
+    usd: str,
+    thresholds: str | None = None,
+    on_unpriced: str | None = None,
+    org_id: int | None = None,
+) -> None:
+    """Change a budget's amount (and its alert thresholds, and what an unpriced model
+    does), keeping its scope, period and kind; with `org_id`, only that organisation's."""
+    amount = parse_usd(usd)
+    changes: dict[str, Any] = {"amount_usd": amount}
+    if thresholds is not None:
+        changes["thresholds"] = ",".join(map(str, parse_thresholds(thresholds)))
+    if on_unpriced is not None:
+        if on_unpriced not in ("refuse", "allow"):
+            raise Invalid("--unpriced must be refuse or allow")
+        changes["on_unpriced"] = on_unpriced
+    sets = ", ".join(f"{column} = ?" for column in changes)
     with db.atomic():
-        if not db.execute("delete from budgets where id = ?", [budget_id]).rowcount:
+        if not db.execute(
+            f"update budgets set {sets} where id = ? and (? is null or org_id = ?)",
+            [*changes.values(), budget_id, org_id, org_id],
+        ).rowcount:
+            raise NotFound(f"no budget {budget_id} (see `llm-monitor budgets list`)")
+
+
+def remove_budget(db: Database, budget_id: int, org_id: int | None = None) -> None:
+    """Remove a budget (with `org_id`, only if it is that organisation's)."""
+    with db.atomic():
+        if not db.execute(
+            "delete from budgets where id = ? and (? is null or org_id = ?)",
+            [budget_id, org_id, org_id],
+        ).rowcount:
             raise NotFound(f"no budget {budget_id} (see `llm-monitor budgets list`)")
         db.execute("delete from control_leases where meter = ?", [f"budget:{budget_id}"])
 
@@ -368,9 +400,13 @@ def set_limit(
         return db["rate_limits"].insert(row).last_pk
 
 
-def remove_limit(db: Database, limit_id: int) -> None:
+def remove_limit(db: Database, limit_id: int, org_id: int | None = None) -> None:
+    """Remove a rate limit (with `org_id`, only if it is that organisation's)."""
     with db.atomic():
-        if not db.execute("delete from rate_limits where id = ?", [limit_id]).rowcount:
+        if not db.execute(
+            "delete from rate_limits where id = ? and (? is null or org_id = ?)",
+            [limit_id, org_id, org_id],
+        ).rowcount:
             raise NotFound(f"no rate limit {limit_id} (see `llm-monitor limits list`)")
         db.execute(
             "delete from control_leases where meter in (?, ?)",

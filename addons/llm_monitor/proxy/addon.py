@@ -23,6 +23,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from llm_monitor.accounts.tokens import TokenIndex, TokenOwner, display_prefix
 from llm_monitor.controls.alerts import Watcher
 from llm_monitor.controls.gate import Gate, Hold, Refusal
+from llm_monitor.controls.loops import body_digest
 from llm_monitor.inert import (
     install_log_filter,
     is_credential_param,
@@ -1113,6 +1114,7 @@ class Monitor:
                 error=redact(error)[:500] if error else None,
                 unread_reason=unread,
                 key_hint=state.key_hint,
+                body_digest=body_digest(request.raw_content),
                 **UsageRecord.usage_fields(usage),
             )
         )

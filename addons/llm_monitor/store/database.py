@@ -584,3 +584,11 @@ def m010_spend_controls(db: Database) -> None:
           id integer primary key, alert_id integer not null references alerts(id),
           url_id integer not null, attempted_at text not null, ok integer not null, error text
         )""")
+
+
+@migrations()
+def m011_body_digest(db: Database) -> None:
+    """A short digest of each request's body (`controls.loops.body_digest`), so that the
+    alert evaluator can tell a runaway loop: the same body sent again and again. No index
+    of its own: the evaluator reads the last minutes through the one on `ts`."""
+    db["usage"].add_column("body_digest", int)

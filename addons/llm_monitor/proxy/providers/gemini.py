@@ -14,7 +14,11 @@ Quirks that live here:
 - input is one rate for text, images and video, and another for audio: the AUDIO part of
   `promptTokensDetails` is counted apart (`input_audio_tokens`); generated images and
   audio (`candidatesTokensDetails`) have rates of their own;
-- credentials may come as `?key=` in the query string (never stored: see `stored_path`).
+- credentials may come as `?key=` in the query string (never stored: see `stored_path`);
+- the output bound a hard budget reserves is `generationConfig.maxOutputTokens` (times
+  `candidateCount`), plus `thinkingConfig.thinkingBudget` when one is set: thinking is
+  billed as output, and whether the model counts it within `maxOutputTokens` differs
+  between model generations.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from mitmproxy import http
 
 from llm_monitor.proxy.budget import json_too_complex
 from llm_monitor.proxy.content_coding import TooLarge
-from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, load_json
+from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, count_field, load_json
 from llm_monitor.proxy.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
 _MODEL_METHOD = re.compile(r"/(?:models|tunedModels)/([^/:]+):([A-Za-z]+)$")
 _FREE_METHODS = frozenset({"countTokens"})
+_GENERATING = frozenset({"generateContent", "streamGenerateContent"})
+# google.rpc status names of the statuses the proxy answers with itself.
+_STATUS_NAMES = {401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED"}
 _STRUCTURAL = re.compile(rb'[\\"\[\]{}]')
 
 
@@ -195,6 +202,29 @@ class JsonArrayReader(_ResponseReader):
         return b""
 
 
+def max_output(body: Any) -> int | None:
+    """The most output tokens a generateContent body allows, or None when it sets no
+    `maxOutputTokens`. The REST API takes camelCase and snake_case field names alike."""
+    if not isinstance(body, dict):
+        return None
+    config = _field(body, "generationConfig", "generation_config")
+    if not isinstance(config, dict):
+        return None
+    limit = count_field(config, "maxOutputTokens", "max_output_tokens")
+    if limit is None:
+        return None
+    candidates = max(count_field(config, "candidateCount", "candidate_count") or 1, 1)
+    thinking = _field(config, "thinkingConfig", "thinking_config")
+    budget = None
+    if isinstance(thinking, dict):
+        budget = count_field(thinking, "thinkingBudget", "thinking_budget")
+    return (limit + (budget or 0)) * candidates
+
+
+def _field(body: dict[str, Any], *names: str) -> Any:
+    return next((body[name] for name in names if name in body), None)
+
+
 class Gemini:
     name = "gemini"
 
@@ -203,11 +233,14 @@ class Gemini:
         if match is None:
             return RequestInfo()
         model, method = match.groups()
-        return RequestInfo(
+        info = RequestInfo(
             model=model,
             streamed=method == "streamGenerateContent",
             billable=method not in _FREE_METHODS,
         )
+        if method in _GENERATING and request.method == "POST":
+            info.max_output = max_output(load_json(request.get_content(strict=False) or b""))
+        return info
 
     def usage_from_body(
         self, body: bytes, info: RequestInfo
@@ -242,7 +275,7 @@ class Gemini:
                 "error": {
                     "code": status,
                     "message": message,
-                    "status": "UNAUTHENTICATED" if status == 401 else "INVALID_ARGUMENT",
+                    "status": _STATUS_NAMES.get(status, "INVALID_ARGUMENT"),
                     "details": [
                         {
                             "@type": "type.googleapis.com/google.rpc.ErrorInfo",

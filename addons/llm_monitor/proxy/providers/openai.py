@@ -187,6 +187,15 @@ def error_code_of(obj: Any) -> str | None:
 UsageReader = Callable[[dict[str, Any], dict[str, Any]], TokenUsage]
 
 
+def rate_limit_type(message: str, code: str) -> str:
+    """The `type` OpenAI gives a 429 of this kind: a rate limit is `requests` or `tokens`
+    (per minute) with code `rate_limit_exceeded`; a spending limit is `insufficient_quota`
+    (its code says which limit), which clients do not retry."""
+    if code.startswith("budget_") and code != "budget_not_ready":  # that one: retry now
+        return "insufficient_quota"
+    return "tokens" if " tokens this minute" in message else "requests"
+
+
 class OpenAIStreamReader(SSEReader):
     def __init__(self, *, usage_injected: bool, read_usage: UsageReader) -> None:
         super().__init__()
@@ -282,7 +291,7 @@ class OpenAI:
         return OpenAIStreamReader(usage_injected=info.usage_injected, read_usage=self.read_usage)
 
     def rejection(self, status: int, message: str, code: str) -> bytes:
-        error_type = "invalid_request_error"
+        error_type = rate_limit_type(message, code) if status == 429 else "invalid_request_error"
         return json.dumps(
             {"error": {"message": message, "type": error_type, "param": None, "code": code}}
         ).encode()
