@@ -22,7 +22,10 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+from hypothesis import given
+from hypothesis import strategies as st
 
+from llm_monitor.proxy.providers.base import load_json
 from tests.conftest import API_KEY
 from tests.proxy import Proxy, row_for, running_proxy
 from tests.replay import ReplayServer, Reply, load_recording
@@ -592,3 +595,40 @@ def test_no_provider_credential_in_the_log_or_the_database(providers_proxy: Prox
     ]
     for path in [*files, providers_proxy.log_path]:
         assert API_KEY.encode() not in path.read_bytes(), f"API key found in {path.name}"
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES, st.booleans())
+def test_load_json_reads_what_json_loads_reads(value: Any, ascii_only: bool) -> None:
+    """The fast parser reads every document as the standard library does."""
+    body = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    try:
+        expected = json.loads(body)
+    except ValueError:
+        expected = None
+    assert load_json(body) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"NaN", b'{"a": Infinity}', b'"\\ud83d"', b"[" * 1100 + b"]" * 1100, b"", b"\xff", b"{"],
+)
+def test_load_json_falls_back_to_the_standard_library(body: bytes) -> None:
+    try:
+        expected = json.loads(body)
+    except (ValueError, RecursionError):
+        expected = None
+    got = load_json(body)
+    assert got == expected or (got != got and expected != expected)  # NaN is not NaN

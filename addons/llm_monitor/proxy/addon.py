@@ -183,13 +183,28 @@ def is_json(content_type: str) -> bool:
 MAX_KEPT_WHOLE = 256 * 1024
 
 
-def kept_whole(response: http.Response) -> bool:
+def kept_whole(response: http.Response, declared: str) -> bool:
     """Whether a JSON body (or an error) may be kept whole rather than streamed: its
     declared length is small, and mitmproxy has not chosen to stream it already."""
     if response.stream:
         return False
-    declared = response.headers.get("content-length", "")
     return declared.isascii() and declared.isdigit() and int(declared) <= MAX_KEPT_WHOLE
+
+
+_BODY_HEADERS = (b"content-encoding", b"content-type", b"content-length")
+
+
+def body_headers(headers: http.Headers) -> tuple[str, str, str]:
+    """Content-Encoding, Content-Type and Content-Length ('' when absent; repeated ones
+    joined by ", " as mitmproxy joins them), in one pass over the raw fields: each of
+    mitmproxy's case-insensitive look-ups walks them all, and this runs per response."""
+    found: dict[bytes, str] = {}
+    for raw_name, raw_value in headers.fields:
+        name = raw_name.lower()
+        if name in _BODY_HEADERS:
+            value = raw_value.decode("utf-8", "surrogateescape")
+            found[name] = f"{found[name]}, {value}" if name in found else value
+    return tuple(found.get(name, "") for name in _BODY_HEADERS)  # type: ignore[return-value]
 
 
 def refused_changed_body(state: FlowState, response: http.Response) -> bool:
@@ -685,8 +700,8 @@ class Monitor:
     def _tap_for(self, state: FlowState, response: http.Response) -> StreamTap | None:
         """What reads `response` on the side as it passes (its stream or its JSON body);
         None, with `response.stream` set to pass it on untouched, for what is not read."""
-        encoding = response.headers.get("content-encoding", "")
-        content_type = response.headers.get("content-type", "").lower()
+        encoding, content_type, declared = body_headers(response.headers)
+        content_type = content_type.lower()
         if not is_supported(encoding):
             response.stream = True
             state.unread = f"response content-encoding {encoding[:40]!r} not read"
@@ -698,7 +713,7 @@ class Monitor:
             if response.status_code < 400 and not is_json(content_type):
                 response.stream = True  # files, audio, images: no usage to read
                 return None
-            if kept_whole(response):
+            if kept_whole(response, declared):
                 state.whole = True
                 return None
             reader = BodyCollector(self.max_read)  # JSON and errors: read on the side

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+import orjson
 from mitmproxy import http
 
 from llm_monitor.proxy.budget import json_too_complex
@@ -99,7 +100,18 @@ def count_field(body: dict[str, Any], *names: str) -> int | None:
 
 
 def load_json(body: bytes) -> Any:
-    """Parsed JSON, or None for anything that is not valid JSON."""
+    """Parsed JSON, or None for anything that is not valid JSON.
+
+    orjson first (a third of the time of `json.loads`, for every body and stream event
+    read); what it refuses and the standard library takes (NaN, lone surrogates, nesting
+    past 1024) is parsed by `json.loads`. One difference stays: an integer beyond 64 bits
+    comes back as a float, which no count accepts (`usage.as_count`), as none accepts the
+    integer either.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
