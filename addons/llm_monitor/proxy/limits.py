@@ -5,19 +5,22 @@ in its HTTP/1 server) and, once an addon has answered a request from its headers
 reads and keeps its whole body before sending that answer. Two small wrappers close those
 gaps; the addon decides everything else through plain values:
 
-- `Http1Server.read_headers`: a head still incomplete past `settings.max_header_bytes` is
-  answered with `settings.header_rejection(proxy_mode)` and its connection closed. (A head
-  that arrives whole is measured by the addon's `requestheaders`.)
+- `Http1Server.read_headers`: a head still incomplete past `settings.max_header_bytes` (431),
+  and a head mitmproxy cannot parse (a bad request line, a bad header line, a bad
+  Content-Length: its HTML 400), are answered with `settings.head_refusal(client, status,
+  reason, detail)` and the connection closed; no flow is made for them. (A head that
+  arrives whole is measured by the addon's `requestheaders`.)
 - `HttpStream.state_consume_request_body`: a flow carrying a `BodyGuard` in its metadata
   keeps at most `limit` bytes of body; past that, or once the addon has answered from the
   headers, the body is read and dropped (never kept, never forwarded), and the answer goes
   out when the body ends. A client that sends more than `drain` bytes after being answered
   is cut off with a 413.
 
-- `Http1Server.send`: mitmproxy's own error page for a flow it could not complete (the
-  provider unreachable, a TLS failure, a request it refused) is `settings.error_response(
-  proxy_mode, status, message)` instead, the listener's provider's JSON error, when that
-  gives one.
+- `Http1Server.send` and `Http2Server._handle_event`: mitmproxy's own error page for a flow
+  it could not complete (the provider unreachable, a TLS failure, a request it refused) is
+  `settings.error_response(client, status, message)` instead, the listener's provider's
+  JSON error, when that gives one. mitmproxy sends these pages itself, after the `error`
+  hook and whatever the hook set, so no hook can replace them.
 - `ConnectionHandler.on_timeout`: before mitmproxy closes a connection idle past
   `tcp_timeout`, `settings.timeout_response(client)` may give an answer to send first (a
   504 for a request the provider never answered).
@@ -29,7 +32,6 @@ moves what they wrap.
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import socket
 from collections.abc import Callable
@@ -38,17 +40,15 @@ from typing import Any
 
 from mitmproxy import flow as mflow
 from mitmproxy import http
-from mitmproxy.connection import ConnectionState
+from mitmproxy.connection import Client, ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
-from mitmproxy.proxy.layers.http import HttpStream, SendHttp
+from mitmproxy.proxy.layers.http import HttpStream, SendHttp, _http1
 from mitmproxy.proxy.layers.http._events import ErrorCode, RequestData, ResponseProtocolError
 from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 from mitmproxy.proxy.layers.http._http1 import Http1Server
-from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.proxy.layers.http._http2 import Http2Server
 from mitmproxy.proxy.server import ConnectionHandler
-
-logger = logging.getLogger(__name__)
 
 GUARD_KEY = "llm_monitor_body_guard"
 _HEAD_END = re.compile(rb"\n\r?\n")
@@ -66,8 +66,8 @@ class BodyGuard:
     over_limit: bool = False  # the answer is `too_large`'s
 
 
-def _default_rejection(mode: ProxyMode) -> bytes:
-    return b"Request header fields too large."
+def _default_refusal(client: Client, status: int, reason: str, detail: str) -> http.Response:
+    return http.Response.make(status, detail.encode(), {"content-type": "text/plain"})
 
 
 def _no_response(*_: object) -> None:
@@ -77,11 +77,13 @@ def _no_response(*_: object) -> None:
 @dataclass(slots=True)
 class Settings:
     max_header_bytes: int = 64 * 1024
-    # The body of the 431 sent for an overlong head, in the listener's provider's shape.
-    header_rejection: Callable[[ProxyMode], bytes] = _default_rejection
-    # The answer to send instead of mitmproxy's error page for (mode, status, message),
+    # The answer to a request head refused before it makes a flow, for (client, status,
+    # reason, detail): 431 `request_headers_too_large`, 400 `malformed_request`. Whoever
+    # gives it logs and counts the refusal: no hook runs for it.
+    head_refusal: Callable[[Client, int, str, str], http.Response] = _default_refusal
+    # The answer to send instead of mitmproxy's error page for (client, status, message),
     # or None for mitmproxy's own page.
-    error_response: Callable[[ProxyMode, int, str], http.Response | None] = _no_response
+    error_response: Callable[[Client, int, str], http.Response | None] = _no_response
     # The response to send on a connection closed for inactivity, or None.
     timeout_response: Callable[[Any], http.Response | None] = _no_response
 
@@ -91,7 +93,7 @@ _installed = False
 
 
 def install() -> None:
-    """Wrap the two mitmproxy methods (once per process; later calls do nothing)."""
+    """Wrap the mitmproxy methods (once per process; later calls do nothing)."""
     global _installed
     if _installed:
         return
@@ -99,26 +101,38 @@ def install() -> None:
     read_headers = Http1Server.read_headers
     consume_body = HttpStream.state_consume_request_body
     send = Http1Server.send
+    h2_handle_event = Http2Server._handle_event
     on_timeout = ConnectionHandler.on_timeout
+    _http1.make_error_response = _marked_error_page
 
     def shaped_send(self: Http1Server, event: Any) -> Any:
         if (
             isinstance(event, ResponseProtocolError)
             and not self.response
             and self.conn.state & ConnectionState.CAN_WRITE
-            and (status := event.code.http_status_code()) is not None
-            and (
-                response := settings.error_response(
-                    self.context.client.proxy_mode, status, event.message
-                )
-            )
-            is not None
+            and (response := _shaped_error(self.context.client, event)) is not None
         ):
             response.headers["connection"] = "close"
             yield commands.SendData(self.conn, http1.assemble_response(response))
             yield commands.CloseConnection(self.conn)
             return
         yield from send(self, event)
+
+    def shaped_h2_event(self: Http2Server, event: Any) -> Any:
+        if (
+            isinstance(event, ResponseProtocolError)
+            and self.is_open_for_us(event.stream_id)
+            and not self.h2_conn.streams[event.stream_id].state_machine.headers_sent
+            and (response := _shaped_error(self.context.client, event)) is not None
+        ):
+            # What mitmproxy does for its HTML page, with our response instead.
+            head = [(b":status", b"%d" % response.status_code)]
+            head += [(k.lower(), v) for k, v in response.headers.fields]
+            self.h2_conn.send_headers(event.stream_id, head)
+            self.h2_conn.send_data(event.stream_id, response.content or b"", end_stream=True)
+            yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+            return
+        yield from h2_handle_event(self, event)
 
     async def answered_timeout(self: ConnectionHandler) -> None:
         io = self.transports.get(self.client)
@@ -135,9 +149,25 @@ def install() -> None:
             and len(self.buf) > settings.max_header_bytes
             and _HEAD_END.search(bytes(self.buf), 0, settings.max_header_bytes + 2) is None
         ):
-            yield from _refuse_head(self)
+            detail = f"Request headers larger than {settings.max_header_bytes // 1024} KB"
+            yield from _refuse_head(self, 431, "request_headers_too_large", detail)
             return
-        yield from read_headers(self, event)
+        # mitmproxy answers a head it cannot parse with its HTML page (made by
+        # `make_error_response`, marked here) and closes: that answer is replaced, and the
+        # flow it would then make for a half-read head (no hook of ours should see it) dropped.
+        inner = read_headers(self, event)
+        reply = None
+        while True:
+            try:
+                command = inner.send(reply)
+            except StopIteration:
+                return
+            if isinstance(command, commands.SendData) and isinstance(command.data, _ErrorPage):
+                inner.close()
+                self.state = self.done
+                yield from _refuse_head(self, 400, "malformed_request", command.data.message)
+                return
+            reply = yield command
 
     def guarded_consume_body(self: HttpStream, event: events.Event) -> Any:
         guard: BodyGuard | None = self.flow.metadata.get(GUARD_KEY)
@@ -157,19 +187,36 @@ def install() -> None:
     Http1Server.read_headers = limited_read_headers  # type: ignore[method-assign]
     HttpStream.state_consume_request_body = guarded_consume_body  # type: ignore[method-assign]
     Http1Server.send = shaped_send  # type: ignore[method-assign]
+    Http2Server._handle_event = shaped_h2_event  # type: ignore[method-assign]
     ConnectionHandler.on_timeout = answered_timeout  # type: ignore[method-assign]
 
 
-def _refuse_head(server: Http1Server) -> Any:
-    body = settings.header_rejection(server.context.client.proxy_mode)
-    response = http.Response.make(
-        431, body, {"content-type": "application/json", "connection": "close"}
-    )
-    logger.warning(
-        "llm-monitor: %s: request head over %d bytes refused",
-        f"{server.conn.peername[0]}:{server.conn.peername[1]}" if server.conn.peername else "?",
-        settings.max_header_bytes,
-    )
+class _ErrorPage(bytes):
+    """mitmproxy's HTML error page, marked with its status and message."""
+
+    status: int
+    message: str
+
+
+_make_error_response = _http1.make_error_response
+
+
+def _marked_error_page(status_code: int, message: str = "") -> bytes:
+    page = _ErrorPage(_make_error_response(status_code, message))
+    page.status, page.message = status_code, message
+    return page
+
+
+def _shaped_error(client: Client, event: ResponseProtocolError) -> http.Response | None:
+    status = event.code.http_status_code()
+    if status is None:
+        return None
+    return settings.error_response(client, status, event.message)
+
+
+def _refuse_head(server: Http1Server, status: int, reason: str, detail: str) -> Any:
+    response = settings.head_refusal(server.context.client, status, reason, detail)
+    response.headers["connection"] = "close"
     server.buf = type(server.buf)()  # drop what was read
     yield commands.SendData(server.conn, http1.assemble_response(response))
     yield commands.CloseConnection(server.conn)

@@ -34,6 +34,16 @@ from llm_monitor.usage import TokenUsage, as_count
 _MODEL_METHOD = re.compile(r"/(?:models|tunedModels)/([^/:]+):([A-Za-z]+)$")
 _FREE_METHODS = frozenset({"countTokens"})
 _STRUCTURAL = re.compile(rb'[\\"\[\]{}]')
+# google.rpc codes Google's APIs send with these HTTP statuses (400 is INVALID_ARGUMENT).
+_GRPC_STATUS = {
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 
 def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
@@ -242,7 +252,7 @@ class Gemini:
                 "error": {
                     "code": status,
                     "message": message,
-                    "status": "UNAUTHENTICATED" if status == 401 else "INVALID_ARGUMENT",
+                    "status": _GRPC_STATUS.get(status, "INVALID_ARGUMENT"),
                     "details": [
                         {
                             "@type": "type.googleapis.com/google.rpc.ErrorInfo",

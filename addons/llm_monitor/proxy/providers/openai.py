@@ -282,7 +282,7 @@ class OpenAI:
         return OpenAIStreamReader(usage_injected=info.usage_injected, read_usage=self.read_usage)
 
     def rejection(self, status: int, message: str, code: str) -> bytes:
-        error_type = "invalid_request_error"
+        error_type = "server_error" if status >= 500 else "invalid_request_error"
         return json.dumps(
             {"error": {"message": message, "type": error_type, "param": None, "code": code}}
         ).encode()
