@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import API_KEY, invoke, new_org
 from tests.proxy import Proxy, free_port, running_proxy, wait_for_log, wait_for_rows
 from tests.replay import ReplayServer, load_recording
+from tests.test_production import Silent
 
 CHAT = load_recording("openai/chat_json_text_gpt-4o.json")
 
@@ -113,6 +114,37 @@ def test_http2_client_gets_the_providers_502(db_and_token: tuple[Path, str]) -> 
         found = wait_for_rows(db_path, "1", count=3)
     assert [r["outcome"] for r in found] == ["upstream_error"] * 3
     assert "<html" not in proxy.log().lower()
+
+
+def test_http2_client_of_a_silent_provider_gets_the_providers_504(
+    db_and_token: tuple[Path, str],
+) -> None:
+    db_path, token = db_and_token
+    silent = Silent()
+    confdir = db_path.parent / "mitmproxy"
+    try:
+        with running_proxy(
+            db_path, f"http://127.0.0.1:{silent.port}", tcp_timeout=2, confdir=confdir
+        ) as proxy:
+            with h2_client() as http_client:
+                client = openai.OpenAI(
+                    base_url=f"{tls_url(proxy, 'openai')}/v1",
+                    api_key=API_KEY,
+                    max_retries=0,
+                    default_headers={"X-Monitor-Token": token},
+                    http_client=http_client,
+                )
+                with pytest.raises(openai.APIStatusError) as caught:
+                    client.chat.completions.create(**CHAT["request"]["body"])
+            found = wait_for_rows(db_path, "1")
+    finally:
+        silent.close()
+    assert caught.value.status_code == 504
+    assert caught.value.response.http_version == "HTTP/2"
+    assert caught.value.code == "upstream_timeout"
+    assert "did not answer within 2 s" in caught.value.message
+    assert found[0]["outcome"] == "upstream_error"
+    assert "upstream silent" in found[0]["error"]
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])

@@ -23,7 +23,9 @@ gaps; the addon decides everything else through plain values:
   hook and whatever the hook set, so no hook can replace them.
 - `ConnectionHandler.on_timeout`: before mitmproxy closes a connection idle past
   `tcp_timeout`, `settings.timeout_response(client)` may give an answer to send first (a
-  504 for a request the provider never answered).
+  504 for a request the provider never answered). An HTTP/2 connection's provider
+  connections are closed first, so that each waiting stream gets its 504 through
+  `Http2Server._handle_event`.
 
 `install()` applies them once per process; `test_hostile.py` fails if a mitmproxy upgrade
 moves what they wrap.
@@ -31,6 +33,7 @@ moves what they wrap.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import socket
@@ -136,6 +139,10 @@ def install() -> None:
 
     async def answered_timeout(self: ConnectionHandler) -> None:
         io = self.transports.get(self.client)
+        if io is not None and self.client.alpn == b"h2":
+            await _time_out_streams(self)
+            await on_timeout(self)
+            return
         response = settings.timeout_response(self.client) if io is not None else None
         if response is not None and io.writer is not None:
             response.headers["connection"] = "close"
@@ -211,7 +218,36 @@ def _shaped_error(client: Client, event: ResponseProtocolError) -> http.Response
     status = event.code.http_status_code()
     if status is None:
         return None
-    return settings.error_response(client, status, event.message)
+    message = event.message
+    if status == 502 and (seconds := _timed_out.get(client.id)) is not None:
+        message = f"The provider did not answer within {seconds} s (timed out)."
+    return settings.error_response(client, status, message)
+
+
+# HTTP/2 clients whose connection is being closed for inactivity, and `tcp_timeout`.
+_timed_out: dict[str, int] = {}
+
+
+async def _time_out_streams(handler: ConnectionHandler) -> None:
+    """An HTTP/2 connection idle past `tcp_timeout`: close its provider connections first,
+    the way mitmproxy handles a provider that hangs up, so that each stream still waiting
+    for its answer gets one (a 504, see `_shaped_error`) before the client's connection
+    is closed. (For HTTP/1, `settings.timeout_response` writes the answer.)"""
+    client = handler.client
+    tasks = [
+        io.handler
+        for conn, io in handler.transports.items()
+        if conn is not client and io.handler is not None and not io.handler.done()
+    ]
+    if not tasks:
+        return
+    _timed_out[client.id] = handler.timeout_watchdog.timeout
+    try:
+        for task in tasks:
+            task.cancel("timeout")
+        await asyncio.wait(tasks, timeout=1)
+    finally:
+        _timed_out.pop(client.id, None)
 
 
 def _refuse_head(server: Http1Server, status: int, reason: str, detail: str) -> Any:
