@@ -1,5 +1,7 @@
 """The token pages' SDK snippets point at the listeners as clients must reach them:
-https:// with `up --tls-cert`, http:// without."""
+https:// with `up --tls-cert`, http:// without. And what `up --tls-cert` speaks: HTTP/1.1
+only (HAProxy offers no ALPN, so an HTTP/2 client falls back; the proxy behind it would
+refuse HTTP/2 in clear text)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 from tests.conftest import invoke
 from tests.proxy import running_dashboard, wait_for_port
 from tests.replay import ReplayServer
+from tests.test_production_errors import h2_client
 from tests.test_up import HAPROXY, start_up
 from tests.test_up_rolling_tls import self_signed
 
@@ -57,7 +60,13 @@ def test_up_with_tls_cert_shows_https_snippets(tmp_path: Path, upstream: ReplayS
         base = f"https://127.0.0.1:{up.dashboard_port}"
         with httpx.Client(base_url=base, verify=trusted) as browser:
             shown = sign_up(browser)
+        with h2_client() as client:  # prefers h2, as curl and Go clients do
+            answer = client.get(
+                f"https://127.0.0.1:{up.port}/v1/models",
+                headers={"X-Monitor-Token": "mon_not-a-token"},
+            )
     finally:
         assert up.stop() == 0
     assert f'base_url="https://127.0.0.1:{up.port}/v1"' in shown
     assert f"http://127.0.0.1:{up.port}" not in shown
+    assert (answer.http_version, answer.status_code) == ("HTTP/1.1", 401)
