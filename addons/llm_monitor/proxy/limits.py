@@ -127,6 +127,8 @@ def install() -> None:
             and self.is_open_for_us(event.stream_id)
             and not self.h2_conn.streams[event.stream_id].state_machine.headers_sent
             and (response := _shaped_error(self.context.client, event)) is not None
+            and len(response.content or b"")
+            <= self.h2_conn.local_flow_control_window(event.stream_id)
         ):
             # What mitmproxy does for its HTML page, with our response instead.
             head = [(b":status", b"%d" % response.status_code)]
