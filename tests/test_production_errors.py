@@ -272,3 +272,19 @@ def test_malformed_head_as_a_json_log_line(db_and_token: tuple[Path, str]) -> No
         "status": 400,
         "reason": "malformed_request",
     }
+
+
+def test_http2_in_clear_text_gets_a_goaway_it_can_read(db_and_token: tuple[Path, str]) -> None:
+    """h2c with prior knowledge (mitmproxy serves HTTP/2 over TLS only): a GOAWAY with
+    HTTP_1_1_REQUIRED rather than an HTTP/1 answer, logged as what it is, not as a request
+    without a monitor token."""
+    db_path, token = db_and_token
+    with running_proxy(db_path, f"http://127.0.0.1:{free_port()}") as proxy:
+        with (
+            httpx.Client(http1=False, http2=True, timeout=10) as client,
+            pytest.raises(httpx.RemoteProtocolError, match="error_code:13"),  # HTTP_1_1_REQUIRED
+        ):
+            client.get(f"{proxy.url('openai')}/v1/models", headers={"X-Monitor-Token": token})
+        wait_for_log(proxy, "505 http2_cleartext")
+        log = proxy.log()
+    assert "invalid_monitor_token" not in log and "Traceback" not in log

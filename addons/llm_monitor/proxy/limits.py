@@ -9,7 +9,9 @@ gaps; the addon decides everything else through plain values:
   and a head mitmproxy cannot parse (a bad request line, a bad header line, a bad
   Content-Length: its HTML 400), are answered with `settings.head_refusal(client, status,
   reason, detail)` and the connection closed; no flow is made for them. (A head that
-  arrives whole is measured by the addon's `requestheaders`.)
+  arrives whole is measured by the addon's `requestheaders`.) HTTP/2 in clear text (the
+  prior-knowledge preface, which mitmproxy does not serve) gets an HTTP/2 GOAWAY with
+  HTTP_1_1_REQUIRED instead of being read as a request named `PRI`.
 - `HttpStream.state_consume_request_body`: a flow carrying a `BodyGuard` in its metadata
   keeps at most `limit` bytes of body; past that, or once the addon has answered from the
   headers, the body is read and dropped (never kept, never forwarded), and the answer goes
@@ -41,6 +43,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.errors
 from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.connection import Client, ConnectionState
@@ -161,6 +166,13 @@ def install() -> None:
             detail = f"Request headers larger than {settings.max_header_bytes // 1024} KB"
             yield from _refuse_head(self, 431, "request_headers_too_large", detail)
             return
+        if (  # a head starting with this read (clients send the preface in one write)
+            isinstance(event, events.DataReceived)
+            and event.data.startswith(_H2_PREFACE)
+            and len(self.buf) == len(event.data)
+        ):
+            yield from _refuse_h2c(self)
+            return
         # mitmproxy answers a head it cannot parse with its HTML page (made by
         # `make_error_response`, marked here) and closes: that answer is replaced, and the
         # flow it would then make for a half-read head (no hook of ours should see it) dropped.
@@ -258,6 +270,26 @@ def _refuse_head(server: Http1Server, status: int, reason: str, detail: str) -> 
     server.buf = type(server.buf)()  # drop what was read
     yield commands.SendData(server.conn, http1.assemble_response(response))
     yield commands.CloseConnection(server.conn)
+    server.state = server.done
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n"
+
+
+def _refuse_h2c(server: Http1Server) -> Any:
+    """HTTP/2 in clear text (prior knowledge), which mitmproxy does not serve: an HTTP/2
+    GOAWAY with HTTP_1_1_REQUIRED, which an HTTP/2 client can read (an HTTP/1 answer it
+    could not), logged and counted through `head_refusal` (whose answer is not sent)."""
+    detail = "HTTP/2 without TLS (h2c) is not served: use HTTP/1.1, or HTTP/2 over TLS"
+    settings.head_refusal(server.context.client, 505, "http2_cleartext", detail)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    conn.close_connection(h2.errors.ErrorCodes.HTTP_1_1_REQUIRED, detail.encode())
+    server.buf = type(server.buf)()
+    yield commands.SendData(server.conn, conn.data_to_send())
+    # Only our side: a full close with the client's frames still unread would reset the
+    # connection before the client reads the GOAWAY. What it sends next is dropped.
+    yield commands.CloseTcpConnection(server.conn, half_close=True)
     server.state = server.done
 
 
