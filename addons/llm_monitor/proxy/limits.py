@@ -29,8 +29,8 @@ gaps; the addon decides everything else through plain values:
   connections are closed first, so that each waiting stream gets its 504 through
   `Http2Server._handle_event`.
 
-`install()` applies them once per process; `test_hostile.py` fails if a mitmproxy upgrade
-moves what they wrap.
+`install()` applies them once per process; `test_hostile.py` and `test_production_errors.py`
+fail if a mitmproxy upgrade moves what they wrap.
 """
 
 from __future__ import annotations
