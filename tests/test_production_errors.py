@@ -288,3 +288,21 @@ def test_http2_in_clear_text_gets_a_goaway_it_can_read(db_and_token: tuple[Path,
         wait_for_log(proxy, "505 http2_cleartext")
         log = proxy.log()
     assert "invalid_monitor_token" not in log and "Traceback" not in log
+
+
+def test_a_malformed_head_after_a_good_request_on_one_connection(
+    db_and_token: tuple[Path, str], upstream: ReplayServer
+) -> None:
+    """Pipelined: the good request is answered (by the provider), then the bad head gets
+    its JSON 400; the refusal is the second head's, not the first's."""
+    db_path, token = db_and_token
+    with running_proxy(db_path, f"http://127.0.0.1:{upstream.port}") as proxy:
+        good = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Monitor-Token: {token}\r\n\r\n"
+        answer = raw_request(proxy.port, good.encode() + b"GARBAGE\r\n\r\n")
+        wait_for_log(proxy, "400 malformed_request")
+    first, _, rest = answer.partition(b"HTTP/1.1 400 ")
+    assert first.startswith(b"HTTP/1.1 500 "), answer[:300]  # nothing queued upstream
+    assert b'"code": "malformed_request"' in rest
+    assert b"GARBAGE" in rest
+    assert upstream.take_received().path == "/v1/models"
+    assert [r["path"] for r in wait_for_rows(db_path, "1")] == ["/v1/models"]

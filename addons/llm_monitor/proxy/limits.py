@@ -7,8 +7,9 @@ gaps; the addon decides everything else through plain values:
 
 - `Http1Server.read_headers`: a head still incomplete past `settings.max_header_bytes` (431),
   and a head mitmproxy cannot parse (a bad request line, a bad header line, a bad
-  Content-Length: its HTML 400), are answered with `settings.head_refusal(client, status,
-  reason, detail)` and the connection closed; no flow is made for them. (A head that
+  Content-Length: its HTML 400, made by `make_error_response`, which is wrapped too), are
+  answered with `settings.head_refusal(client, status, reason, detail)` and the connection
+  closed; no flow is made for them. (A head that
   arrives whole is measured by the addon's `requestheaders`.) HTTP/2 in clear text (the
   prior-knowledge preface, which mitmproxy does not serve) gets an HTTP/2 GOAWAY with
   HTTP_1_1_REQUIRED instead of being read as a request named `PRI`.
@@ -111,20 +112,21 @@ def install() -> None:
     send = Http1Server.send
     h2_handle_event = Http2Server._handle_event
     on_timeout = ConnectionHandler.on_timeout
-    _http1.make_error_response = _marked_error_page
+    _http1.make_error_response = _error_page
 
+    # The wrappers are plain functions that return a generator: they run for every event
+    # of every request, and an extra generator frame around mitmproxy's own would cost.
     def shaped_send(self: Http1Server, event: Any) -> Any:
+        global _reading
         if (
             isinstance(event, ResponseProtocolError)
             and not self.response
             and self.conn.state & ConnectionState.CAN_WRITE
             and (response := _shaped_error(self.context.client, event)) is not None
         ):
-            response.headers["connection"] = "close"
-            yield commands.SendData(self.conn, http1.assemble_response(response))
-            yield commands.CloseConnection(self.conn)
-            return
-        yield from send(self, event)
+            return _send_error(self, response)
+        _reading = None  # mitmproxy's page, if it makes one here, is its own
+        return send(self, event)
 
     def shaped_h2_event(self: Http2Server, event: Any) -> Any:
         if (
@@ -135,14 +137,8 @@ def install() -> None:
             and len(response.content or b"")
             <= self.h2_conn.local_flow_control_window(event.stream_id)
         ):
-            # What mitmproxy does for its HTML page, with our response instead.
-            head = [(b":status", b"%d" % response.status_code)]
-            head += [(k.lower(), v) for k, v in response.headers.fields]
-            self.h2_conn.send_headers(event.stream_id, head)
-            self.h2_conn.send_data(event.stream_id, response.content or b"", end_stream=True)
-            yield commands.SendData(self.conn, self.h2_conn.data_to_send())
-            return
-        yield from h2_handle_event(self, event)
+            return _send_h2_error(self, event.stream_id, response)
+        return h2_handle_event(self, event)
 
     async def answered_timeout(self: ConnectionHandler) -> None:
         io = self.transports.get(self.client)
@@ -158,37 +154,19 @@ def install() -> None:
         await on_timeout(self)
 
     def limited_read_headers(self: Http1Server, event: events.Event) -> Any:
-        if (
-            isinstance(event, events.DataReceived)
-            and len(self.buf) > settings.max_header_bytes
-            and _HEAD_END.search(bytes(self.buf), 0, settings.max_header_bytes + 2) is None
-        ):
-            detail = f"Request headers larger than {settings.max_header_bytes // 1024} KB"
-            yield from _refuse_head(self, 431, "request_headers_too_large", detail)
-            return
-        if (  # a head starting with this read (clients send the preface in one write)
-            isinstance(event, events.DataReceived)
-            and event.data.startswith(_H2_PREFACE)
-            and len(self.buf) == len(event.data)
-        ):
-            yield from _refuse_h2c(self)
-            return
-        # mitmproxy answers a head it cannot parse with its HTML page (made by
-        # `make_error_response`, marked here) and closes: that answer is replaced, and the
-        # flow it would then make for a half-read head (no hook of ours should see it) dropped.
-        inner = read_headers(self, event)
-        reply = None
-        while True:
-            try:
-                command = inner.send(reply)
-            except StopIteration:
-                return
-            if isinstance(command, commands.SendData) and isinstance(command.data, _ErrorPage):
-                inner.close()
-                self.state = self.done
-                yield from _refuse_head(self, 400, "malformed_request", command.data.message)
-                return
-            reply = yield command
+        global _reading
+        if isinstance(event, events.DataReceived):
+            if (
+                len(self.buf) > settings.max_header_bytes
+                and _HEAD_END.search(bytes(self.buf), 0, settings.max_header_bytes + 2) is None
+            ):
+                detail = f"Request headers larger than {settings.max_header_bytes // 1024} KB"
+                return _refuse_head(self, 431, "request_headers_too_large", detail)
+            # A head starting with this read (clients send the preface in one write).
+            if event.data.startswith(_H2_PREFACE) and len(self.buf) == len(event.data):
+                return _refuse_h2c(self)
+        _reading = self  # for `_error_page`: mitmproxy parses the head as it starts
+        return read_headers(self, event)
 
     def guarded_consume_body(self: HttpStream, event: events.Event) -> Any:
         guard: BodyGuard | None = self.flow.metadata.get(GUARD_KEY)
@@ -200,10 +178,8 @@ def install() -> None:
                 self.request_body_buf.clear()
             if guard.answered:
                 guard.dropped += len(event.data)
-                if guard.dropped > guard.drain:
-                    yield from _cut_off(self)
-                return
-        yield from consume_body(self, event)
+                return _cut_off(self) if guard.dropped > guard.drain else _nothing()
+        return consume_body(self, event)
 
     Http1Server.read_headers = limited_read_headers  # type: ignore[method-assign]
     HttpStream.state_consume_request_body = guarded_consume_body  # type: ignore[method-assign]
@@ -212,20 +188,44 @@ def install() -> None:
     ConnectionHandler.on_timeout = answered_timeout  # type: ignore[method-assign]
 
 
-class _ErrorPage(bytes):
-    """mitmproxy's HTML error page, marked with its status and message."""
+def _send_error(server: Http1Server, response: http.Response) -> Any:
+    response.headers["connection"] = "close"
+    yield commands.SendData(server.conn, http1.assemble_response(response))
+    yield commands.CloseConnection(server.conn)
 
-    status: int
-    message: str
+
+def _send_h2_error(server: Http2Server, stream_id: int, response: http.Response) -> Any:
+    """What mitmproxy does for its HTML page on an HTTP/2 stream, with `response`."""
+    head = [(b":status", b"%d" % response.status_code)]
+    head += [(k.lower(), v) for k, v in response.headers.fields]
+    server.h2_conn.send_headers(stream_id, head)
+    server.h2_conn.send_data(stream_id, response.content or b"", end_stream=True)
+    yield commands.SendData(server.conn, server.h2_conn.data_to_send())
 
 
+def _nothing() -> Any:
+    yield from ()
+
+
+# The HTTP/1 server whose head mitmproxy is reading: `Http1Server.read_headers` makes its
+# HTML 400 (`make_error_response`) in its first step, which runs as soon as the wrapper
+# returns, before any other connection's; `Http1Server.send`'s wrapper clears it first.
+_reading: Http1Server | None = None
 _make_error_response = _http1.make_error_response
 
 
-def _marked_error_page(status_code: int, message: str = "") -> bytes:
-    page = _ErrorPage(_make_error_response(status_code, message))
-    page.status, page.message = status_code, message
-    return page
+def _error_page(status_code: int, message: str = "") -> bytes:
+    """mitmproxy's error page, or for a head it could not parse (a bad request line, a bad
+    header line, a bad Content-Length) `settings.head_refusal`'s 400. The half-read
+    request is forgotten, so mitmproxy makes no flow of it (no hook of ours sees it)."""
+    global _reading
+    server, _reading = _reading, None
+    if server is None or status_code != 400:
+        return _make_error_response(status_code, message)
+    response = settings.head_refusal(server.context.client, 400, "malformed_request", message)
+    response.headers["connection"] = "close"
+    server.request = None
+    return http1.assemble_response(response)
 
 
 def _shaped_error(client: Client, event: ResponseProtocolError) -> http.Response | None:
