@@ -35,7 +35,7 @@ _MODEL_METHOD = re.compile(r"/(?:models|tunedModels)/([^/:]+):([A-Za-z]+)$")
 _FREE_METHODS = frozenset({"countTokens"})
 _STRUCTURAL = re.compile(rb'[\\"\[\]{}]')
 # google.rpc codes Google's APIs send with these HTTP statuses (400 is INVALID_ARGUMENT).
-_GRPC_STATUS = {
+_STATUS_NAMES = {
     401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
     429: "RESOURCE_EXHAUSTED",
@@ -252,7 +252,7 @@ class Gemini:
                 "error": {
                     "code": status,
                     "message": message,
-                    "status": _GRPC_STATUS.get(status, "INVALID_ARGUMENT"),
+                    "status": _STATUS_NAMES.get(status, "INVALID_ARGUMENT"),
                     "details": [
                         {
                             "@type": "type.googleapis.com/google.rpc.ErrorInfo",
