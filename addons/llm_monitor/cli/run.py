@@ -146,7 +146,9 @@ def up(
         ports = {name: port for name, (_, port) in listeners.items()}
         if tls_cert:
             behind = (dashboard_port, workers.free_ports(1)[0])
-            command = dashboard_command(db_path, "127.0.0.1", behind[1], allow_signup, ports)
+            command = dashboard_command(
+                db_path, "127.0.0.1", behind[1], allow_signup, ports, https_listeners=True
+            )
         else:
             command = dashboard_command(db_path, host, dashboard_port, allow_signup, ports)
         also.append([*command, "--no-banner"])
@@ -227,11 +229,15 @@ def dashboard_command(
     port: int,
     allow_signup: bool = False,
     listeners: dict[str, int] | None = None,
+    *,
+    https_listeners: bool = False,
 ) -> list[str]:
     """`llm-monitor dashboard` as a child process of `up`."""
     cli_args = ["--db", db_path, "dashboard", "--host", host, "--port", str(port)]
     if allow_signup:
         cli_args.append("--allow-signup")
+    if https_listeners:
+        cli_args.append("--https-listeners")
     for name, listener_port in (listeners or {}).items():
         cli_args += ["--listener", f"{name}={listener_port}"]
     return [sys.executable, "-m", "llm_monitor", *cli_args]
@@ -272,6 +278,11 @@ def listener_ports(
     help="A proxy listener the token pages' SDK snippets point at (repeatable; default: "
     "openai=8080, anthropic=8081, gemini=8082, xai=8083).",
 )
+@click.option(
+    "--https-listeners",
+    is_flag=True,
+    help="The listeners serve HTTPS (`up --tls-cert` does this): the snippets say https://.",
+)
 @click.option("--no-banner", is_flag=True, hidden=True, help="`up` prints the address itself.")
 @click.pass_context
 @handle_errors
@@ -283,6 +294,7 @@ def dashboard(
     secret: str | None,
     allow_signup: bool,
     listeners: dict[str, int],
+    https_listeners: bool,
     no_banner: bool,
 ) -> None:
     """Serve the dashboard alone: Datasette over the usage database with the views,
@@ -296,6 +308,7 @@ def dashboard(
         secret=secret,
         allow_signup=allow_signup,
         listeners=listeners,
+        https_listeners=https_listeners,
         banner=not no_banner,
     )
 
@@ -309,10 +322,15 @@ def serve_dashboard(
     secret: str | None,
     allow_signup: bool = False,
     listeners: dict[str, int] | None = None,
+    https_listeners: bool = False,
     banner: bool = True,
 ) -> None:
     datasette = make_datasette(
-        db_path, secret=secret, allow_signup=allow_signup, listeners=listeners
+        db_path,
+        secret=secret,
+        allow_signup=allow_signup,
+        listeners=listeners,
+        https_listeners=https_listeners,
     )
     asyncio.run(datasette.invoke_startup())
     if root:

@@ -44,10 +44,12 @@ def make_datasette(
     secret: str | None = None,
     allow_signup: bool = False,
     listeners: dict[str, int] | None = None,
+    https_listeners: bool = False,
 ) -> Datasette:
     """A Datasette serving the usage database as `llm-monitor`, ready for `.app()`. With
     `allow_signup`, /-/signup creates organisations; `listeners` (provider name -> port)
-    are what the token pages' SDK snippets point at."""
+    are what the token pages' SDK snippets point at, over HTTPS with `https_listeners`
+    (`up --tls-cert`)."""
     from datasette.app import Datasette
     from datasette.database import Database
 
@@ -56,6 +58,7 @@ def make_datasette(
     ours["allow_signup"] = allow_signup
     if listeners:
         ours["listeners"] = listeners
+    ours["listener_scheme"] = "https" if https_listeners else "http"
     datasette = Datasette(
         [],
         metadata=config,

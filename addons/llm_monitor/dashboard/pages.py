@@ -51,11 +51,14 @@ def listeners(datasette: Datasette) -> dict[str, int]:
 
 
 def snippets(datasette: Datasette, request: Request, token: str) -> list[dict[str, str]]:
-    """Copy-ready lines for each provider listener of this server."""
+    """Copy-ready lines for each provider listener of this server: the host the browser
+    asked for, each listener's port, and https when the listeners serve TLS."""
     host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+    config = datasette.plugin_config("llm-monitor") or {}
+    scheme = "https" if config.get("listener_scheme") == "https" else "http"
     found = []
     for name, port in listeners(datasette).items():
-        base = f"http://{host}:{port}"
+        base = f"{scheme}://{host}:{port}"
         code = SNIPPETS.get(name, SNIPPETS["openai"]).format(base=base, token=token)
         header = f"X-Monitor-Token: {token}"
         found.append({"provider": name, "base_url": base, "header": header, "code": code})

@@ -412,7 +412,7 @@ class Monitor:
         self.max_read = ctx.options.monitor_max_read_mb * MiB
         self.max_header = ctx.options.monitor_max_header_kb * 1024
         limits.settings.max_header_bytes = self.max_header
-        limits.settings.header_rejection = self._head_rejection
+        limits.settings.head_refusal = self._head_refusal
         limits.settings.error_response = self._error_response
         limits.settings.timeout_response = self._timeout_response
         if "monitor_log_json" in updated:
@@ -1008,13 +1008,16 @@ class Monitor:
             extra={logs.FIELDS: fields},
         )
 
-    def _error_response(self, mode: object, status: int, message: str) -> http.Response | None:
+    def _error_response(self, client: object, status: int, message: str) -> http.Response | None:
         """What the client gets instead of mitmproxy's HTML error page (see `limits`): the
         listener's provider's JSON error. 502 when the provider could not be reached (504
-        when that timed out); mitmproxy's other refusals keep their status."""
+        when that timed out); a request mitmproxy refused as malformed (request smuggling
+        checks) is a 400 `malformed_request`, logged and counted; other refusals keep
+        their status."""
+        mode = getattr(client, "proxy_mode", None)
         if not isinstance(mode, ReverseMode):
             return None
-        provider = provider_named(self._listener(mode).provider)
+        name = self._listener(mode).provider
         detail = printable(redact(message))[:300]
         if status == 502:
             if "timed out" in message.lower() or "timeout" in message.lower():
@@ -1023,10 +1026,17 @@ class Monitor:
             else:
                 code = "upstream_unreachable"
                 text = f"LLM Monitor could not reach the provider: {detail}"
+        elif status == 400:
+            self._log_head_refusal(client, name, status, "malformed_request")
+            # mitmproxy's advice to turn the check off is for the operator, not the client.
+            detail = detail.split(" Disable the validate_inbound_headers option")[0]
+            code, text = "malformed_request", f"Malformed request: {detail} (LLM Monitor)"
         else:
             code, text = "proxy_error", f"LLM Monitor could not pass the request on: {detail}"
         headers = {"content-type": "application/json"}
-        return http.Response.make(status, provider.rejection(status, text, code), headers)
+        return http.Response.make(
+            status, provider_named(name).rejection(status, text, code), headers
+        )
 
     def _timeout_response(self, client: object) -> http.Response | None:
         """A 504 for the request on `client`'s connection that the provider left without
@@ -1068,13 +1078,40 @@ class Monitor:
         since = time.monotonic() - DRAIN_IDLE
         return any(at > since for at in self._last_active.values())
 
-    def _head_rejection(self, mode: object) -> bytes:
-        """The 431 body for a head too long to parse (see `limits`)."""
-        name = "openai"
-        if isinstance(mode, ReverseMode):
-            name = self._listener(mode).provider
-        message = f"Request headers larger than {self.max_header // 1024} KB (LLM Monitor)."
-        return provider_named(name).rejection(431, message, "request_headers_too_large")
+    def _head_refusal(
+        self, client: connection.Client, status: int, code: str, detail: str
+    ) -> http.Response:
+        """The answer to a request head refused before it makes a flow (see `limits`): too
+        long (431) or not parseable (400), logged and counted like any refusal."""
+        mode = client.proxy_mode
+        name = self._listener(mode).provider if isinstance(mode, ReverseMode) else "openai"
+        self._log_head_refusal(client, name, status, code)
+        detail = printable(redact(detail))[:300]
+        text = f"Malformed request: {detail}" if status == 400 else detail
+        text = f"{text} (LLM Monitor)."
+        body = provider_named(name).rejection(status, text, code)
+        return http.Response.make(status, body, {"content-type": "application/json"})
+
+    def _log_head_refusal(self, client: object, provider: str, status: int, code: str) -> None:
+        """`_log_rejection` for a request that has no flow (or a half-read one)."""
+        if self.metrics is not None:
+            self.metrics.rejected(provider, code)
+        peer = getattr(client, "peername", None)
+        fields = {
+            "event": "rejected",
+            "client": peer[0] if peer else None,
+            "provider": provider,
+            "status": status,
+            "reason": code,
+        }
+        logger.warning(
+            "llm-monitor: refused a request from %s on %s: %d %s",
+            fields["client"] or "?",
+            provider,
+            status,
+            code,
+            extra={logs.FIELDS: fields},
+        )
 
     def _record(
         self,

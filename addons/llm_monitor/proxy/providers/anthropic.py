@@ -137,6 +137,8 @@ class Anthropic:
 
     def rejection(self, status: int, message: str, code: str) -> bytes:
         error_type = "authentication_error" if status == 401 else "invalid_request_error"
+        if status >= 500:
+            error_type = "api_error"  # what Anthropic sends with its own 5xx
         return json.dumps(
             {"type": "error", "error": {"type": error_type, "message": message, "code": code}}
         ).encode()

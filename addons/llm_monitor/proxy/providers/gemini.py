@@ -38,9 +38,17 @@ from llm_monitor.usage import TokenUsage, as_count
 _MODEL_METHOD = re.compile(r"/(?:models|tunedModels)/([^/:]+):([A-Za-z]+)$")
 _FREE_METHODS = frozenset({"countTokens"})
 _GENERATING = frozenset({"generateContent", "streamGenerateContent"})
-# google.rpc status names of the statuses the proxy answers with itself.
-_STATUS_NAMES = {401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED"}
 _STRUCTURAL = re.compile(rb'[\\"\[\]{}]')
+# google.rpc codes Google's APIs send with these HTTP statuses (400 is INVALID_ARGUMENT).
+_STATUS_NAMES = {
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 
 def normalise_usage(usage: dict[str, Any]) -> TokenUsage:

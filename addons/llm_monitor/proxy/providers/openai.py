@@ -291,7 +291,11 @@ class OpenAI:
         return OpenAIStreamReader(usage_injected=info.usage_injected, read_usage=self.read_usage)
 
     def rejection(self, status: int, message: str, code: str) -> bytes:
-        error_type = rate_limit_type(message, code) if status == 429 else "invalid_request_error"
+        error_type = "invalid_request_error"
+        if status == 429:
+            error_type = rate_limit_type(message, code)
+        elif status >= 500:
+            error_type = "server_error"
         return json.dumps(
             {"error": {"message": message, "type": error_type, "param": None, "code": code}}
         ).encode()
