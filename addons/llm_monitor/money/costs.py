@@ -46,6 +46,8 @@ UNIT_FIELDS = (
     "output_image_tokens",
     "web_search_requests",
     "code_executions",
+    "file_searches",
+    "maps_grounded_prompts",
 )
 
 
@@ -98,6 +100,8 @@ def _counts(rates: dict[str, Decimal], units: dict[str, int | None]) -> tuple[tu
         ("output_image", image_out),
         ("web_search_per_1k", get("web_search_requests") or 0),
         ("code_execution_per_1k", get("code_executions") or 0),
+        ("file_search_per_1k", get("file_searches") or 0),
+        ("maps_grounding_per_1k", get("maps_grounded_prompts") or 0),
     )
     if reasoning > output or min(count for _, count in counts) < 0:
         raise Unpriced("inconsistent_usage")  # a part larger than its whole

@@ -584,3 +584,16 @@ def m010_spend_controls(db: Database) -> None:
           id integer primary key, alert_id integer not null references alerts(id),
           url_id integer not null, attempted_at text not null, ok integer not null, error text
         )""")
+
+
+@migrations()
+def m011_file_search_and_maps_grounding(db: Database) -> None:
+    """Two more units billed per call, beside web searches and code executions: OpenAI's
+    file search calls and Gemini's prompts grounded with Google Maps, each counted in
+    `usage` and priced by a rate of its own in `prices` (USD per 1,000, as text)."""
+    usage = db["usage"]
+    usage.add_column("file_searches", int)
+    usage.add_column("maps_grounded_prompts", int)
+    prices = db["prices"]
+    prices.add_column("file_search_per_1k", str)
+    prices.add_column("maps_grounding_per_1k", str)
