@@ -127,6 +127,7 @@ KINDS = (
     ("output_image_tokens", "output_image_tokens", "output_image"),
     ("web_search_requests", "web_searches", "web_search_per_1k"),
     ("code_executions", "code_executions", "code_execution_per_1k"),
+    ("file_searches", "storage_searches", "file_search_per_1k"),
 )
 
 
@@ -140,6 +141,7 @@ _UNIT_KEYS = (
     ("output_image_tokens", "output_image_mtok"),
     ("web_searches", "web_searches_kcount"),
     ("code_executions", "code_executions_kcount"),
+    ("storage_searches", "storage_searches_kcount"),
 )
 
 
@@ -206,6 +208,12 @@ def test_costs_equal_calc_price_wherever_both_define_one(book: PriceBook) -> Non
             expected = _theirs(theirs, model, when, units, tier)
         except LookupError:
             expected = None
+        except ValueError as e:
+            # calc_price refuses cached and image input tokens together unless told how
+            # many cached tokens were images; the proxy is never told either.
+            assert "require explicit" in str(e), e
+            outcomes["library_needs_a_split"] += 1
+            continue
         try:
             got, quote = cost(book, ours, model.id, when, tier, **units)
         except Unpriced as refused:
@@ -249,6 +257,7 @@ def test_costs_equal_calc_price_wherever_both_define_one(book: PriceBook) -> Non
         "neither",
         "id_not_matched_by_library",
         "no_rate_we_bill_by",
+        "library_needs_a_split",
     }
 
 
