@@ -1,6 +1,7 @@
 """Pricing through a real mitmdump: each provider's current models from genai-prices'
-figures, snapshots, server tools, modalities, service tiers, provider-reported cost,
-local overrides, Mistral's streams and a rejected usage injection. Every expected cost
+figures, snapshots, server tools (web and file searches, Chat Completions search models,
+Gemini's Google Search and Maps grounding), modalities, service tiers, provider-reported
+cost, local overrides, Mistral's streams and a rejected usage injection. Every expected cost
 is computed by hand from the pinned genai-prices 0.2.3 rates (USD per 1M tokens)."""
 
 from __future__ import annotations
@@ -816,3 +817,23 @@ def test_gemini_maps_grounding_has_no_rate_so_no_cost(
     assert (row["maps_grounded_prompts"], row["web_search_requests"]) == (1, None)
     assert priced(row) == (None, 0, None, "missing_rate:maps_grounding")
     assert "no cost: missing_rate:maps_grounding" in invoke(priced_db, "explain", str(row["id"]))
+
+
+def test_per_call_units_are_counted_in_large_bodies_too(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    """Over 64 KB the proxy reads a chat completion's usage from the body's tail only: a
+    search model's search, and a Responses body's output items, must still be counted."""
+    padding = "x" * 100_000
+    answer = responses_answer("gpt-4.1", "file_search_call", "file_search_call")
+    answer["output"][-1]["content"] = [{"type": "output_text", "text": padding}]
+    assert list(answer)[-1] == "usage"  # usage last: the tail alone would have it
+    request = {"model": "gpt-4.1", "input": "Hi"}
+    row = send(pricing_proxy, upstream, pricing_token, "openai", "/v1/responses", request, answer)
+    assert (row["file_searches"], priced(row)[:2]) == (2, (cost("0.0078"), 1))
+    answer = chat("gpt-5-search-api-2025-10-14", 1000, 100)
+    answer["choices"][0]["message"]["content"] = padding
+    answer["usage"] = answer.pop("usage")
+    row = send_chat(pricing_proxy, upstream, pricing_token, "openai", answer)
+    assert (row["web_search_requests"], row["input_tokens"]) == (1, 1000)
+    assert priced(row) == (None, 0, None, "missing_rate:web_search")

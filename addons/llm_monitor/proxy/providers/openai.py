@@ -293,7 +293,7 @@ class OpenAI:
             and (found := _usage_at_the_end(body)) is not None
         ):
             usage, model = found
-            if model is not None and _SEARCH_MODEL.search(model):
+            if _SEARCH_MODEL.search(model or info.model or ""):
                 usage = dataclasses.replace(usage, web_search_requests=1)
             return usage, model
         usage, model, holder = _usage_and_model(load_json(body))
