@@ -300,7 +300,7 @@ def test_the_migration_gives_existing_library_rows_their_file_search_rate(tmp_pa
     that same library version states; `init` adds nothing and no history is rewritten."""
     db_path = tmp_path / "old.db"
     db = Database(sqlite3.connect(db_path))
-    migrations.apply(db, stop_before="m011_file_search_and_maps_grounding")
+    migrations.apply(db, stop_before="m012_file_search_and_maps_grounding")
     columns = {c.name for c in db["prices"].columns} - {"id"}
     rows = [
         {k: v for k, v in e.model_dump(mode="json").items() if k in columns}

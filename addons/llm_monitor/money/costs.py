@@ -1,11 +1,12 @@
 """Turning what a request used into USD with the prices in force, never guessing.
 
 Every billable unit a response reports (each kind of token, web searches and grounded
-prompts, file searches, Maps-grounded prompts, code executions) is priced by its own rate. A model without a price, a unit without a rate, or
-a service tier without its own prices gives no cost at all: the row is stored with
-`cost_usd` NULL, `priced` = 0 and the reason in `unpriced_reason` (`no_price`,
-`missing_rate:<kind>`, `usage_unseen`, `inconsistent_usage`). A kind of token without a
-rate never takes another kind's rate, unlike the price library's own `calc_price`.
+prompts, file searches, Maps-grounded prompts, code executions) is priced by its own
+rate. A model without a price, a unit without a rate, or a service tier without its own
+prices gives no cost at all: the row is stored with `cost_usd` NULL, `priced` = 0 and
+the reason in `unpriced_reason` (`no_price`, `missing_rate:<kind>`, `usage_unseen`,
+`inconsistent_usage`). A kind of token without a rate never takes another kind's rate,
+unlike the price library's own `calc_price`.
 
 A priced row says how in `cost_basis`: the price entry used (its source, model and first
 day), `fallback:<family> ...` when an unknown snapshot took its family's price, or

@@ -587,7 +587,7 @@ def m010_spend_controls(db: Database) -> None:
 
 
 @migrations()
-def m011_file_search_and_maps_grounding(db: Database) -> None:
+def m012_file_search_and_maps_grounding(db: Database) -> None:
     """Two more units billed per call, beside web searches and code executions: OpenAI's
     file search calls and Gemini's prompts grounded with Google Maps, each counted in
     `usage` and priced by a rate of its own in `prices` (USD per 1,000, as text)."""

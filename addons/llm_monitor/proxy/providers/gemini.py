@@ -11,10 +11,6 @@ Quirks that live here:
   one JSON array whose elements arrive in pieces (`JsonArrayReader`); every element carries
   cumulative usage, so the last one wins;
 - `countTokens` is not billed; embeddings carry no usage;
-- input is one rate for text, images and video, and another for audio: the AUDIO part of
-  `promptTokensDetails` is counted apart (`input_audio_tokens`); generated images and
-  audio (`candidatesTokensDetails`) have rates of their own;
-- credentials may come as `?key=` in the query string (never stored: see `stored_path`);
 - grounding is billed beside tokens, and only each candidate's `groundingMetadata` shows
   it (in a stream, in a late chunk): Google Search per grounded prompt on Gemini 1.x and
   2.x (one per request that searched), per search query on Gemini 3 and later (the
@@ -22,6 +18,10 @@ Quirks that live here:
   `web_search_requests`, at the model's search rate. Google Maps grounding is billed per
   grounded prompt (`maps_grounded_prompts`). Free daily or monthly allowances are per
   Google account, so they are not deducted here.
+- input is one rate for text, images and video, and another for audio: the AUDIO part of
+  `promptTokensDetails` is counted apart (`input_audio_tokens`); generated images and
+  audio (`candidatesTokensDetails`) have rates of their own;
+- credentials may come as `?key=` in the query string (never stored: see `stored_path`).
 """
 
 from __future__ import annotations
