@@ -1,6 +1,7 @@
 """Pricing through a real mitmdump: each provider's current models from genai-prices'
-figures, snapshots, server tools, modalities, service tiers, provider-reported cost,
-local overrides, Mistral's streams and a rejected usage injection. Every expected cost
+figures, snapshots, server tools (web and file searches, Chat Completions search models,
+Gemini's Google Search and Maps grounding), modalities, service tiers, provider-reported
+cost, local overrides, Mistral's streams and a rejected usage injection. Every expected cost
 is computed by hand from the pinned genai-prices 0.2.3 rates (USD per 1M tokens)."""
 
 from __future__ import annotations
@@ -540,3 +541,299 @@ def test_a_rejected_injection_is_sent_again_unchanged(
         # One row per request the client sent: the refused attempt is not a row of its own.
         assert len(rows(db_path)) == 2
         assert not rows(db_path, "request_id = ?", (refused.request_id,))
+
+
+# Units billed per call beside tokens: each counted, priced at its own rate, explained on a
+# line of its own, or the row unpriced with `missing_rate:<kind>` (never $0 for it).
+
+
+def responses_answer(model: str, *calls: str) -> dict[str, Any]:
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "model": model,
+        "output": [
+            *(
+                {"type": call, "id": f"call_{i}", "status": "completed"}
+                for i, call in enumerate(calls)
+            ),
+            {"type": "message", "role": "assistant", "content": []},
+        ],
+        "usage": {"input_tokens": 1000, "output_tokens": 100, "total_tokens": 1100},
+    }
+
+
+def test_openai_file_search_calls_are_billed_and_explained(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
+) -> None:
+    answer = responses_answer(
+        "gpt-4.1-2025-04-14", "file_search_call", "web_search_call", "file_search_call"
+    )
+    request = {"model": "gpt-4.1", "input": "Hi", "tools": [{"type": "file_search"}]}
+    row = send(pricing_proxy, upstream, pricing_token, "openai", "/v1/responses", request, answer)
+    # 1000 x 2 + 100 x 8 = 2800 per 1M, + 1 web search x $10 + 2 file searches x $2.50 per 1,000
+    assert priced(row) == (cost("0.0178"), 1, f"{LIBRARY}:openai/gpt-4.1@2000-01-01", None)
+    assert (row["file_searches"], row["web_search_requests"]) == (2, 1)
+    explained = invoke(priced_db, "explain", str(row["id"]))
+    for line in ("2 x $2.5 / 1,000 = $0.005", "1 x $10 / 1,000 = $0.01", "$0.0178"):
+        assert line in explained
+    assert "file searches" in explained
+
+
+def test_openai_file_search_calls_in_a_responses_stream(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    final = responses_answer("gpt-5.4-mini", "file_search_call")
+    created = {**final, "output": [], "usage": None, "status": "in_progress"}
+    body = (
+        b"event: response.created\ndata: "
+        + json.dumps({"type": "response.created", "response": created}).encode()
+        + b"\n\nevent: response.output_text.delta\ndata: "
+        + json.dumps({"type": "response.output_text.delta", "delta": "Hi"}).encode()
+        + b"\n\nevent: response.completed\ndata: "
+        + json.dumps({"type": "response.completed", "response": final}).encode()
+        + b"\n\n"
+    )
+    reply = upstream.reply(Reply(200, body, content_type="text/event-stream", seed=11))
+    client = openai.OpenAI(
+        base_url=pricing_proxy.url("openai") + "/v1",
+        api_key=API_KEY,
+        max_retries=0,
+        default_headers={"X-Monitor-Token": pricing_token},
+    )
+    events = list(client.responses.create(model="gpt-5.4-mini", input="Hi", stream=True))
+    assert events[-1].type == "response.completed"
+    row = row_for(pricing_proxy.db_path, reply.request_id)
+    # gpt-5.4-mini: 1000 x 0.75 + 100 x 4.5 = 1200 per 1M, + 1 file search x $2.50 / 1,000
+    assert priced(row) == (cost("0.0037"), 1, f"{LIBRARY}:openai/gpt-5.4-mini@2000-01-01", None)
+    assert row["file_searches"] == 1
+
+
+def test_a_file_search_without_a_rate_leaves_the_row_unpriced(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    # gpt-4.1-nano has no file search rate in genai-prices 0.2.3: no cost, never $0 for it.
+    answer = responses_answer("gpt-4.1-nano", "file_search_call")
+    request = {"model": "gpt-4.1-nano", "input": "Hi"}
+    row = send(pricing_proxy, upstream, pricing_token, "openai", "/v1/responses", request, answer)
+    assert priced(row) == (None, 0, None, "missing_rate:file_search")
+    assert row["file_searches"] == 1
+
+
+def test_chat_search_models_pay_a_search_on_every_request(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
+) -> None:
+    # genai-prices 0.2.3 prices gpt-4o-search-preview's tokens but not its search: no cost.
+    answer = chat("gpt-4o-search-preview-2025-03-11", 1000, 100)
+    row = send_chat(pricing_proxy, upstream, pricing_token, "openai", answer)
+    assert row["web_search_requests"] == 1
+    assert priced(row) == (None, 0, None, "missing_rate:web_search")
+    assert "the price has no rate for web_search" in invoke(priced_db, "explain", str(row["id"]))
+    # With a local price that has the search rate, the search is billed beside the tokens.
+    entry = {
+        "provider": "openai",
+        "model": "gpt-4o-mini-search-preview",
+        "input": "0.15",
+        "output": "0.6",
+        "web_search_per_1k": "27.5",
+        "source": "test: a contract price",
+        "as_of": "2026-12-01",
+    }
+    prices = priced_db.parent / "search-prices.json"
+    prices.write_text(json.dumps({"prices": [entry]}))
+    invoke(priced_db, "pricing", "import", str(prices))
+    answer = chat("gpt-4o-mini-search-preview", 1000, 100)
+    for _ in range(50):  # the recorder rebuilds its price book when the table changes
+        row = send_chat(pricing_proxy, upstream, pricing_token, "openai", answer)
+        if row["priced"]:
+            break
+    # 1000 x 0.15 + 100 x 0.6 = 210 per 1M, + 1 search x $27.50 / 1,000
+    assert priced(row) == (
+        cost("0.02771"),
+        1,
+        "local:openai/gpt-4o-mini-search-preview@2000-01-01",
+        None,
+    )
+    # A stream: the proxy asks for its usage, and the search is counted there too.
+    stream = sse(
+        chunk("gpt-4o-mini-search-preview", "Hi", finish="stop"),
+        {**chunk("gpt-4o-mini-search-preview"), "choices": [], "usage": answer["usage"]},
+    )
+    reply = upstream.reply(Reply(200, stream, content_type="text/event-stream", seed=2))
+    client = openai.OpenAI(
+        base_url=pricing_proxy.url("openai") + "/v1",
+        api_key=API_KEY,
+        max_retries=0,
+        default_headers={"X-Monitor-Token": pricing_token},
+    )
+    chunks = client.chat.completions.create(
+        model="gpt-4o-mini-search-preview",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
+    row = row_for(pricing_proxy.db_path, reply.request_id)
+    assert (row["usage_injected"], row["web_search_requests"]) == (1, 1)
+    assert priced(row)[:2] == (cost("0.02771"), 1)
+
+
+def gemini_answer(model: str, **metadata: Any) -> dict[str, Any]:
+    candidate: dict[str, Any] = {
+        "content": {"parts": [{"text": "Spain won."}], "role": "model"},
+        "finishReason": "STOP",
+        "index": 0,
+    }
+    if metadata:
+        candidate["groundingMetadata"] = metadata
+    return {
+        "candidates": [candidate],
+        "usageMetadata": {
+            "promptTokenCount": 1000,
+            "candidatesTokenCount": 100,
+            "totalTokenCount": 1100,
+        },
+        "modelVersion": model,
+    }
+
+
+WEB_CHUNKS = [{"web": {"uri": "https://vertexaisearch.cloud.google.com/x", "title": "uefa.com"}}]
+
+
+def gemini_path(model: str, method: str = "generateContent") -> str:
+    return f"/v1beta/models/{model}:{method}"
+
+
+def test_gemini_2_search_grounding_is_billed_per_grounded_prompt(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
+) -> None:
+    answer = gemini_answer(
+        "gemini-2.5-flash",
+        webSearchQueries=["euro 2024 winner", "euro 2024 final score"],
+        groundingChunks=WEB_CHUNKS,
+        searchEntryPoint={"renderedContent": "<div></div>"},
+    )
+    request = {
+        "contents": [{"parts": [{"text": "Who won euro 2024?"}]}],
+        "tools": [{"google_search": {}}],
+    }
+    path = gemini_path("gemini-2.5-flash")
+    row = send(pricing_proxy, upstream, pricing_token, "gemini", path, request, answer)
+    # 1000 x 0.30 + 100 x 2.50 = 550 per 1M, + 1 grounded prompt (two queries) x $35 / 1,000
+    assert priced(row) == (
+        cost("0.03555"),
+        1,
+        f"{LIBRARY}:gemini/gemini-2.5-flash@2000-01-01",
+        None,
+    )
+    assert row["web_search_requests"] == 1
+    assert "1 x $35 / 1,000 = $0.035" in invoke(priced_db, "explain", str(row["id"]))
+    # The model chose not to search: no grounding metadata, tokens only.
+    row = send(
+        pricing_proxy,
+        upstream,
+        pricing_token,
+        "gemini",
+        path,
+        request,
+        gemini_answer("gemini-2.5-flash"),
+    )
+    assert (row["web_search_requests"], priced(row)[:2]) == (None, (cost("0.00055"), 1))
+
+
+def test_gemini_3_search_grounding_is_billed_per_distinct_query(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    answer = gemini_answer(
+        "gemini-3-flash-preview",
+        webSearchQueries=["", "euro 2024 winner", "", "euro 2024 final", "euro 2024 winner"],
+        groundingChunks=WEB_CHUNKS,
+    )
+    request = {"contents": [{"parts": [{"text": "Who won?"}]}], "tools": [{"google_search": {}}]}
+    path = gemini_path("gemini-3-flash-preview")
+    row = send(pricing_proxy, upstream, pricing_token, "gemini", path, request, answer)
+    # 1000 x 0.50 + 100 x 3 = 800 per 1M, + 2 distinct non-empty queries x $14 / 1,000
+    assert row["web_search_requests"] == 2
+    assert priced(row) == (
+        cost("0.0288"),
+        1,
+        f"{LIBRARY}:gemini/gemini-3-flash-preview@2026-01-05",
+        None,
+    )
+
+
+def test_gemini_grounding_in_the_last_chunk_of_a_stream(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    first = gemini_answer("gemini-3-flash-preview")
+    first["candidates"][0].pop("finishReason")
+    first["usageMetadata"] = {"promptTokenCount": 1000, "candidatesTokenCount": 40}
+    last = gemini_answer(
+        "gemini-3-flash-preview",
+        webSearchQueries=["a", "b", "c"],
+        groundingChunks=WEB_CHUNKS,
+    )
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in (first, last))
+    reply = upstream.reply(Reply(200, body, content_type="text/event-stream", seed=4))
+    with httpx.stream(
+        "POST",
+        pricing_proxy.url("gemini")
+        + gemini_path("gemini-3-flash-preview", "streamGenerateContent")
+        + "?alt=sse",
+        json={"contents": [{"parts": [{"text": "Hi"}]}], "tools": [{"google_search": {}}]},
+        headers={"X-Monitor-Token": pricing_token, "x-goog-api-key": API_KEY},
+        timeout=20,
+    ) as response:
+        assert response.read() == body
+    row = row_for(pricing_proxy.db_path, reply.request_id)
+    # 1000 x 0.50 + 100 x 3 = 800 per 1M, + 3 queries x $14 / 1,000
+    assert (row["streamed"], row["web_search_requests"]) == (1, 3)
+    assert priced(row)[:2] == (cost("0.0428"), 1)
+    # The same answer as the JSON array streamGenerateContent sends without alt=sse.
+    array = b"[" + json.dumps(first).encode() + b",\r\n" + json.dumps(last).encode() + b"]"
+    reply = upstream.reply(Reply(200, array, seed=6))
+    response = httpx.post(
+        pricing_proxy.url("gemini")
+        + gemini_path("gemini-3-flash-preview", "streamGenerateContent"),
+        json={"contents": [{"parts": [{"text": "Hi"}]}]},
+        headers={"X-Monitor-Token": pricing_token, "x-goog-api-key": API_KEY},
+        timeout=20,
+    )
+    assert response.status_code == 200
+    row = row_for(pricing_proxy.db_path, reply.request_id)
+    assert (row["web_search_requests"], priced(row)[:2]) == (3, (cost("0.0428"), 1))
+
+
+def test_gemini_maps_grounding_has_no_rate_so_no_cost(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
+) -> None:
+    answer = gemini_answer(
+        "gemini-2.5-flash",
+        groundingChunks=[{"maps": {"uri": "https://maps.google.com/?cid=1", "title": "Cafe"}}],
+        googleMapsWidgetContextToken="widgetcontent/abc",
+    )
+    request = {"contents": [{"parts": [{"text": "Coffee nearby?"}]}], "tools": [{"googleMaps": {}}]}
+    path = gemini_path("gemini-2.5-flash")
+    row = send(pricing_proxy, upstream, pricing_token, "gemini", path, request, answer)
+    assert (row["maps_grounded_prompts"], row["web_search_requests"]) == (1, None)
+    assert priced(row) == (None, 0, None, "missing_rate:maps_grounding")
+    assert "no cost: missing_rate:maps_grounding" in invoke(priced_db, "explain", str(row["id"]))
+
+
+def test_per_call_units_are_counted_in_large_bodies_too(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    """Over 64 KB the proxy reads a chat completion's usage from the body's tail only: a
+    search model's search, and a Responses body's output items, must still be counted."""
+    padding = "x" * 100_000
+    answer = responses_answer("gpt-4.1", "file_search_call", "file_search_call")
+    answer["output"][-1]["content"] = [{"type": "output_text", "text": padding}]
+    assert list(answer)[-1] == "usage"  # usage last: the tail alone would have it
+    request = {"model": "gpt-4.1", "input": "Hi"}
+    row = send(pricing_proxy, upstream, pricing_token, "openai", "/v1/responses", request, answer)
+    assert (row["file_searches"], priced(row)[:2]) == (2, (cost("0.0078"), 1))
+    answer = chat("gpt-5-search-api-2025-10-14", 1000, 100)
+    answer["choices"][0]["message"]["content"] = padding
+    answer["usage"] = answer.pop("usage")
+    row = send_chat(pricing_proxy, upstream, pricing_token, "openai", answer)
+    assert (row["web_search_requests"], row["input_tokens"]) == (1, 1000)
+    assert priced(row) == (None, 0, None, "missing_rate:web_search")

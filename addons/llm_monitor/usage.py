@@ -31,9 +31,11 @@ class TokenUsage:
     output_audio_tokens: int | None = None
     input_image_tokens: int | None = None
     output_image_tokens: int | None = None
-    # Server-side tools billed per call.
+    # Server-side tools billed per call (or per grounded prompt: Gemini 2.x's search).
     web_search_requests: int | None = None
     code_executions: int | None = None
+    file_searches: int | None = None  # OpenAI Responses `file_search_call` items
+    maps_grounded_prompts: int | None = None  # Gemini answers grounded with Google Maps
     service_tier: str | None = None  # as the response states it (default, flex, priority)
     reported_cost_usd: float | None = None  # the charge the provider states (OpenRouter)
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -103,6 +105,8 @@ class UsageRecord(BaseModel):
     output_image_tokens: int | None = None
     web_search_requests: int | None = None
     code_executions: int | None = None
+    file_searches: int | None = None
+    maps_grounded_prompts: int | None = None
     service_tier: str | None = None
     reported_cost_usd: float | None = None
     latency_ms: float | None = None
@@ -155,6 +159,8 @@ class UsageRecord(BaseModel):
             "output_image_tokens": usage.output_image_tokens,
             "web_search_requests": usage.web_search_requests,
             "code_executions": usage.code_executions,
+            "file_searches": usage.file_searches,
+            "maps_grounded_prompts": usage.maps_grounded_prompts,
             "service_tier": usage.service_tier,
             "reported_cost_usd": usage.reported_cost_usd,
             "raw_usage": json.dumps(usage.raw, separators=(",", ":")) if usage.raw else None,

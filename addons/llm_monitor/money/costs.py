@@ -1,11 +1,12 @@
 """Turning what a request used into USD with the prices in force, never guessing.
 
-Every billable unit a response reports (each kind of token, web searches, code
-executions) is priced by its own rate. A model without a price, a unit without a rate, or
-a service tier without its own prices gives no cost at all: the row is stored with
-`cost_usd` NULL, `priced` = 0 and the reason in `unpriced_reason` (`no_price`,
-`missing_rate:<kind>`, `usage_unseen`, `inconsistent_usage`). A kind of token without a
-rate never takes another kind's rate, unlike the price library's own `calc_price`.
+Every billable unit a response reports (each kind of token, web searches and grounded
+prompts, file searches, Maps-grounded prompts, code executions) is priced by its own
+rate. A model without a price, a unit without a rate, or a service tier without its own
+prices gives no cost at all: the row is stored with `cost_usd` NULL, `priced` = 0 and
+the reason in `unpriced_reason` (`no_price`, `missing_rate:<kind>`, `usage_unseen`,
+`inconsistent_usage`). A kind of token without a rate never takes another kind's rate,
+unlike the price library's own `calc_price`.
 
 A priced row says how in `cost_basis`: the price entry used (its source, model and first
 day), `fallback:<family> ...` when an unknown snapshot took its family's price, or
@@ -46,6 +47,8 @@ UNIT_FIELDS = (
     "output_image_tokens",
     "web_search_requests",
     "code_executions",
+    "file_searches",
+    "maps_grounded_prompts",
 )
 
 
@@ -98,6 +101,8 @@ def _counts(rates: dict[str, Decimal], units: dict[str, int | None]) -> tuple[tu
         ("output_image", image_out),
         ("web_search_per_1k", get("web_search_requests") or 0),
         ("code_execution_per_1k", get("code_executions") or 0),
+        ("file_search_per_1k", get("file_searches") or 0),
+        ("maps_grounding_per_1k", get("maps_grounded_prompts") or 0),
     )
     if reasoning > output or min(count for _, count in counts) < 0:
         raise Unpriced("inconsistent_usage")  # a part larger than its whole

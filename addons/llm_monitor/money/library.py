@@ -39,7 +39,7 @@ PROVIDERS = {
 _OURS = {library: ours for ours, library in PROVIDERS.items()}
 
 # The library's price keys we bill by, and our rate for each. Keys not here are units the
-# proxy never counts (audio hours, characters, document pages, file searches, video): a
+# proxy never counts (audio hours, characters, document pages, video): a
 # request that used them is not recognised as such, so their rates are not needed.
 RATE_OF_KEY = {
     "input_mtok": "input",
@@ -54,6 +54,7 @@ RATE_OF_KEY = {
     "output_image_mtok": "output_image",
     "web_searches_kcount": "web_search_per_1k",
     "code_executions_kcount": "code_execution_per_1k",
+    "storage_searches_kcount": "file_search_per_1k",  # OpenAI's file_search tool calls
 }
 SINCE_EVER = dt.date(2000, 1, 1)
 

@@ -36,7 +36,12 @@ TOKEN_RATES = (
     "input_image",
     "output_image",
 )
-CALL_RATES = ("web_search_per_1k", "code_execution_per_1k")
+CALL_RATES = (
+    "web_search_per_1k",
+    "code_execution_per_1k",
+    "file_search_per_1k",
+    "maps_grounding_per_1k",
+)
 RATES = TOKEN_RATES + CALL_RATES
 ORIGINS = ("local", "library")
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
@@ -71,6 +76,9 @@ class PriceEntry(BaseModel):
     output_image: Rate | None = None
     web_search_per_1k: Rate | None = None  # USD per 1,000 web searches
     code_execution_per_1k: Rate | None = None  # USD per 1,000 code executions
+    file_search_per_1k: Rate | None = None  # USD per 1,000 file search calls (OpenAI)
+    # USD per 1,000 prompts grounded with Google Maps (Gemini); the library has no such rate.
+    maps_grounding_per_1k: Rate | None = None
     # A long-context tier: these rates apply to the whole request when the prompt has more
     # than this many input tokens (OpenAI's gpt-5.5 above 272K, Gemini above 200K).
     above_input_tokens: int = Field(default=0, ge=0, le=2**63 - 1)

@@ -592,3 +592,49 @@ def m011_body_digest(db: Database) -> None:
     alert evaluator can tell a runaway loop: the same body sent again and again. No index
     of its own: the evaluator reads the last minutes through the one on `ts`."""
     db["usage"].add_column("body_digest", int)
+
+
+@migrations()
+def m012_file_search_and_maps_grounding(db: Database) -> None:
+    """Two more units billed per call, beside web searches and code executions: OpenAI's
+    file search calls and Gemini's prompts grounded with Google Maps, each counted in
+    `usage` and priced by a rate of its own in `prices` (USD per 1,000, as text)."""
+    usage = db["usage"]
+    usage.add_column("file_searches", int)
+    usage.add_column("maps_grounded_prompts", int)
+    prices = db["prices"]
+    prices.add_column("file_search_per_1k", str)
+    prices.add_column("maps_grounding_per_1k", str)
+    _fill_library_file_search_rates(db)
+
+
+def _fill_library_file_search_rates(db: Database) -> None:
+    """The library's rows written before the column existed get the file search rate that
+    same library version states for them (no new price: a rate it always had). Rows of
+    another version are left to `pricing sync`."""
+    from llm_monitor.money.library import library_prices, library_source
+
+    source = library_source()
+    if not db.execute(
+        "select 1 from prices where origin = 'library' and source = ? limit 1", [source]
+    ).fetchone():
+        return  # a new database: `init` loads the library's prices after the migrations
+    db.conn.executemany(
+        "update prices set file_search_per_1k = ? where origin = 'library' and source = ? "
+        "and provider = ? and model = ? and variant = ? and above_input_tokens = ? "
+        "and [window] = ? and effective_from = ?",
+        [
+            (
+                str(e.file_search_per_1k),
+                source,
+                e.provider,
+                e.model,
+                e.variant,
+                e.above_input_tokens,
+                e.window,
+                e.effective_from.isoformat(),
+            )
+            for e in library_prices()
+            if e.file_search_per_1k is not None
+        ],
+    )

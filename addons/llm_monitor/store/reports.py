@@ -174,6 +174,8 @@ _KIND_TEXT = {
     "output_image": "image output",
     "web_search_per_1k": "web searches",
     "code_execution_per_1k": "code executions",
+    "file_search_per_1k": "file searches",
+    "maps_grounding_per_1k": "Maps-grounded prompts",
 }
 
 

@@ -11,6 +11,13 @@ Quirks that live here:
   one JSON array whose elements arrive in pieces (`JsonArrayReader`); every element carries
   cumulative usage, so the last one wins;
 - `countTokens` is not billed; embeddings carry no usage;
+- grounding is billed beside tokens, and only each candidate's `groundingMetadata` shows
+  it (in a stream, in a late chunk): Google Search per grounded prompt on Gemini 1.x and
+  2.x (one per request that searched), per search query on Gemini 3 and later (the
+  distinct non-empty `webSearchQueries`; Google ignores empty ones); both are counted in
+  `web_search_requests`, at the model's search rate. Google Maps grounding is billed per
+  grounded prompt (`maps_grounded_prompts`). Free daily or monthly allowances are per
+  Google account, so they are not deducted here.
 - input is one rate for text, images and video, and another for audio: the AUDIO part of
   `promptTokensDetails` is counted apart (`input_audio_tokens`); generated images and
   audio (`candidatesTokensDetails`) have rates of their own;
@@ -23,6 +30,7 @@ Quirks that live here:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any, ClassVar
@@ -84,6 +92,51 @@ def _by_modality(details: Any) -> dict[str, int]:
     return found
 
 
+_GENERATION = re.compile(r"gemini-(\d+)")
+
+
+@dataclasses.dataclass(slots=True)
+class Grounding:
+    """What the candidates' `groundingMetadata` of one answer (all of a stream's chunks)
+    say was searched."""
+
+    queries: set[str] = dataclasses.field(default_factory=set)
+    web: bool = False  # Google Search grounded the answer
+    maps: bool = False  # Google Maps grounded the answer
+
+    def add(self, obj: Any) -> None:
+        candidates = obj.get("candidates") if isinstance(obj, dict) else None
+        for candidate in candidates if isinstance(candidates, list) else []:
+            metadata = candidate.get("groundingMetadata") if isinstance(candidate, dict) else None
+            if not isinstance(metadata, dict):
+                continue
+            queries = metadata.get("webSearchQueries")
+            for query in queries if isinstance(queries, list) else []:
+                if isinstance(query, str) and query.strip():
+                    self.queries.add(query)
+                    self.web = True
+            chunks = metadata.get("groundingChunks")
+            for chunk in chunks if isinstance(chunks, list) else []:
+                if isinstance(chunk, dict):
+                    self.web = self.web or "web" in chunk
+                    self.maps = self.maps or "maps" in chunk
+            if metadata.get("googleMapsWidgetContextToken"):
+                self.maps = True
+
+    def billed(self, usage: TokenUsage, model: str | None) -> TokenUsage:
+        """The usage with the grounding Google bills for this model's generation."""
+        facts: dict[str, int] = {}
+        generation = _GENERATION.search(model or "")
+        if generation is not None and int(generation.group(1)) < 3:
+            if self.web:
+                facts["web_search_requests"] = 1  # per grounded prompt
+        elif self.queries:
+            facts["web_search_requests"] = len(self.queries)  # per search query
+        if self.maps:
+            facts["maps_grounded_prompts"] = 1
+        return dataclasses.replace(usage, **facts) if facts else usage
+
+
 def usage_and_model(obj: Any) -> tuple[TokenUsage | None, str | None]:
     if not isinstance(obj, dict):
         return None, None
@@ -121,13 +174,23 @@ class _ResponseReader:
     response_model: str | None
     error: str | None
     complete: bool
+    requested_model: str | None = None  # from the URL: the generation, if none answers
+    _tokens: TokenUsage | None = None  # the latest usageMetadata, before grounding
+    _grounding: Grounding | None = None
 
     def take(self, obj: Any) -> None:
         usage, model = usage_and_model(obj)
         if usage is not None:
-            self.usage = usage
+            self._tokens = usage
         if model is not None:
             self.response_model = model
+        if self._grounding is None:
+            self._grounding = Grounding()
+        self._grounding.add(obj)
+        if self._tokens is not None:
+            self.usage = self._grounding.billed(
+                self._tokens, self.response_model or self.requested_model
+            )
         if isinstance(obj, dict) and "error" in obj:
             self.error = error_code_of(obj) or "stream error"
         if has_finished(obj):
@@ -135,6 +198,10 @@ class _ResponseReader:
 
 
 class GeminiSSEReader(SSEReader, _ResponseReader):
+    def __init__(self, requested_model: str | None = None) -> None:
+        super().__init__()
+        self.requested_model = requested_model
+
     def on_event(self, raw: bytes) -> bytes:
         event = parse_event(raw)
         if event is not None:
@@ -155,7 +222,8 @@ class JsonArrayReader(_ResponseReader):
     def cap(self, max_read: int) -> None:
         self.max_element = max_read
 
-    def __init__(self) -> None:
+    def __init__(self, requested_model: str | None = None) -> None:
+        self.requested_model = requested_model
         self.unread: str | None = None
         self.usage = None
         self.response_model = None
@@ -257,10 +325,15 @@ class Gemini:
             return None, None
         obj = load_json(body)
         if isinstance(obj, list):  # a streamGenerateContent answer that was not streamed
-            reader = JsonArrayReader()
+            reader = JsonArrayReader(info.model)
             reader.feed(body)
             return reader.usage, reader.response_model
-        return usage_and_model(obj)
+        usage, model = usage_and_model(obj)
+        if usage is not None:
+            grounding = Grounding()
+            grounding.add(obj)
+            usage = grounding.billed(usage, model or info.model)
+        return usage, model
 
     def error_code(self, body: bytes) -> str | None:
         obj = load_json(body)
@@ -272,9 +345,9 @@ class Gemini:
         self, info: RequestInfo, content_type: str
     ) -> SSEReader | JsonArrayReader | None:
         if "text/event-stream" in content_type:
-            return GeminiSSEReader()
+            return GeminiSSEReader(info.model)
         if info.streamed and "json" in content_type:
-            return JsonArrayReader()
+            return JsonArrayReader(info.model)
         return None
 
     def rejection(self, status: int, message: str, code: str) -> bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -98,14 +99,24 @@ def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
     )
 
 
-# Responses output items billed per call: web searches at their own rate; code
-# interpreter sessions have no per-call rate, so a response that used one is unpriced.
-_TOOL_CALLS = {"web_search_call": "web_search_requests", "code_interpreter_call": "code_executions"}
+# Responses output items billed per call, each at its own rate: web searches, file
+# searches ($2.50 per 1,000 calls); code interpreter sessions have no per-call rate, so a
+# response that used one is unpriced.
+_TOOL_CALLS = {
+    "web_search_call": "web_search_requests",
+    "file_search_call": "file_searches",
+    "code_interpreter_call": "code_executions",
+}
+# Chat Completions' search models (gpt-4o-search-preview, gpt-4o-mini-search-preview,
+# gpt-5-search-api and their snapshots) search the web before every answer: each request
+# is one search call, billed beside its tokens. The response says nothing more about it.
+_SEARCH_MODEL = re.compile(r"-search-(?:preview|api)(?:-\d{4}-\d{2}-\d{2})?$")
 
 
 def with_response_facts(usage: TokenUsage, holder: dict[str, Any]) -> TokenUsage:
     """What the response says beside `usage` that the bill depends on: its service tier
-    (`default`, `flex`, `priority`) and the tool calls in a Responses `output`."""
+    (`default`, `flex`, `priority`), the tool calls in a Responses `output`, and the search
+    a Chat Completions search model always makes."""
     facts: dict[str, Any] = {}
     tier = holder.get("service_tier")
     if isinstance(tier, str) and tier:
@@ -116,6 +127,13 @@ def with_response_facts(usage: TokenUsage, holder: dict[str, Any]) -> TokenUsage
             field = _TOOL_CALLS.get(item.get("type")) if isinstance(item, dict) else None
             if field:
                 facts[field] = facts.get(field, 0) + 1
+    model = holder.get("model")
+    if (
+        isinstance(model, str)
+        and str(holder.get("object", "")).startswith("chat.completion")
+        and _SEARCH_MODEL.search(model)
+    ):
+        facts["web_search_requests"] = 1
     return dataclasses.replace(usage, **facts) if facts else usage
 
 
@@ -142,6 +160,7 @@ def _usage_and_model(obj: Any) -> tuple[dict[str, Any] | None, str | None, dict[
 # proxy's event loop, for about a second. OpenAI ends such bodies with `"model": ...,
 # "usage": {...}}`: read just that tail.
 LARGE_BODY = 64 * 1024
+_RESPONSE_OBJECT = re.compile(rb'"object"\s*:\s*"response"')
 _DECODER = json.JSONDecoder()
 
 
@@ -277,8 +296,15 @@ class OpenAI:
     def usage_from_body(
         self, body: bytes, info: RequestInfo
     ) -> tuple[TokenUsage | None, str | None]:
-        if len(body) > LARGE_BODY and (found := _usage_at_the_end(body)) is not None:
-            return found
+        if (
+            len(body) > LARGE_BODY
+            and not _RESPONSE_OBJECT.search(body[:512])  # its output items count too
+            and (found := _usage_at_the_end(body)) is not None
+        ):
+            usage, model = found
+            if _SEARCH_MODEL.search(model or info.model or ""):
+                usage = dataclasses.replace(usage, web_search_requests=1)
+            return usage, model
         usage, model, holder = _usage_and_model(load_json(body))
         return (self.read_usage(usage, holder) if usage is not None else None), model
 
