@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -28,6 +29,12 @@ from tests.test_browser_accounts import fill, wait_for
 
 PASSWORD = "pw-long-enough"
 ADMIN, VIEWER, OTHER = "admin@acme.example", "viewer@acme.example", "admin@globex.example"
+
+
+def settled(browser: WebDriver) -> WebDriverWait:
+    """A wait that reads the page again when it was replaced while being read (a form
+    posted, the page reloading)."""
+    return WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def create_org(db: Path, name: str, email: str) -> dict:
@@ -139,7 +146,7 @@ def test_admins_manage_budgets_viewers_read_them_others_never_see_them(
         assert budgets_of(db, "Acme")[0]["limit_usd"] == 10.0
         fill(driver, {f"usd-{budget_id}": "20", f"alert-at-{budget_id}": "25,100"})
         driver.find_element(By.ID, f"save-{budget_id}").click()
-        WebDriverWait(driver, 10).until(
+        settled(driver).until(
             lambda b: cells(b, f"tr[data-budget-id='{budget_id}'] td")[1] == "$20.00"
         )
         assert budgets_of(db, "Acme")[0]["limit_usd"] == 20.0
@@ -153,9 +160,7 @@ def test_admins_manage_budgets_viewers_read_them_others_never_see_them(
         assert "whole number" in wait_for(driver, "#tpm-error").text
         fill(driver, {"tpm": ""})
         driver.find_element(By.ID, "set-limit").click()
-        WebDriverWait(driver, 10).until(
-            lambda b: cells(b, "#lm-limits tbody td")[:3] == ["org", "600", "—"]
-        )
+        settled(driver).until(lambda b: cells(b, "#lm-limits tbody td")[:3] == ["org", "600", "—"])
         limits = json.loads(invoke(db, "limits", "list", "--json"))
         assert [(x["org"], x["rpm"], x["tpm"]) for x in limits] == [("Acme", 600, None)]
 
@@ -214,9 +219,7 @@ def test_admins_manage_budgets_viewers_read_them_others_never_see_them(
         log_in(driver, base, ADMIN)
         driver.get(f"{base}/-/account/budgets")
         driver.find_element(By.ID, f"remove-{budget_id}").click()
-        WebDriverWait(driver, 10).until(
-            lambda b: cells(b, "#lm-budgets tbody td") == ["No budgets yet."]
-        )
+        settled(driver).until(lambda b: cells(b, "#lm-budgets tbody td") == ["No budgets yet."])
         assert budgets_of(db, "Acme") == []
         driver.get(f"{base}/")
         assert not driver.find_elements(By.ID, "lm-overview-budgets")
