@@ -944,7 +944,7 @@ def serve_lean_command(modes: tuple[str, ...], settings: tuple[str, ...]) -> Non
     """(internal) The lean master of `llm-monitor proxy` without the monitor addon."""
     from mitmproxy import hooks, master, options
 
-    from llm_monitor.proxy.master import configure_logging, lean_addons
+    from llm_monitor.proxy.master import configure_logging, lean_addons, settle_heap
 
     async def serve() -> None:
         configure_logging()
@@ -954,6 +954,7 @@ def serve_lean_command(modes: tuple[str, ...], settings: tuple[str, ...]) -> Non
         opts.set(*settings)
         opts.update(mode=list(modes))
         lean.addons.trigger(hooks.ConfigureHook(set(opts.keys())))
+        settle_heap()  # as `llm-monitor proxy` does
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, lean.shutdown)
         await lean.run()
