@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llm_monitor.proxy.providers import provider_named
 from llm_monitor.proxy.providers.gemini import max_output
 from tests.conftest import API_KEY, invoke, new_org
 from tests.proxy import running_proxy
@@ -130,3 +131,23 @@ def test_gemini_bounds_and_openai_429_shapes(
         received = [upstream.take_received() for _ in range(2)]
         assert all(r.json()["max_tokens"] == 10 for r in received)
         assert upstream.received.empty()  # no refused request reached it
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (413, "request_too_large"),
+        (429, "rate_limit_error"),
+        (502, "api_error"),
+        (504, "api_error"),
+    ],
+)
+def test_anthropic_refusals_carry_the_type_anthropic_sends(status: int, error_type: str) -> None:
+    """The SDK picks its exception class by status, and callers branch on `error.type`."""
+    body = json.loads(provider_named("anthropic").rejection(status, "No.", "budget_exceeded"))
+    assert body == {
+        "type": "error",
+        "error": {"type": error_type, "message": "No.", "code": "budget_exceeded"},
+    }

@@ -59,6 +59,18 @@ def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
     )
 
 
+# The error types Anthropic's API sends with these statuses (its "Errors" page); 400 and
+# anything else is `invalid_request_error`.
+_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
 def error_code_of(obj: Any) -> str | None:
     """`error.type` of `{"type": "error", "error": {"type": ..., "message": ...}}`."""
     error = obj.get("error") if isinstance(obj, dict) else None
@@ -136,8 +148,8 @@ class Anthropic:
         return AnthropicStreamReader() if "text/event-stream" in content_type else None
 
     def rejection(self, status: int, message: str, code: str) -> bytes:
-        error_type = "authentication_error" if status == 401 else "invalid_request_error"
-        if status >= 500:
+        error_type = _ERROR_TYPES.get(status, "invalid_request_error")
+        if status >= 500 and status not in _ERROR_TYPES:
             error_type = "api_error"  # what Anthropic sends with its own 5xx
         return json.dumps(
             {"type": "error", "error": {"type": error_type, "message": message, "code": code}}
