@@ -130,6 +130,8 @@ class Gate:
         self._prices_seen: int | None = None
         self._rates: dict[tuple[str, str], tuple[int, int] | None] = {}
         self._holders = 1
+        # The window each period is in, while the clock stays inside it (see `_window`).
+        self._windows: dict[tuple[str, str | None, str | None], Window] = {}
         # How early the next window's meters are taken, so that no request meets a window
         # this worker holds nothing of yet.
         self._lookahead = dt.timedelta(seconds=2 * refresh_seconds)
@@ -177,7 +179,7 @@ class Gate:
             cost = None  # a billable call without a model: nothing to price it by
         wanted: list[tuple[Meter, int, str]] = []
         for budget in budgets:
-            window = budget.window(at)
+            window = self._window(budget.period, at, budget.starts_on, budget.ends_on)
             if window is None:
                 continue  # a date range not begun or over
             amount = cost
@@ -199,7 +201,7 @@ class Gate:
                     "budget_not_ready",
                 )
             wanted.append((meter, amount, "cost"))
-        minute = window_of("minute", at).key  # type: ignore[union-attr]
+        minute = self._window("minute", at).key  # type: ignore[union-attr]
         for limit in limits:
             for kind, amount, value in (("rpm", 1, limit.rpm), ("tpm", tokens, limit.tpm)):
                 if value is None:
@@ -233,6 +235,19 @@ class Gate:
                 else:
                     hold.request_parts.append(meter)
         return hold
+
+    def _window(
+        self, period: str, at: dt.datetime, starts_on: str | None = None, ends_on: str | None = None
+    ) -> Window | None:
+        """`window_of(...)`, remembered while `at` stays inside it: a window turns once a
+        minute at the most, and this runs for every request under a budget or a limit."""
+        key = (period, starts_on, ends_on)
+        window = self._windows.get(key)
+        if window is None or not window.start <= at < window.end:
+            window = window_of(period, at, starts_on, ends_on)
+            if window is not None:
+                self._windows[key] = window
+        return window
 
     def _refusal(self, meter: Meter, amount: int, at: dt.datetime) -> Refusal:
         until_reset = max(math.ceil((meter.window.end - at).total_seconds()), 1)
