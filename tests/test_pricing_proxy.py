@@ -620,6 +620,72 @@ def test_a_file_search_without_a_rate_leaves_the_row_unpriced(
     assert row["file_searches"] == 1
 
 
+def test_web_search_preview_calls_are_counted_apart_and_never_priced_as_web_search(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
+) -> None:
+    """`web_search_preview` costs $25 per 1,000 calls on gpt-4.1, not `web_search`'s $10,
+    and its calls come back as the same `web_search_call` items: the request's tools
+    tell them apart. No library rate: unpriced with the reason, never $10 instead."""
+    answer = responses_answer("gpt-4.1-2025-04-14", "web_search_call", "web_search_call")
+    request = {"model": "gpt-4.1", "input": "Hi", "tools": [{"type": "web_search_preview"}]}
+    row = send(pricing_proxy, upstream, pricing_token, "openai", "/v1/responses", request, answer)
+    assert (row["web_search_preview_calls"], row["web_search_requests"]) == (2, None)
+    assert priced(row) == (None, 0, None, "missing_rate:web_search_preview")
+    explained = invoke(priced_db, "explain", str(row["id"]))
+    assert "web_search_preview" in explained
+    # The same answer to a request that offered `web_search`: priced at its rate.
+    request = {"model": "gpt-4.1", "input": "Hi", "tools": [{"type": "web_search"}]}
+    row = send(pricing_proxy, upstream, pricing_token, "openai", "/v1/responses", request, answer)
+    assert (row["web_search_preview_calls"], row["web_search_requests"]) == (None, 2)
+    # 1000 x 2 + 100 x 8 = 2800 per 1M, + 2 web searches x $10 per 1,000
+    assert priced(row) == (cost("0.0228"), 1, f"{LIBRARY}:openai/gpt-4.1@2000-01-01", None)
+    # With a local price that has the preview rate, in a stream too.
+    entry = {
+        "provider": "openai",
+        "model": "gpt-4o-2024-11-20",
+        "input": "2.5",
+        "output": "10",
+        "web_search_preview_per_1k": "25",
+        "source": "test: OpenAI's pricing page, web_search_preview on non-reasoning models",
+        "as_of": "2026-12-01",
+    }
+    prices = priced_db.parent / "preview-prices.json"
+    prices.write_text(json.dumps({"prices": [entry]}))
+    invoke(priced_db, "pricing", "import", str(prices))
+    final = responses_answer("gpt-4o-2024-11-20", "web_search_call")
+    created = {**final, "output": [], "usage": None, "status": "in_progress"}
+    body = (
+        b"event: response.created\ndata: "
+        + json.dumps({"type": "response.created", "response": created}).encode()
+        + b"\n\nevent: response.completed\ndata: "
+        + json.dumps({"type": "response.completed", "response": final}).encode()
+        + b"\n\n"
+    )
+    client = openai.OpenAI(
+        base_url=pricing_proxy.url("openai") + "/v1",
+        api_key=API_KEY,
+        max_retries=0,
+        default_headers={"X-Monitor-Token": pricing_token},
+    )
+    for _ in range(50):  # the recorder rebuilds its price book when the table changes
+        reply = upstream.reply(Reply(200, body, content_type="text/event-stream", seed=12))
+        events = list(
+            client.responses.create(
+                model="gpt-4o-2024-11-20",
+                input="Hi",
+                stream=True,
+                tools=[{"type": "web_search_preview"}],
+            )
+        )
+        assert events[-1].type == "response.completed"
+        row = row_for(pricing_proxy.db_path, reply.request_id)
+        if row["priced"]:
+            break
+    # 1000 x 2.5 + 100 x 10 = 3500 per 1M, + 1 preview search x $25 per 1,000
+    assert row["web_search_preview_calls"] == 1
+    assert priced(row) == (cost("0.0285"), 1, "local:openai/gpt-4o-2024-11-20@2000-01-01", None)
+
+
 def test_chat_search_models_pay_a_search_on_every_request(
     pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
 ) -> None:

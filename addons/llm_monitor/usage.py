@@ -36,6 +36,9 @@ class TokenUsage:
     code_executions: int | None = None
     file_searches: int | None = None  # OpenAI Responses `file_search_call` items
     maps_grounded_prompts: int | None = None  # Gemini answers grounded with Google Maps
+    # OpenAI's web searches by the `web_search_preview` tool: a price of their own ($25 per
+    # 1,000 on gpt-4o and gpt-4.1, $10 on reasoning models), not `web_search`'s.
+    web_search_preview_calls: int | None = None
     service_tier: str | None = None  # as the response states it (default, flex, priority)
     reported_cost_usd: float | None = None  # the charge the provider states (OpenRouter)
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -106,6 +109,7 @@ class UsageRecord(BaseModel):
     web_search_requests: int | None = None
     code_executions: int | None = None
     file_searches: int | None = None
+    web_search_preview_calls: int | None = None
     maps_grounded_prompts: int | None = None
     service_tier: str | None = None
     reported_cost_usd: float | None = None
@@ -160,6 +164,7 @@ class UsageRecord(BaseModel):
             "web_search_requests": usage.web_search_requests,
             "code_executions": usage.code_executions,
             "file_searches": usage.file_searches,
+            "web_search_preview_calls": usage.web_search_preview_calls,
             "maps_grounded_prompts": usage.maps_grounded_prompts,
             "service_tier": usage.service_tier,
             "reported_cost_usd": usage.reported_cost_usd,

@@ -49,6 +49,7 @@ UNIT_FIELDS = (
     "code_executions",
     "file_searches",
     "maps_grounded_prompts",
+    "web_search_preview_calls",
 )
 
 
@@ -103,6 +104,7 @@ def _counts(rates: dict[str, Decimal], units: dict[str, int | None]) -> tuple[tu
         ("code_execution_per_1k", get("code_executions") or 0),
         ("file_search_per_1k", get("file_searches") or 0),
         ("maps_grounding_per_1k", get("maps_grounded_prompts") or 0),
+        ("web_search_preview_per_1k", get("web_search_preview_calls") or 0),
     )
     if reasoning > output or min(count for _, count in counts) < 0:
         raise Unpriced("inconsistent_usage")  # a part larger than its whole

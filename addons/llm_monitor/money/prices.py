@@ -41,6 +41,7 @@ CALL_RATES = (
     "code_execution_per_1k",
     "file_search_per_1k",
     "maps_grounding_per_1k",
+    "web_search_preview_per_1k",
 )
 RATES = TOKEN_RATES + CALL_RATES
 ORIGINS = ("local", "library")
@@ -79,6 +80,9 @@ class PriceEntry(BaseModel):
     file_search_per_1k: Rate | None = None  # USD per 1,000 file search calls (OpenAI)
     # USD per 1,000 prompts grounded with Google Maps (Gemini); the library has no such rate.
     maps_grounding_per_1k: Rate | None = None
+    # USD per 1,000 calls of OpenAI's `web_search_preview` tool; the library has no such
+    # rate (it prices `web_search` only), so these calls are unpriced until one is set.
+    web_search_preview_per_1k: Rate | None = None
     # A long-context tier: these rates apply to the whole request when the prompt has more
     # than this many input tokens (OpenAI's gpt-5.5 above 272K, Gemini above 200K).
     above_input_tokens: int = Field(default=0, ge=0, le=2**63 - 1)

@@ -638,3 +638,11 @@ def _fill_library_file_search_rates(db: Database) -> None:
             if e.file_search_per_1k is not None
         ],
     )
+
+
+@migrations()
+def m013_web_search_preview(db: Database) -> None:
+    """OpenAI's `web_search_preview` tool calls, counted apart from `web_search`'s (their
+    price differs), with a rate of their own in `prices` (USD per 1,000, as text)."""
+    db["usage"].add_column("web_search_preview_calls", int)
+    db["prices"].add_column("web_search_preview_per_1k", str)

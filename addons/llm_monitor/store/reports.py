@@ -176,6 +176,7 @@ _KIND_TEXT = {
     "code_execution_per_1k": "code executions",
     "file_search_per_1k": "file searches",
     "maps_grounding_per_1k": "Maps-grounded prompts",
+    "web_search_preview_per_1k": "web searches (web_search_preview)",
 }
 
 

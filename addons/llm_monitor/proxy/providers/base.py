@@ -36,6 +36,9 @@ class RequestInfo:
     # The body as the client sent it, when the proxy changed it (usage injection): sent
     # again unchanged if the provider refuses the changed one.
     unchanged_body: bytes | None = None
+    # The request offered OpenAI's `web_search_preview` tool: its searches are billed at a
+    # rate of their own, not `web_search`'s.
+    web_search_preview: bool = False
 
 
 class StreamReader(Protocol):

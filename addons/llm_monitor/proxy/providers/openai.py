@@ -137,6 +137,29 @@ def with_response_facts(usage: TokenUsage, holder: dict[str, Any]) -> TokenUsage
     return dataclasses.replace(usage, **facts) if facts else usage
 
 
+def offers_web_search_preview(tools: Any) -> bool:
+    """Whether a request's `tools` include OpenAI's `web_search_preview` (or a dated
+    `web_search_preview_2025_03_11`): its calls come back as `web_search_call` items like
+    `web_search`'s, but are billed at another rate."""
+    return isinstance(tools, list) and any(
+        isinstance(tool, dict)
+        and isinstance(tool.get("type"), str)
+        and tool["type"].startswith("web_search_preview")
+        for tool in tools
+    )
+
+
+def as_requested(usage: TokenUsage, info: RequestInfo) -> TokenUsage:
+    """The web searches of a request that offered `web_search_preview` counted as such
+    (with both tools offered, which one searched is not said: all count as preview, which
+    no cost is guessed for)."""
+    if info.web_search_preview and usage.web_search_requests:
+        return dataclasses.replace(
+            usage, web_search_requests=None, web_search_preview_calls=usage.web_search_requests
+        )
+    return usage
+
+
 def _usage_and_model(obj: Any) -> tuple[dict[str, Any] | None, str | None, dict[str, Any]]:
     """The usage object, model and enclosing object of a response body or stream event,
     wherever they sit: top level, in a Responses event's `response`, or under Groq's
@@ -274,6 +297,7 @@ class OpenAI:
             return RequestInfo()
         model = body.get("model") if isinstance(body.get("model"), str) else None
         info = RequestInfo(model=model, streamed=body.get("stream") is True)
+        info.web_search_preview = offers_web_search_preview(body.get("tools"))
         limit = count_field(body, "max_completion_tokens", "max_tokens", "max_output_tokens")
         if limit is not None:
             info.max_output = limit * max(count_field(body, "n") or 1, 1)
@@ -306,7 +330,9 @@ class OpenAI:
                 usage = dataclasses.replace(usage, web_search_requests=1)
             return usage, model
         usage, model, holder = _usage_and_model(load_json(body))
-        return (self.read_usage(usage, holder) if usage is not None else None), model
+        if usage is None:
+            return None, model
+        return as_requested(self.read_usage(usage, holder), info), model
 
     def error_code(self, body: bytes) -> str | None:
         return error_code_of(load_json(body))
@@ -314,7 +340,13 @@ class OpenAI:
     def stream_reader(self, info: RequestInfo, content_type: str) -> OpenAIStreamReader | None:
         if "text/event-stream" not in content_type:
             return None
-        return OpenAIStreamReader(usage_injected=info.usage_injected, read_usage=self.read_usage)
+        read_usage = self.read_usage
+        if info.web_search_preview:
+
+            def read_usage(usage: dict[str, Any], holder: dict[str, Any]) -> TokenUsage:
+                return as_requested(self.read_usage(usage, holder), info)
+
+        return OpenAIStreamReader(usage_injected=info.usage_injected, read_usage=read_usage)
 
     def rejection(self, status: int, message: str, code: str) -> bytes:
         error_type = "invalid_request_error"
