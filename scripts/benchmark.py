@@ -256,6 +256,12 @@ def rss_kb(pid: int, field_name: str = "VmRSS") -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pin(pid: int, cpus: set[int]) -> None:
     """Keep the proxy on its own core, away from the load generator and the upstream, so
     that what is measured is the proxy and not who got the CPU (2 cores here)."""
@@ -404,6 +410,9 @@ class Result:
     rss_start_mb: float | None = None
     rss_end_mb: float | None = None
     rss_peak_mb: float | None = None
+    # The proxy's CPU time per request: what a core does for one, whatever else the
+    # machine runs meanwhile (req/s moves with the neighbours; this much less).
+    cpu_us_per_request: float | None = None
     rows: int | None = None
     round: int = 0
     sent: int = 0  # requests sent, warm-up included
@@ -430,9 +439,11 @@ def measure(
         requests, concurrency, warmup = min(requests, TTFT_REQUESTS), TTFT_CONCURRENCY, 40
     asyncio.run(load(port, warmup, min(concurrency, warmup), body, token, headers=headers))
     rss_start = rss_kb(pid) / 1024 if pid else None
+    cpu_start = cpu_seconds(pid) if pid else 0.0
     started = time.perf_counter()
     timing = asyncio.run(load(port, requests, concurrency, body, token, headers=headers))
     seconds = time.perf_counter() - started
+    cpu_used = cpu_seconds(pid) - cpu_start if pid else None
     return Result(
         path=path,
         kind=kind,
@@ -449,6 +460,7 @@ def measure(
         rss_end_mb=round(rss_kb(pid) / 1024, 1) if pid else None,
         rss_peak_mb=round(rss_kb(pid, "VmHWM") / 1024, 1) if pid else None,
         sent=requests + warmup,
+        cpu_us_per_request=round(cpu_used * 1e6 / requests) if cpu_used is not None else None,
     )
 
 
@@ -527,6 +539,7 @@ def print_table(results: list[Result]) -> None:
         "errors",
         "rss_start_mb",
         "rss_peak_mb",
+        "cpu_us_per_request",
         "rows",
     ]
     echo_table(columns, [{c: getattr(r, c) for c in columns} for r in results])
@@ -541,7 +554,9 @@ def echo_table(columns: list[str], rows: list[dict[str, object]]) -> None:
         click.echo("  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
 
 
-# (numerator, denominator): throughput ratios that say what each layer costs.
+# (numerator, denominator): throughput ratios that say what each layer costs. Each is also
+# given from CPU time per request (the denominator's over the numerator's: the throughput
+# a core would give), which the machine's other work disturbs far less than req/s.
 THROUGHPUT_RATIOS = [
     ("addon", "bare"),  # the addon under mitmdump
     ("lean", "bare"),  # the lean master against mitmdump, neither with the addon
@@ -574,6 +589,14 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
             if everywhere(top, bottom):
                 entry[f"{top}_vs_{bottom}_throughput"] = median(
                     [by[top].req_per_s / by[bottom].req_per_s for by in per_round]
+                )
+                entry[f"{top}_vs_{bottom}_cpu_per_request"] = median(
+                    [
+                        by[bottom].cpu_us_per_request / by[top].cpu_us_per_request
+                        for by in per_round
+                        if by[top].cpu_us_per_request and by[bottom].cpu_us_per_request
+                    ]
+                    or [0]
                 )
         for path in (*PROXY_PATHS, *OPTIONAL_PATHS):
             if everywhere(path, "direct"):
@@ -853,6 +876,7 @@ def peers_table(results: list[Result]) -> list[dict[str, object]]:
                     else None
                 ),
                 "peak_rss_mb": med(path, "rss_peak_mb"),
+                "cpu_us_per_request": med(path, "cpu_us_per_request"),
                 "errors": sum(r.errors for r in by_path[path]),
             }
             for peer in ("portkey", "litellm"):
