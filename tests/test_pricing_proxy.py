@@ -372,6 +372,23 @@ def test_openrouter_reported_cost_is_the_cost(
     assert row["cost_usd"] == cost("0.0035")
 
 
+def test_xai_reported_cost_is_the_cost(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
+) -> None:
+    """xAI states each response's charge in `usage.cost_in_usd_ticks` (10^-10 USD), server-
+    side tools (X search, ...) included: that is the cost, whatever the table says."""
+    ticks = 37_756_000  # docs.x.ai's example: $0.0038
+    answer = chat("grok-4", 1000, 100, usage={"cost_in_usd_ticks": ticks})
+    row = send_chat(pricing_proxy, upstream, pricing_token, "xai", answer)
+    assert priced(row) == (ticks / 10**10, 1, "provider_reported", None)
+    assert row["reported_cost_usd"] == 0.0037756
+    assert "as stated by the provider" in invoke(priced_db, "explain", str(row["id"]))
+    # A value that is not a whole number of ticks is no cost: the table's price instead.
+    odd = chat("grok-4", 1000, 100, usage={"cost_in_usd_ticks": "37756000"})
+    row = send_chat(pricing_proxy, upstream, pricing_token, "xai", odd)
+    assert row["reported_cost_usd"] is None and row["cost_basis"] != "provider_reported"
+
+
 def test_service_tiers_are_priced_by_their_own_rates(
     pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
 ) -> None:

@@ -12,6 +12,7 @@ from llm_monitor.proxy.providers.gemini import Gemini
 from llm_monitor.proxy.providers.mistral import Mistral
 from llm_monitor.proxy.providers.openai import OpenAI
 from llm_monitor.proxy.providers.openrouter import OpenRouter
+from llm_monitor.proxy.providers.xai import XAI
 
 __all__ = ["KNOWN_HOSTS", "Provider", "RequestInfo", "StreamReader", "provider_named"]
 
@@ -28,12 +29,11 @@ KNOWN_HOSTS = {
     "api.fireworks.ai": "fireworks",
 }
 
-# xAI's API is OpenAI-compatible, quirks included in the OpenAI module.
 _PARSERS: dict[str, Provider] = {
     "openai": OpenAI(),
     "anthropic": Anthropic(),
     "gemini": Gemini(),
-    "xai": OpenAI(),
+    "xai": XAI(),
     "mistral": Mistral(),
     "openrouter": OpenRouter(),
 }
