@@ -286,7 +286,14 @@ class OpenAI:
 
     def read_usage(self, usage: dict[str, Any], holder: dict[str, Any]) -> TokenUsage:
         """A usage object and the object around it (for subclasses' vendor fields)."""
-        return with_response_facts(normalise_usage(usage), holder)
+        result = with_response_facts(normalise_usage(usage), holder)
+        cost = self.reported_cost(usage)
+        return dataclasses.replace(result, reported_cost_usd=cost) if cost is not None else result
+
+    def reported_cost(self, usage: dict[str, Any]) -> float | None:
+        """The charge the response itself states, in USD, for the APIs that state one
+        (OpenRouter, xAI); None, never a guess, for the others and for a malformed one."""
+        return None
 
     def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
         content_type = request.headers.get("content-type", "").lower()

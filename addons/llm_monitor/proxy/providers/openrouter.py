@@ -7,25 +7,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from llm_monitor.proxy.providers.openai import OpenAI
-from llm_monitor.usage import TokenUsage
-
-
-def reported_cost(usage: dict[str, Any]) -> float | None:
-    """`usage.cost` when it is a plain non-negative number, else None (never a guess)."""
-    cost = usage.get("cost")
-    if isinstance(cost, bool) or not isinstance(cost, int | float):
-        return None
-    return float(cost) if 0 <= cost < 1e9 else None
 
 
 class OpenRouter(OpenAI):
     name = "openrouter"
 
-    def read_usage(self, usage: dict[str, Any], holder: dict[str, Any]) -> TokenUsage:
-        result = super().read_usage(usage, holder)
-        cost = reported_cost(usage)
-        return dataclasses.replace(result, reported_cost_usd=cost) if cost is not None else result
+    def reported_cost(self, usage: dict[str, Any]) -> float | None:
+        """`usage.cost` when it is a plain non-negative number."""
+        cost = usage.get("cost")
+        if isinstance(cost, bool) or not isinstance(cost, int | float):
+            return None
+        return float(cost) if 0 <= cost < 1e9 else None

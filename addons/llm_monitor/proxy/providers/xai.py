@@ -10,28 +10,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from llm_monitor.proxy.providers.openai import OpenAI
-from llm_monitor.usage import TokenUsage
 
 TICKS_PER_USD = 10**10
-
-
-def reported_cost(usage: dict[str, Any]) -> float | None:
-    """`usage.cost_in_usd_ticks` in USD when it is a plain non-negative integer, else None
-    (never a guess)."""
-    ticks = usage.get("cost_in_usd_ticks")
-    if isinstance(ticks, bool) or not isinstance(ticks, int) or not 0 <= ticks < 10**19:
-        return None
-    return ticks / TICKS_PER_USD
 
 
 class XAI(OpenAI):
     name = "xai"
 
-    def read_usage(self, usage: dict[str, Any], holder: dict[str, Any]) -> TokenUsage:
-        result = super().read_usage(usage, holder)
-        cost = reported_cost(usage)
-        return dataclasses.replace(result, reported_cost_usd=cost) if cost is not None else result
+    def reported_cost(self, usage: dict[str, Any]) -> float | None:
+        """`usage.cost_in_usd_ticks` in USD when it is a plain non-negative integer."""
+        ticks = usage.get("cost_in_usd_ticks")
+        if isinstance(ticks, bool) or not isinstance(ticks, int) or not 0 <= ticks < 10**19:
+            return None
+        return ticks / TICKS_PER_USD
