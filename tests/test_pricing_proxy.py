@@ -474,12 +474,7 @@ def test_mistral_streams_are_not_injected(
     pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
 ) -> None:
     reply = upstream.reply(Reply(200, MISTRAL_STREAM, content_type="text/event-stream", seed=3))
-    client = openai.OpenAI(
-        base_url=pricing_proxy.url("mistral") + "/v1",
-        api_key=API_KEY,
-        max_retries=0,
-        default_headers={"X-Monitor-Token": pricing_token},
-    )
+    client = sdk_client(pricing_proxy, pricing_token, "mistral")
     stream = client.chat.completions.create(
         model="mistral-small-latest", messages=[{"role": "user", "content": "Hi"}], stream=True
     )
@@ -580,6 +575,39 @@ def responses_answer(model: str, *calls: str) -> dict[str, Any]:
     }
 
 
+def responses_stream(final: dict[str, Any], *deltas: str) -> bytes:
+    """A Responses API stream: created, a text delta each, then `final` completed."""
+    created = {**final, "output": [], "usage": None, "status": "in_progress"}
+    events = [
+        ("response.created", {"type": "response.created", "response": created}),
+        *(
+            ("response.output_text.delta", {"type": "response.output_text.delta", "delta": d})
+            for d in deltas
+        ),
+        ("response.completed", {"type": "response.completed", "response": final}),
+    ]
+    return b"".join(
+        b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(data).encode())
+        for name, data in events
+    )
+
+
+def sdk_client(proxy: Proxy, token: str, provider: str = "openai") -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=proxy.url(provider) + "/v1",
+        api_key=API_KEY,
+        max_retries=0,
+        default_headers={"X-Monitor-Token": token},
+    )
+
+
+def import_prices(db: Path, *entries: dict[str, Any]) -> None:
+    """Local prices, as a user imports them with `llm-monitor pricing import`."""
+    prices = db.parent / "imported-prices.json"
+    prices.write_text(json.dumps({"prices": list(entries)}))
+    invoke(db, "pricing", "import", str(prices))
+
+
 def test_openai_file_search_calls_are_billed_and_explained(
     pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
 ) -> None:
@@ -600,24 +628,9 @@ def test_openai_file_search_calls_are_billed_and_explained(
 def test_openai_file_search_calls_in_a_responses_stream(
     pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
 ) -> None:
-    final = responses_answer("gpt-5.4-mini", "file_search_call")
-    created = {**final, "output": [], "usage": None, "status": "in_progress"}
-    body = (
-        b"event: response.created\ndata: "
-        + json.dumps({"type": "response.created", "response": created}).encode()
-        + b"\n\nevent: response.output_text.delta\ndata: "
-        + json.dumps({"type": "response.output_text.delta", "delta": "Hi"}).encode()
-        + b"\n\nevent: response.completed\ndata: "
-        + json.dumps({"type": "response.completed", "response": final}).encode()
-        + b"\n\n"
-    )
+    body = responses_stream(responses_answer("gpt-5.4-mini", "file_search_call"), "Hi")
     reply = upstream.reply(Reply(200, body, content_type="text/event-stream", seed=11))
-    client = openai.OpenAI(
-        base_url=pricing_proxy.url("openai") + "/v1",
-        api_key=API_KEY,
-        max_retries=0,
-        default_headers={"X-Monitor-Token": pricing_token},
-    )
+    client = sdk_client(pricing_proxy, pricing_token)
     events = list(client.responses.create(model="gpt-5.4-mini", input="Hi", stream=True))
     assert events[-1].type == "response.completed"
     row = row_for(pricing_proxy.db_path, reply.request_id)
@@ -666,24 +679,9 @@ def test_web_search_preview_calls_are_counted_apart_and_never_priced_as_web_sear
         "source": "test: OpenAI's pricing page, web_search_preview on non-reasoning models",
         "as_of": "2026-12-01",
     }
-    prices = priced_db.parent / "preview-prices.json"
-    prices.write_text(json.dumps({"prices": [entry]}))
-    invoke(priced_db, "pricing", "import", str(prices))
-    final = responses_answer("gpt-4o-2024-11-20", "web_search_call")
-    created = {**final, "output": [], "usage": None, "status": "in_progress"}
-    body = (
-        b"event: response.created\ndata: "
-        + json.dumps({"type": "response.created", "response": created}).encode()
-        + b"\n\nevent: response.completed\ndata: "
-        + json.dumps({"type": "response.completed", "response": final}).encode()
-        + b"\n\n"
-    )
-    client = openai.OpenAI(
-        base_url=pricing_proxy.url("openai") + "/v1",
-        api_key=API_KEY,
-        max_retries=0,
-        default_headers={"X-Monitor-Token": pricing_token},
-    )
+    import_prices(priced_db, entry)
+    body = responses_stream(responses_answer("gpt-4o-2024-11-20", "web_search_call"))
+    client = sdk_client(pricing_proxy, pricing_token)
     for _ in range(50):  # the recorder rebuilds its price book when the table changes
         reply = upstream.reply(Reply(200, body, content_type="text/event-stream", seed=12))
         events = list(
@@ -722,9 +720,7 @@ def test_chat_search_models_pay_a_search_on_every_request(
         "source": "test: a contract price",
         "as_of": "2026-12-01",
     }
-    prices = priced_db.parent / "search-prices.json"
-    prices.write_text(json.dumps({"prices": [entry]}))
-    invoke(priced_db, "pricing", "import", str(prices))
+    import_prices(priced_db, entry)
     answer = chat("gpt-4o-mini-search-preview", 1000, 100)
     for _ in range(50):  # the recorder rebuilds its price book when the table changes
         row = send_chat(pricing_proxy, upstream, pricing_token, "openai", answer)
@@ -743,12 +739,7 @@ def test_chat_search_models_pay_a_search_on_every_request(
         {**chunk("gpt-4o-mini-search-preview"), "choices": [], "usage": answer["usage"]},
     )
     reply = upstream.reply(Reply(200, stream, content_type="text/event-stream", seed=2))
-    client = openai.OpenAI(
-        base_url=pricing_proxy.url("openai") + "/v1",
-        api_key=API_KEY,
-        max_retries=0,
-        default_headers={"X-Monitor-Token": pricing_token},
-    )
+    client = sdk_client(pricing_proxy, pricing_token)
     chunks = client.chat.completions.create(
         model="gpt-4o-mini-search-preview",
         messages=[{"role": "user", "content": "Hi"}],
