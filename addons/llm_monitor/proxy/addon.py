@@ -37,7 +37,7 @@ from llm_monitor.proxy.content_coding import TooLarge, decode_body, is_supported
 from llm_monitor.proxy.limits import GUARD_KEY, BodyGuard
 from llm_monitor.proxy.metrics import Metrics
 from llm_monitor.proxy.providers import KNOWN_HOSTS, Provider, RequestInfo, provider_named
-from llm_monitor.proxy.reading import BodyCollector, MiB, StreamTap, request_decode_limit
+from llm_monitor.proxy.reading import BodyCollector, MiB, StreamTap, whole_body_decode_limit
 from llm_monitor.store.database import open_db
 from llm_monitor.store.recorder import Recorder, spool_path_for
 from llm_monitor.usage import TokenUsage, UsageRecord, utc_timestamp
@@ -657,7 +657,7 @@ class Monitor:
         encoding = request.headers.get("content-encoding", "").strip()
         limit_mb = self.max_read // MiB
         if encoding and encoding.lower() != "identity":
-            limit = request_decode_limit(len(raw), self.max_read)
+            limit = whole_body_decode_limit(len(raw), self.max_read)
             try:
                 body = decode_body(raw, encoding, limit)
             except TooLarge:
@@ -852,7 +852,7 @@ class Monitor:
             return raw, b"", None
         try:
             return (
-                decode_body(raw, encoding, request_decode_limit(len(raw), self.max_read)),
+                decode_body(raw, encoding, whole_body_decode_limit(len(raw), self.max_read)),
                 b"",
                 None,
             )

@@ -5,7 +5,8 @@ and a decoded copy goes to a reader (a provider's stream reader, or a `BodyColle
 a JSON body). The event loop never decodes, keeps or parses more than the limits allow:
 
 - decoded bytes may not outgrow the compressed bytes by more than `MAX_RATIO` (after a
-  first allowance; `request_decode_limit` for requests): a compression bomb is noticed
+  first allowance; `whole_body_decode_limit` for a body read whole, a request's or a small
+  JSON answer's): a compression bomb is noticed
   after a few MB, not after a GB;
 - one SSE line or event, one JSON body, at most `max_read` bytes;
 - a JSON body is parsed only when `budget.json_too_complex` allows it.
@@ -37,8 +38,9 @@ BODY_SLACK = 4 * 1024 * 1024
 TAIL = 68 * 1024
 
 
-def request_decode_limit(encoded_size: int, max_read: int) -> int:
-    """How many bytes a compressed request body may decode to before it is left unread."""
+def whole_body_decode_limit(encoded_size: int, max_read: int) -> int:
+    """How many bytes a compressed body read whole (a request, a small JSON answer) may
+    decode to before it is left unread."""
     return min(max_read, encoded_size * MAX_RATIO + BODY_SLACK)
 
 
