@@ -590,14 +590,13 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
                 entry[f"{top}_vs_{bottom}_throughput"] = median(
                     [by[top].req_per_s / by[bottom].req_per_s for by in per_round]
                 )
-                entry[f"{top}_vs_{bottom}_cpu_per_request"] = median(
-                    [
-                        by[bottom].cpu_us_per_request / by[top].cpu_us_per_request
-                        for by in per_round
-                        if by[top].cpu_us_per_request and by[bottom].cpu_us_per_request
-                    ]
-                    or [0]
-                )
+                cpu = [
+                    by[bottom].cpu_us_per_request / by[top].cpu_us_per_request
+                    for by in per_round
+                    if by[top].cpu_us_per_request and by[bottom].cpu_us_per_request
+                ]
+                if cpu:  # not for `direct`, which has no process of its own to read
+                    entry[f"{top}_vs_{bottom}_cpu_per_request"] = median(cpu)
         for path in (*PROXY_PATHS, *OPTIONAL_PATHS):
             if everywhere(path, "direct"):
                 entry[f"{path}_p50_added_ms"] = median(
