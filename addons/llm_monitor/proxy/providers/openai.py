@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -339,7 +340,7 @@ class OpenAI:
         usage, model, holder = _usage_and_model(load_json(body))
         if usage is None:
             return None, model
-        return as_requested(self.read_usage(usage, holder), info), model
+        return self.usage_as_requested(info, usage, holder), model
 
     def error_code(self, body: bytes) -> str | None:
         return error_code_of(load_json(body))
@@ -347,13 +348,17 @@ class OpenAI:
     def stream_reader(self, info: RequestInfo, content_type: str) -> OpenAIStreamReader | None:
         if "text/event-stream" not in content_type:
             return None
-        read_usage = self.read_usage
-        if info.web_search_preview:
+        return OpenAIStreamReader(
+            usage_injected=info.usage_injected,
+            read_usage=functools.partial(self.usage_as_requested, info),
+        )
 
-            def read_usage(usage: dict[str, Any], holder: dict[str, Any]) -> TokenUsage:
-                return as_requested(self.read_usage(usage, holder), info)
-
-        return OpenAIStreamReader(usage_injected=info.usage_injected, read_usage=read_usage)
+    def usage_as_requested(
+        self, info: RequestInfo, usage: dict[str, Any], holder: dict[str, Any]
+    ) -> TokenUsage:
+        """`read_usage`, with what the request said about its tools (`as_requested`): one
+        path for a JSON answer and a stream alike."""
+        return as_requested(self.read_usage(usage, holder), info)
 
     def rejection(self, status: int, message: str, code: str) -> bytes:
         error_type = "invalid_request_error"
