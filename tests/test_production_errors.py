@@ -44,6 +44,17 @@ def h2_client() -> httpx.Client:
     return httpx.Client(http2=True, verify=h2_context(), timeout=20)
 
 
+def openai_over_h2(proxy: Proxy, token: str, http_client: httpx.Client) -> openai.OpenAI:
+    """The openai SDK on a listener over TLS, with a client that speaks HTTP/2."""
+    return openai.OpenAI(
+        base_url=f"{tls_url(proxy, 'openai')}/v1",
+        api_key=API_KEY,
+        max_retries=0,
+        default_headers={"X-Monitor-Token": token},
+        http_client=http_client,
+    )
+
+
 def tls_url(proxy: Proxy, provider: str) -> str:
     return f"https://127.0.0.1:{proxy.ports[provider]}"
 
@@ -78,13 +89,7 @@ def test_http2_client_gets_the_providers_502(db_and_token: tuple[Path, str]) -> 
 
         # The official SDKs over HTTP/2 raise their usual status error.
         with h2_client() as http_client:
-            client = openai.OpenAI(
-                base_url=f"{tls_url(proxy, 'openai')}/v1",
-                api_key=API_KEY,
-                max_retries=0,
-                default_headers={"X-Monitor-Token": token},
-                http_client=http_client,
-            )
+            client = openai_over_h2(proxy, token, http_client)
             with pytest.raises(openai.APIStatusError) as caught:
                 client.chat.completions.create(**CHAT["request"]["body"])
         assert caught.value.status_code == 502
@@ -127,13 +132,7 @@ def test_http2_client_of_a_silent_provider_gets_the_providers_504(
             db_path, f"http://127.0.0.1:{silent.port}", tcp_timeout=2, confdir=confdir
         ) as proxy:
             with h2_client() as http_client:
-                client = openai.OpenAI(
-                    base_url=f"{tls_url(proxy, 'openai')}/v1",
-                    api_key=API_KEY,
-                    max_retries=0,
-                    default_headers={"X-Monitor-Token": token},
-                    http_client=http_client,
-                )
+                client = openai_over_h2(proxy, token, http_client)
                 with pytest.raises(openai.APIStatusError) as caught:
                     client.chat.completions.create(**CHAT["request"]["body"])
             found = wait_for_rows(db_path, "1")
