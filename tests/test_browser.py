@@ -225,9 +225,9 @@ def test_every_view_reads_well_at_desktop_and_phone_sizes(
                 page = f"overview-{width}"
                 driver.get(f"{base}/")
                 wait_for_marks(driver)
-                WebDriverWait(
-                    driver, 10, ignored_exceptions=[StaleElementReferenceException]
-                ).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#lm-recent tbody tr td a"))
+                settle(driver).until(
+                    lambda b: b.find_elements(By.CSS_SELECTOR, "#lm-recent tbody tr td a")
+                )
                 assert_reads_well(driver, (width, height))
                 assert driver.find_element(By.TAG_NAME, "h1").text == "LLM Monitor: Acme"
                 screenshot(driver, page)
@@ -322,7 +322,7 @@ def test_the_overview_shows_the_numbers_and_refreshes_itself(
                 )
             )
             recorder.close()
-            WebDriverWait(driver, 25, poll_frequency=0.5).until(
+            settle(driver, 25).until(
                 lambda b: (
                     "gpt-4o-2024-11-20"
                     in b.find_element(By.CSS_SELECTOR, "#lm-recent tbody tr:first-child").text
@@ -335,7 +335,13 @@ def test_the_overview_shows_the_numbers_and_refreshes_itself(
             assert driver.find_elements(By.CSS_SELECTOR, "#lm-recent tr.lm-new")
             screenshot(driver, page)
             # Each of the latest requests opens its page.
-            driver.find_element(By.CSS_SELECTOR, "#lm-recent tbody tr:first-child a").click()
+            # The refresh can replace the row between finding and clicking it: look again.
+            settle(driver).until(
+                lambda b: (
+                    b.find_element(By.CSS_SELECTOR, "#lm-recent tbody tr:first-child a").click()
+                    or True
+                )
+            )
             settle(driver).until(lambda b: "/llm-monitor/request?id=" in b.current_url)
             assert "gpt-4o-2024-11-20" in driver.find_element(By.TAG_NAME, "h2").text
             assert driver.find_element(By.ID, "cost").text.startswith("Cost\n$")
