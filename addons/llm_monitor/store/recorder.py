@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import queue
 import sqlite3
 import threading
@@ -46,13 +47,15 @@ def write_rows(db: Database, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row["token_id"] is not None:
             last_used[row["token_id"]] = max(row["ts"], last_used.get(row["token_id"], ""))
+    values = operator.itemgetter(*columns)
     with db.atomic():
+        (before,) = db.conn.execute("select coalesce(max(rowid), 0) from usage").fetchone()
         db.conn.executemany(
             f"insert into usage ({', '.join(f'[{c}]' for c in columns)}) "
             f"values ({', '.join('?' * len(columns))})",
-            [tuple(row[c] for c in columns) for row in rows],
+            map(values, rows),
         )
-        rollups.add(db, rows)
+        rollups.add(db, before)
         db.conn.executemany(
             "update monitor_tokens set last_used_at = ? where id = ? "
             "and (last_used_at is null or last_used_at < ?)",
