@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -63,6 +64,15 @@ def utc_timestamp(epoch: float) -> str:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         _formatted_second = (seconds, text)
     return f"{text}.{milliseconds:03d}Z"
+
+
+def compact_json(value: Any) -> str:
+    """JSON without spaces: orjson's (a tenth of `json.dumps`' time, for every request),
+    or the standard library's for what orjson refuses (an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value, separators=(",", ":"))
 
 
 def as_count(value: Any) -> int | None:
@@ -168,5 +178,5 @@ class UsageRecord(BaseModel):
             "maps_grounded_prompts": usage.maps_grounded_prompts,
             "service_tier": usage.service_tier,
             "reported_cost_usd": usage.reported_cost_usd,
-            "raw_usage": json.dumps(usage.raw, separators=(",", ":")) if usage.raw else None,
+            "raw_usage": compact_json(usage.raw) if usage.raw else None,
         }

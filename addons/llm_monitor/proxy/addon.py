@@ -140,25 +140,29 @@ def stored_path(request: http.Request) -> str:
     return f"{path}?{urlencode(kept)}" if kept else path
 
 
-def take_our_headers(request: http.Request) -> tuple[dict[bytes, str], int]:
+def take_our_headers(request: http.Request) -> tuple[dict[bytes, str], dict[str, str], int]:
     """Remove every `x-monitor-*` header (`x_monitor_*` too) and query parameter: they are
-    ours, never the provider's. Returns our headers (lower-case name: value, repeated ones
-    joined by ", " as mitmproxy joins them) and the size of the head that goes on.
+    ours, never the provider's. Returns our headers (lower-case name: value), the headers
+    that go on (the same form, for reading: repeated ones joined by ", " as mitmproxy
+    joins them) and the size of the head that goes on.
 
     One pass over the raw header fields: this runs for every request, and each of
     mitmproxy's case-insensitive header look-ups walks them all again.
     """
     ours: dict[bytes, str] = {}
+    forwarded: dict[str, str] = {}
     kept = []
     size = 0
     for raw_name, raw_value in request.headers.fields:
         name = raw_name.lower()
+        value = raw_value.decode("utf-8", "surrogateescape")
         if name[:10].replace(b"_", b"-") == b"x-monitor-":
-            value = raw_value.decode("utf-8", "surrogateescape")
             ours[name] = f"{ours[name]}, {value}" if name in ours else value
         else:
             kept.append((raw_name, raw_value))
             size += len(name) + len(raw_value) + 4
+            key = name.decode("latin-1")
+            forwarded[key] = f"{forwarded[key]}, {value}" if key in forwarded else value
     if ours:
         request.headers.fields = tuple(kept)
     path = request.data.path
@@ -167,7 +171,7 @@ def take_our_headers(request: http.Request) -> tuple[dict[bytes, str], int]:
         for name in {k for k in query if is_our_name(k)}:
             del query[name]
         path = request.data.path
-    return ours, len(request.data.method) + len(path) + 12 + size
+    return ours, forwarded, len(request.data.method) + len(path) + 12 + size
 
 
 def is_json(content_type: str) -> bool:
@@ -557,8 +561,7 @@ class Monitor:
             drain=2 * self.max_request,
             too_large=lambda: self._response(flow, provider, *self._too_large()),
         )
-        headers = request.headers
-        ours, head_bytes = take_our_headers(request)
+        ours, headers, head_bytes = take_our_headers(request)
         token = ours.get(_TOKEN_KEY)
         if head_bytes > self.max_header:
             message = f"Request headers larger than {self.max_header // 1024} KB (LLM Monitor)."

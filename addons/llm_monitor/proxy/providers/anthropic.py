@@ -19,6 +19,7 @@ Quirks that live here:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from mitmproxy import http
@@ -155,7 +156,7 @@ class Anthropic:
             {"type": "error", "error": {"type": error_type, "message": message, "code": code}}
         ).encode()
 
-    def key_hint(self, headers: http.Headers) -> str | None:
+    def key_hint(self, headers: Mapping[str, str]) -> str | None:
         """`sk-ant-api03-R2D...igAA`: the `partial_key_hint` Anthropic's console and Admin
         API show (the first 16 and the last 4 characters of a key of about 108). Recent SDKs
         send the key as a bearer token rather than in `x-api-key`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -83,12 +84,12 @@ class Provider(Protocol):
         """A JSON error body in this provider's own shape, so its SDK shows `message`."""
         ...
 
-    def key_hint(self, headers: http.Headers) -> str | None:
+    def key_hint(self, headers: Mapping[str, str]) -> str | None:
         """The request's provider key in the form the provider's console shows it, or None."""
         ...
 
 
-def bearer_token(headers: http.Headers) -> str | None:
+def bearer_token(headers: Mapping[str, str]) -> str | None:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 

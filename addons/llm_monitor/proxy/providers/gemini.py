@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from mitmproxy import http
@@ -368,6 +369,6 @@ class Gemini:
             }
         ).encode()
 
-    def key_hint(self, headers: http.Headers) -> str | None:
+    def key_hint(self, headers: Mapping[str, str]) -> str | None:
         """None: Google's billing data has no per-key dimension to compare with."""
         return None

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mitmproxy import http
@@ -370,7 +370,7 @@ class OpenAI:
             {"error": {"message": message, "type": error_type, "param": None, "code": code}}
         ).encode()
 
-    def key_hint(self, headers: http.Headers) -> str | None:
+    def key_hint(self, headers: Mapping[str, str]) -> str | None:
         """`sk-...abcd`, as OpenAI's console lists keys: the type prefix and the last four
         characters. Other OpenAI-compatible keys keep their prefix up to the first dash."""
         key = bearer_token(headers)
