@@ -965,15 +965,14 @@ def peers_command(
 @click.option("--set", "settings", multiple=True)
 def serve_lean_command(modes: tuple[str, ...], settings: tuple[str, ...]) -> None:
     """(internal) The lean master of `llm-monitor proxy` without the monitor addon."""
-    from mitmproxy import hooks, master, options
+    from mitmproxy import hooks, options
 
-    from llm_monitor.proxy.master import configure_logging, lean_addons, settle_heap
+    from llm_monitor.proxy.master import LeanMaster, configure_logging, settle_heap
 
     async def serve() -> None:
         configure_logging()
         opts = options.Options()
-        lean = master.Master(opts, with_termlog=True)
-        lean.addons.add(*lean_addons())
+        lean = LeanMaster(opts, with_monitor=False)
         opts.set(*settings)
         opts.update(mode=list(modes))
         lean.addons.trigger(hooks.ConfigureHook(set(opts.keys())))

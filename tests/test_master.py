@@ -1,0 +1,135 @@
+"""`llm-monitor proxy`'s master: the addons it loads and how it calls their hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from mitmproxy import exceptions, options
+from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
+from mitmproxy.test import tflow
+
+from llm_monitor.proxy.master import LeanMaster
+
+
+class Calls:
+    """An addon that notes each hook it sees, in a list shared with others."""
+
+    def __init__(self, name: str, seen: list[str], fail: bool = False, halt: bool = False):
+        self.name, self.seen, self.fail, self.halt = name, seen, fail, halt
+
+    def request(self, flow: object) -> None:
+        self.seen.append(f"{self.name}.request")
+        if self.fail:
+            raise RuntimeError(f"{self.name} failed")
+        if self.halt:
+            raise exceptions.AddonHalt()
+
+    async def response(self, flow: object) -> None:
+        await asyncio.sleep(0)
+        self.seen.append(f"{self.name}.response")
+
+
+class Updates(Calls):
+    def update(self, flows: list[object]) -> None:
+        self.seen.append(f"{self.name}.update")
+
+
+def master_with(*addons: object) -> LeanMaster:
+    proxy = LeanMaster(options.Options(), with_termlog=False, with_monitor=False)
+    proxy.addons.add(*addons)
+    return proxy
+
+
+@pytest.fixture
+def event_loop_master():
+    """LeanMaster wants a running loop when it is made, as mitmproxy's Master does."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+def test_hooks_run_in_chain_order_async_ones_awaited(event_loop_master) -> None:
+    seen: list[str] = []
+    flow = tflow.tflow(resp=True)
+
+    async def run() -> None:
+        proxy = master_with(Calls("a", seen), Calls("b", seen))
+        await proxy.addons.handle_lifecycle(HttpRequestHook(flow))
+        await proxy.addons.handle_lifecycle(HttpResponseHook(flow))
+
+    event_loop_master.run_until_complete(run())
+    assert seen == ["a.request", "b.request", "a.response", "b.response"]
+
+
+def test_a_failing_hook_is_logged_and_the_next_addon_still_runs(
+    event_loop_master, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+
+    async def run() -> None:
+        proxy = master_with(Calls("a", seen, fail=True), Calls("b", seen))
+        await proxy.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+
+    with caplog.at_level(logging.ERROR):
+        event_loop_master.run_until_complete(run())
+    assert seen == ["a.request", "b.request"]
+    assert "Addon error: a failed" in caplog.text
+
+
+def test_addon_halt_stops_the_event_there(event_loop_master) -> None:
+    seen: list[str] = []
+
+    async def run() -> None:
+        proxy = master_with(Calls("a", seen, halt=True), Calls("b", seen))
+        await proxy.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+
+    event_loop_master.run_until_complete(run())
+    assert seen == ["a.request"]
+
+
+def test_addons_added_or_removed_later_are_called_or_not(event_loop_master) -> None:
+    seen: list[str] = []
+    late = Calls("late", seen)
+
+    async def run() -> None:
+        proxy = master_with(Calls("a", seen))
+        await proxy.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+        proxy.addons.add(late)
+        await proxy.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+        proxy.addons.remove(late)
+        await proxy.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+
+    event_loop_master.run_until_complete(run())
+    assert seen == ["a.request", "a.request", "late.request", "a.request"]
+
+
+def test_update_follows_each_flow_event_only_when_an_addon_has_the_hook(
+    event_loop_master,
+) -> None:
+    seen: list[str] = []
+
+    async def run() -> None:
+        proxy = master_with(Calls("a", seen))
+        await proxy.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+        proxy.addons.add(Updates("u", seen))
+        await proxy.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+
+    event_loop_master.run_until_complete(run())
+    assert seen == ["a.request", "a.request", "u.request", "u.update"]
+
+
+def test_the_lean_master_loads_the_monitor_last_and_no_flow_keeping_addon(
+    event_loop_master,
+) -> None:
+    async def run() -> list[str]:
+        proxy = LeanMaster(options.Options())
+        return [type(addon).__name__ for addon in proxy.addons.chain]
+
+    chain = event_loop_master.run_until_complete(run())
+    assert chain[0] == "TermLog" and chain[-1] == "Monitor"
+    assert {"Core", "Proxyserver", "NextLayer", "TlsConfig", "Block", "UpdateAltSvc"} <= set(chain)
+    assert not {"Save", "View", "ClientPlayback", "ServerPlayback", "Dumper"} & set(chain)
