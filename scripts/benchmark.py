@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -232,6 +233,20 @@ async def load(
 
 
 # Processes.
+
+
+def harness_loop() -> Any:
+    """The event loop of the load generator and the upstream: uvloop's when installed
+    (`pip install -e '.[bench]'`), which leaves more of the machine to what is measured."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_harness(coroutine: Any) -> Any:
+    return asyncio.run(coroutine, loop_factory=harness_loop())
 
 
 def free_port() -> int:
@@ -437,11 +452,11 @@ def measure(
     body = BODIES[kind]
     if kind == "ttft":
         requests, concurrency, warmup = min(requests, TTFT_REQUESTS), TTFT_CONCURRENCY, 40
-    asyncio.run(load(port, warmup, min(concurrency, warmup), body, token, headers=headers))
+    run_harness(load(port, warmup, min(concurrency, warmup), body, token, headers=headers))
     rss_start = rss_kb(pid) / 1024 if pid else None
     cpu_start = cpu_seconds(pid) if pid else 0.0
     started = time.perf_counter()
-    timing = asyncio.run(load(port, requests, concurrency, body, token, headers=headers))
+    timing = run_harness(load(port, requests, concurrency, body, token, headers=headers))
     seconds = time.perf_counter() - started
     cpu_used = cpu_seconds(pid) - cpu_start if pid else None
     return Result(
@@ -526,6 +541,8 @@ def run_paths(
 
 
 def print_table(results: list[Result]) -> None:
+    harness = "uvloop" if harness_loop() is not None else "asyncio (uvloop not installed)"
+    click.echo(f"load generator and upstream on {harness}")
     columns = [
         "path",
         "kind",
@@ -706,7 +723,7 @@ def serve_upstream_command(
     port: int, first_event_ms: float, events: int, interval_ms: float
 ) -> None:
     """(internal) Run the fast upstream."""
-    asyncio.run(serve_upstream(port, first_event_ms, events, interval_ms))
+    run_harness(serve_upstream(port, first_event_ms, events, interval_ms))
 
 
 # Peers: other LLM gateways, installed on first use into a cache of their own.
@@ -1002,37 +1019,62 @@ def serve_uvloop_command(modes: tuple[str, ...], settings: tuple[str, ...]) -> N
 @click.option("--requests", default=5000, show_default=True)
 @click.option("--concurrency", default=20, show_default=True)
 @click.option("--max-workers", default=2, show_default=True)
-def workers_command(requests: int, concurrency: int, max_workers: int) -> None:
-    """`llm-monitor up --workers N` for N = 1 .. max: JSON throughput through HAProxy."""
+@click.option("--rounds", default=5, show_default=True, help="Ratios are medians over rounds.")
+def workers_command(requests: int, concurrency: int, max_workers: int, rounds: int) -> None:
+    """`llm-monitor up --workers N` for N = 1 .. max: JSON throughput through HAProxy,
+    the worker counts taking turns each round."""
+    counts = list(range(1, max_workers + 1))
+    rates: dict[int, list[float]] = {n: [] for n in counts}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         upstream_port = free_port()
         with upstream(upstream_port, workdir, cpus={0, 1}):
-            for n in range(1, max_workers + 1):
-                db, token = new_db(workdir / f"w{n}")
-                port = free_port()
-                args = [
-                    str(BIN / "llm-monitor"),
-                    "--db",
-                    str(db),
-                    "up",
-                    "--no-defaults",
-                    "--workers",
-                    str(n),
-                    "--listen",
-                    f"openai=http://127.0.0.1:{upstream_port}@{port}",
-                    "--no-log-requests",
-                ]
-                with process(args, port, workdir / f"up-{n}.log", {0, 1}):
-                    time.sleep(1 + n)  # every worker up, not only HAProxy's port
-                    result = measure(f"workers={n}", "json", port, requests, concurrency, token)
-                time.sleep(1)
-                result.rows = count_rows(db)
-                click.echo(
-                    f"workers={n}: {result.req_per_s} req/s, {result.errors} errors, "
-                    f"p50 {result.p50_ms} ms, "
-                    f"p99 {result.p99_ms} ms, rows {result.rows}/{requests + 200}"
-                )
+            for round_number in range(rounds):
+                for n in (
+                    counts[round_number % len(counts) :] + counts[: round_number % len(counts)]
+                ):
+                    result = measure_workers(
+                        n, upstream_port, workdir / f"r{round_number}w{n}", requests, concurrency
+                    )
+                    rates[n].append(result.req_per_s)
+                    click.echo(
+                        f"round {round_number + 1}, workers={n}: {result.req_per_s} req/s, "
+                        f"{result.errors} errors, p50 {result.p50_ms} ms, "
+                        f"p99 {result.p99_ms} ms, rows {result.rows}/{result.sent}"
+                    )
+    for n in counts:
+        ratios = [rate / base for rate, base in zip(rates[n], rates[1], strict=True)]
+        click.echo(
+            f"workers={n}: median {statistics.median(rates[n]):.0f} req/s, "
+            f"x{statistics.median(ratios):.2f} one worker, the median of the rounds' "
+            f"ratios ({', '.join(f'{r:.2f}' for r in ratios)})"
+        )
+
+
+def measure_workers(
+    n: int, upstream_port: int, workdir: Path, requests: int, concurrency: int
+) -> Result:
+    """One run of `up --workers n` in front of the upstream; its rows counted after."""
+    db, token = new_db(workdir)
+    port = free_port()
+    args = [
+        str(BIN / "llm-monitor"),
+        "--db",
+        str(db),
+        "up",
+        "--no-defaults",
+        "--workers",
+        str(n),
+        "--listen",
+        f"openai=http://127.0.0.1:{upstream_port}@{port}",
+        "--no-log-requests",
+    ]
+    with process(args, port, workdir / "up.log", {0, 1}):
+        time.sleep(1 + n)  # every worker up, not only HAProxy's port
+        result = measure(f"workers={n}", "json", port, requests, concurrency, token)
+    time.sleep(1)
+    result.rows = count_rows(db)
+    return result
 
 
 @main.command("soak")
@@ -1054,10 +1096,10 @@ def soak_command(streams: int, seconds: float, interval_ms: float) -> None:
                 with process(args, port, workdir / f"{path}.log", PROXY_CPU) as proc:
                     # One short request first: the port opens before the addon has finished
                     # starting, and that wait is not what is measured here.
-                    asyncio.run(load(port, 1, 1, CHAT_BODY, token))
+                    run_harness(load(port, 1, 1, CHAT_BODY, token))
                     rss_before = rss_kb(proc.pid) / 1024
                     started = time.perf_counter()
-                    timing = asyncio.run(load(port, streams, streams, STREAM_BODY, token))
+                    timing = run_harness(load(port, streams, streams, STREAM_BODY, token))
                     took = time.perf_counter() - started
                     rss_peak = rss_kb(proc.pid, "VmHWM") / 1024
                 click.echo(
