@@ -229,6 +229,9 @@ class FlowState:
     info: RequestInfo = field(default_factory=RequestInfo)
     tap: StreamTap | None = None
     whole: bool = False  # the JSON answer is kept whole by mitmproxy, read in `response`
+    whole_encoding: str = ""  # that answer's Content-Encoding
+    # The request's headers as forwarded (lower-case names; see `take_our_headers`).
+    request_headers: dict[str, str] = field(default_factory=dict)
     forwarded: bool = False  # the whole request was read and is going to the provider
     unread: str | None = None  # why the proxy did not read a body it would have read
     recorded: bool = False
@@ -605,6 +608,7 @@ class Monitor:
             message = f"{e} (LLM Monitor)."
             self._reject(flow, provider, guard, 400, message, "invalid_monitor_header", token)
             return
+        state.request_headers = headers
         if self.key_hints:
             state.key_hint = provider.key_hint(headers)
         flow.metadata[_METADATA_KEY] = state
@@ -620,7 +624,7 @@ class Monitor:
         if not readable:
             # Unread, passed on untouched; what the path alone tells is still known.
             probe = request.copy()
-            probe.content = b""
+            probe.raw_content = b""
             request = probe
         try:
             state.info = state.provider.inspect_request(request, inject_usage=state.inject_usage)
@@ -657,7 +661,7 @@ class Monitor:
         """Whether the body may be read here; a compressed one is decoded (at most
         `max_read` bytes) and forwarded decoded, so that no decoded copy is cached."""
         raw = request.raw_content or b""
-        encoding = request.headers.get("content-encoding", "").strip()
+        encoding = state.request_headers.get("content-encoding", "").strip()
         limit_mb = self.max_read // MiB
         if encoding and encoding.lower() != "identity":
             limit = whole_body_decode_limit(len(raw), self.max_read)
@@ -674,6 +678,7 @@ class Monitor:
                 state.unread = f"request body not read: {e}"[:200]
                 return False
             del request.headers["content-encoding"]
+            del state.request_headers["content-encoding"]
             request.content = body
         elif len(raw) > self.max_read:
             state.unread = f"request body over {limit_mb} MB: not read"
@@ -717,7 +722,7 @@ class Monitor:
                 response.stream = True  # files, audio, images: no usage to read
                 return None
             if kept_whole(response, declared):
-                state.whole = True
+                state.whole, state.whole_encoding = True, encoding
                 return None
             reader = BodyCollector(self.max_read)  # JSON and errors: read on the side
         return StreamTap(reader, encoding, max_read=self.max_read)
@@ -817,7 +822,9 @@ class Monitor:
         the limits, else from its tail (OpenAI's usage comes last)."""
         provider, status = state.provider, response.status_code
         body, tail, reason = (
-            self._whole_body(response) if state.whole else self._collected_body(state)
+            self._whole_body(response, state.whole_encoding)
+            if state.whole
+            else self._collected_body(state)
         )
         if body is not None and (too_complex := json_too_complex(body)) is not None:
             body, reason = None, f"response body: {too_complex}"
@@ -845,12 +852,14 @@ class Monitor:
             reason = f"response body over {self.max_read // MiB} MB decoded: usage not read"
         return body, collector.tail, reason
 
-    def _whole_body(self, response: http.Response) -> tuple[bytes | None, bytes, str | None]:
+    def _whole_body(
+        self, response: http.Response, encoding: str
+    ) -> tuple[bytes | None, bytes, str | None]:
         """A body mitmproxy kept whole, decoded within the same limits as a streamed one."""
         raw = response.raw_content
         if raw is None:  # streamed after all (mitmproxy's stream_large_bodies)
             return None, b"", "response body streamed by mitmproxy: usage not read"
-        encoding = response.headers.get("content-encoding", "").strip()
+        encoding = encoding.strip()
         if not encoding or encoding.lower() == "identity":
             return raw, b"", None
         try:

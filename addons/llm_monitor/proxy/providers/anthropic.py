@@ -121,7 +121,7 @@ class Anthropic:
 
     def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
         path = request.path.split("?")[0]
-        body = load_json(request.get_content(strict=False) or b"")
+        body = load_json(request.raw_content or b"")
         if not isinstance(body, dict):
             return RequestInfo(billable=not path.endswith("/count_tokens"))
         model = body.get("model") if isinstance(body.get("model"), str) else None

@@ -66,7 +66,10 @@ class StreamReader(Protocol):
 class Provider(Protocol):
     name: str
 
-    def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo: ...
+    def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
+        """What the request asks for. Its body (`raw_content`) is as it goes on: the addon
+        has decoded a compressed one already, or left it empty when it does not read it."""
+        ...
 
     def usage_from_body(
         self, body: bytes, info: RequestInfo

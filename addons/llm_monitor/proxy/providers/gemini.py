@@ -316,7 +316,7 @@ class Gemini:
             billable=method not in _FREE_METHODS,
         )
         if method in _GENERATING and request.method == "POST":
-            info.max_output = max_output(load_json(request.get_content(strict=False) or b""))
+            info.max_output = max_output(load_json(request.raw_content or b""))
         return info
 
     def usage_from_body(

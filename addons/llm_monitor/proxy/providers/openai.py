@@ -300,7 +300,7 @@ class OpenAI:
         content_type = request.headers.get("content-type", "").lower()
         if request.method != "POST" or "json" not in content_type:
             return RequestInfo()
-        body = load_json(request.get_content(strict=False) or b"")
+        body = load_json(request.raw_content or b"")
         if not isinstance(body, dict):
             return RequestInfo()
         model = body.get("model") if isinstance(body.get("model"), str) else None
