@@ -335,3 +335,18 @@ def test_large_body_usage_is_read_from_its_tail_only_when_unambiguous() -> None:
     # usage first, then other keys: found by the whole parse all the same.
     early = json.dumps({"usage": {"prompt_tokens": 5}, "data": padding, "model": "m"}).encode()
     assert OpenAI().usage_from_body(early, RequestInfo())[0].input_tokens == 5
+
+
+def test_a_priced_row_holds_every_field_of_the_record_as_model_dump_gives_it() -> None:
+    """`price_row` copies the record's __dict__ rather than calling `model_dump`: the same
+    only while every field is a plain value, which this keeps true."""
+    usage = record(model="gpt-4o", input_tokens=10, output_tokens=5, tags='{"team":"a"}')
+    row = price_row(usage, PriceBook([price("gpt-4o")]))
+    assert {k: row[k] for k in usage.model_dump()} == usage.model_dump()
+    assert set(row) == set(usage.model_dump()) | {
+        "cost_usd",
+        "priced",
+        "cost_basis",
+        "unpriced_reason",
+    }
+    assert row["priced"] == 1 and row["cost_usd"] > 0

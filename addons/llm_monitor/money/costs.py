@@ -427,8 +427,10 @@ def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:
     (the reason says why). priced = NULL: nothing to bill (an error status, no answer at
     all, an endpoint without a model, a free call).
     """
-    row = record.model_dump()
-    row.update(cost_usd=None, priced=None, cost_basis=None, unpriced_reason=None)
+    # Every field is a plain value (str, int, float, bool or None): its __dict__ is what
+    # `model_dump` would return, without the serialiser's walk (this runs for every row).
+    row = {**record.__dict__, "cost_usd": None, "priced": None, "cost_basis": None}
+    row["unpriced_reason"] = None
     model = record.billed_model
     if record.has_usage:
         if record.reported_cost_usd is not None:
