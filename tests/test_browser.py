@@ -193,7 +193,7 @@ def assert_reads_well(browser: WebDriver, size: tuple[int, int]) -> None:
     text = browser.find_element(By.TAG_NAME, "body").text
     assert "Custom SQL" not in text and "Run SQL" not in text and "Charting options" not in text
     money = cells(browser, "td.lm-usd")
-    assert all(USD.fullmatch(value) for value in money), money
+    assert all(USD.fullmatch(value) for value in money), [v for v in money if not USD.fullmatch(v)]
 
 
 def log_in(browser: WebDriver, base: str) -> None:

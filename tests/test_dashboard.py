@@ -686,6 +686,10 @@ def test_usd_and_numbers_are_formatted_for_reading() -> None:
     assert formatting.usd(24.765653) == "$24.77"
     assert formatting.usd(3.8e-06) == "$0.0000038"
     assert formatting.usd(0.0042) == "$0.0042"
+    # A sum just under a power of ten keeps two significant digits once rounded.
+    assert formatting.usd(0.000999996) == "$0.0010"
+    assert formatting.usd(0.009996) == "$0.01"
+    assert formatting.usd(-0.000999996) == "-$0.0010"
     assert formatting.usd(1234567.891) == "$1,234,567.89"
     assert formatting.usd(0) == "$0.00"
     assert formatting.usd(None) == ""

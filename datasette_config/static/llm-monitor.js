@@ -15,7 +15,9 @@
     if (v === null || v === undefined) return '';
     if (v === 0) return '$0.00';
     const sign = v < 0 ? '-' : '';
-    const a = Math.abs(v);
+    let a = Math.abs(v);
+    // Rounded first: 0.000999999 is $0.0010, not $0.00100.
+    if (a < 0.01) a = Number(a.toPrecision(2));
     if (a >= 0.01) {
       return sign + '$' + a.toLocaleString('en-US',
         {minimumFractionDigits: 2, maximumFractionDigits: 2});

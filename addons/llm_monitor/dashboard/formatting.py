@@ -53,6 +53,8 @@ def usd(value: float | None) -> str:
         return "$0.00"
     sign = "-" if value < 0 else ""
     amount = abs(value)
+    if amount < 0.01:  # rounded first: 0.000999999 is $0.0010, not $0.00100
+        amount = float(f"{amount:.2g}")
     if amount >= 0.01:
         return f"{sign}${amount:,.2f}"
     digits = 1 - math.floor(math.log10(amount))
