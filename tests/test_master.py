@@ -133,3 +133,26 @@ def test_the_lean_master_loads_the_monitor_last_and_no_flow_keeping_addon(
     assert chain[0] == "TermLog" and chain[-1] == "Monitor"
     assert {"Core", "Proxyserver", "NextLayer", "TlsConfig", "Block", "UpdateAltSvc"} <= set(chain)
     assert not {"Save", "View", "ClientPlayback", "ServerPlayback", "Dumper"} & set(chain)
+
+
+def test_children_an_addon_registers_later_are_called(event_loop_master) -> None:
+    """As mitmproxy's script loader does: the parent lists a child in its `addons` and
+    registers it."""
+    seen: list[str] = []
+
+    class Parent:
+        def __init__(self) -> None:
+            self.addons: list[object] = []
+
+    parent = Parent()
+
+    async def run() -> None:
+        proxy = master_with(parent)
+        await proxy.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+        child = Calls("child", seen)
+        parent.addons.append(child)
+        proxy.addons.register(child)
+        await proxy.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+
+    event_loop_master.run_until_complete(run())
+    assert seen == ["child.request"]

@@ -99,6 +99,12 @@ class HookIndex(addonmanager.AddonManager):
             ]
         return found
 
+    def register(self, addon: object) -> object:
+        """As mitmproxy's; also how an addon that manages others adds its children."""
+        registered = super().register(addon)
+        self._handlers.clear()
+        return registered
+
     def add(self, *addons: object) -> None:
         super().add(*addons)
         self._handlers.clear()
