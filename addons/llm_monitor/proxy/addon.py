@@ -228,8 +228,9 @@ class FlowState:
     tags: str | None
     info: RequestInfo = field(default_factory=RequestInfo)
     tap: StreamTap | None = None
-    whole: bool = False  # the JSON answer is kept whole by mitmproxy, read in `response`
-    whole_encoding: str = ""  # that answer's Content-Encoding
+    # The JSON answer is kept whole by mitmproxy and read in `response`: its
+    # Content-Encoding ('' for none); None when it is not.
+    whole: str | None = None
     # The request's headers as forwarded (lower-case names; see `take_our_headers`).
     request_headers: dict[str, str] = field(default_factory=dict)
     forwarded: bool = False  # the whole request was read and is going to the provider
@@ -722,7 +723,7 @@ class Monitor:
                 response.stream = True  # files, audio, images: no usage to read
                 return None
             if kept_whole(response, declared):
-                state.whole, state.whole_encoding = True, encoding
+                state.whole = encoding
                 return None
             reader = BodyCollector(self.max_read)  # JSON and errors: read on the side
         return StreamTap(reader, encoding, max_read=self.max_read)
@@ -787,7 +788,7 @@ class Monitor:
         if state.recorded:  # the client hung up meanwhile (recorded by `error`)
             return
         # The answer came whole: read it as if it had passed, within the same limits.
-        state.whole = False
+        state.whole = None
         state.tap = self._tap_for(state, flow.response)
         if state.tap is not None:
             state.tap(flow.response.raw_content or b"")
@@ -808,7 +809,7 @@ class Monitor:
                 self._record(flow, state, outcome="ok", error=None)
             return
         usage, response_model, error = None, None, None
-        if state.tap is not None or state.whole:
+        if state.tap is not None or state.whole is not None:
             usage, response_model, error = self._read_body(state, response)
         outcome = "provider_error" if response.status_code >= 400 else "ok"
         self._record(
@@ -822,8 +823,8 @@ class Monitor:
         the limits, else from its tail (OpenAI's usage comes last)."""
         provider, status = state.provider, response.status_code
         body, tail, reason = (
-            self._whole_body(response, state.whole_encoding)
-            if state.whole
+            self._whole_body(response, state.whole)
+            if state.whole is not None
             else self._collected_body(state)
         )
         if body is not None and (too_complex := json_too_complex(body)) is not None:
