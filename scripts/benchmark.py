@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -431,6 +432,7 @@ class Result:
     rows: int | None = None
     round: int = 0
     sent: int = 0  # requests sent, warm-up included
+    mean_ms: float | None = None  # h2load's, which gives no quantiles
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -1016,31 +1018,67 @@ def serve_uvloop_command(modes: tuple[str, ...], settings: tuple[str, ...]) -> N
 
 
 @main.command("workers")
-@click.option("--requests", default=5000, show_default=True)
+@click.option("--requests", default=8000, show_default=True)
 @click.option("--concurrency", default=20, show_default=True)
 @click.option("--max-workers", default=2, show_default=True)
 @click.option("--rounds", default=5, show_default=True, help="Ratios are medians over rounds.")
-def workers_command(requests: int, concurrency: int, max_workers: int, rounds: int) -> None:
+@click.option(
+    "--harness",
+    type=click.Choice(["auto", "compiled", "python"]),
+    default="auto",
+    show_default=True,
+    help="compiled: h2load and a static HAProxy upstream (auto, when both are installed); "
+    "python: this script's load generator and upstream.",
+)
+def workers_command(
+    requests: int, concurrency: int, max_workers: int, rounds: int, harness: str
+) -> None:
     """`llm-monitor up --workers N` for N = 1 .. max: JSON throughput through HAProxy,
-    the worker counts taking turns each round."""
+    the worker counts taking turns each round.
+
+    The workers share the machine's cores with whatever loads them, so the load generator
+    and the upstream should cost as little as a client and a provider on other machines
+    would: h2load (Debian's nghttp2-client) and HAProxy answering from memory take about
+    10 µs of CPU a request between them, this script's asyncio pair about 110."""
+    compiled = compiled_harness()
+    if harness == "compiled" and compiled is None:
+        raise click.ClickException("--harness compiled needs h2load (nghttp2-client) and haproxy")
+    use_compiled = compiled is not None and harness != "python"
+    click.echo(
+        "load generator h2load, upstream HAProxy answering from memory"
+        if use_compiled
+        else "load generator and upstream: this script's, on "
+        + ("uvloop" if harness_loop() is not None else "asyncio")
+        + ("" if harness == "python" else " (h2load or haproxy not installed)")
+    )
     counts = list(range(1, max_workers + 1))
     rates: dict[int, list[float]] = {n: [] for n in counts}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         upstream_port = free_port()
-        with upstream(upstream_port, workdir, cpus={0, 1}):
+        serve = static_upstream if use_compiled else upstream
+        with serve(upstream_port, workdir, cpus={0, 1}):
             for round_number in range(rounds):
                 for n in (
                     counts[round_number % len(counts) :] + counts[: round_number % len(counts)]
                 ):
                     result = measure_workers(
-                        n, upstream_port, workdir / f"r{round_number}w{n}", requests, concurrency
+                        n,
+                        upstream_port,
+                        workdir / f"r{round_number}w{n}",
+                        requests,
+                        concurrency,
+                        compiled[0] if use_compiled and compiled else None,
                     )
                     rates[n].append(result.req_per_s)
+                    latency = (
+                        f"mean {result.mean_ms} ms"
+                        if result.mean_ms is not None
+                        else f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms"
+                    )
                     click.echo(
                         f"round {round_number + 1}, workers={n}: {result.req_per_s} req/s, "
-                        f"{result.errors} errors, p50 {result.p50_ms} ms, "
-                        f"p99 {result.p99_ms} ms, rows {result.rows}/{result.sent}"
+                        f"{result.errors} errors, {latency}, rows {result.rows}/{result.sent}"
                     )
     for n in counts:
         ratios = [rate / base for rate, base in zip(rates[n], rates[1], strict=True)]
@@ -1051,10 +1089,102 @@ def workers_command(requests: int, concurrency: int, max_workers: int, rounds: i
         )
 
 
-def measure_workers(
-    n: int, upstream_port: int, workdir: Path, requests: int, concurrency: int
+def compiled_harness() -> tuple[str, str] | None:
+    """h2load and haproxy, when both are installed."""
+    h2load = shutil.which("h2load")
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    return (h2load, haproxy) if h2load and haproxy else None
+
+
+@contextlib.contextmanager
+def static_upstream(
+    port: int, workdir: Path, cpus: set[int] = OTHER_CPUS
+) -> Iterator[subprocess.Popen]:
+    """HAProxy answering every request with the upstream's JSON reply, from memory: a
+    provider that costs the machine almost nothing. It reads each request's body first
+    (`http-buffer-request`), or it would close the connection after every answer."""
+    compiled = compiled_harness()
+    assert compiled is not None
+    reply = workdir / "reply.json"
+    reply.write_bytes(JSON_REPLY)
+    config = workdir / "upstream-haproxy.cfg"
+    config.write_text(
+        "global\n    nbthread 1\n"
+        "defaults\n    mode http\n    option http-buffer-request\n"
+        "    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
+        f"frontend upstream\n    bind 127.0.0.1:{port}\n"
+        "    http-request return status 200 content-type application/json "
+        f"hdr x-request-id req_b file {reply}\n"
+    )
+    with process(
+        [compiled[1], "-db", "-f", str(config)], port, workdir / "upstream.log", cpus
+    ) as proc:
+        yield proc
+
+
+def h2load_json(
+    h2load: str, port: int, requests: int, concurrency: int, token: str, workdir: Path
 ) -> Result:
-    """One run of `up --workers n` in front of the upstream; its rows counted after."""
+    """`requests` chat completions over `concurrency` keep-alive HTTP/1.1 connections with
+    h2load. It reports the mean of latency, not quantiles (`mean_ms`; p50 and p99 are
+    left at 0)."""
+    body = workdir / "body.json"
+    body.write_bytes(CHAT_BODY)
+    out = subprocess.run(
+        [
+            h2load,
+            "--h1",
+            "-n",
+            str(requests),
+            "-c",
+            str(concurrency),
+            "-d",
+            str(body),
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "authorization: Bearer sk-bench",
+            "-H",
+            f"x-monitor-token: {token}",
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    latency = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    finished = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
+    succeeded = re.search(r"status codes: (\d+) 2xx", out)
+    if finished is None or succeeded is None or latency is None:
+        raise click.ClickException(f"h2load said:\n{out}")
+    seconds = float(finished[1]) / (1000 if finished[2] == "ms" else 1)
+    return Result(
+        path="h2load",
+        kind="json",
+        requests=requests,
+        concurrency=concurrency,
+        seconds=round(seconds, 2),
+        req_per_s=float(finished[3]),
+        p50_ms=0.0,
+        p95_ms=0.0,
+        p99_ms=0.0,
+        ttft_p50_ms=None,
+        errors=requests - int(succeeded[1]),
+        sent=requests,
+        mean_ms=round(float(latency[1]) * {"us": 0.001, "ms": 1, "s": 1000}[latency[2]], 2),
+    )
+
+
+def measure_workers(
+    n: int,
+    upstream_port: int,
+    workdir: Path,
+    requests: int,
+    concurrency: int,
+    h2load: str | None = None,
+) -> Result:
+    """One run of `up --workers n` in front of the upstream, loaded by h2load when given,
+    else by this script; its rows counted after."""
     db, token = new_db(workdir)
     port = free_port()
     args = [
@@ -1071,7 +1201,14 @@ def measure_workers(
     ]
     with process(args, port, workdir / "up.log", {0, 1}):
         time.sleep(1 + n)  # every worker up, not only HAProxy's port
-        result = measure(f"workers={n}", "json", port, requests, concurrency, token)
+        if h2load is None:
+            result = measure(f"workers={n}", "json", port, requests, concurrency, token)
+        else:
+            warmup = h2load_json(h2load, port, 500, concurrency, token, workdir)
+            result = h2load_json(h2load, port, requests, concurrency, token, workdir)
+            result.sent += warmup.sent
+            result.errors += warmup.errors
+    result.path = f"workers={n}"
     time.sleep(1)
     result.rows = count_rows(db)
     return result
