@@ -52,8 +52,10 @@ STREAM_BODY = json.dumps(
 ).encode()
 # Time to first token is measured as a model streams: a few streams at once, their events
 # PACED_INTERVAL_MS apart (a stream lasts ~120 ms), so that the proxy is not saturated and
-# what is measured is the delay it adds, not a queue. Throughput ("sse") is measured with
-# events back to back, at full load.
+# what is measured is the delay it adds, not a queue. The streams start PACED_STREAM_S /
+# TTFT_CONCURRENCY apart: started together, they would stay in step (each lasts as long),
+# and every request would wait behind the others' at the proxy. Throughput ("sse") is
+# measured with events back to back, at full load.
 PACED_MARKER = "bench-paced"
 PACED_BODY = json.dumps(
     {
@@ -65,6 +67,7 @@ PACED_BODY = json.dumps(
     }
 ).encode()
 PACED_INTERVAL_MS = 5.0
+PACED_STREAM_S = 0.12
 TTFT_CONCURRENCY = 4
 TTFT_REQUESTS = 300
 KINDS = ("json", "sse", "ttft")
@@ -210,7 +213,10 @@ async def load(
     path: str = "/v1/chat/completions",
     timeout: float = 600,
     headers: dict[str, str] | None = None,
+    stagger: float = 0.0,
 ) -> Timing:
+    """`requests` in all over `concurrency` keep-alive connections, the connections
+    opened `stagger` seconds apart."""
     extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     request = (
         f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nauthorization: Bearer sk-bench\r\n"
@@ -220,7 +226,8 @@ async def load(
     timing = Timing()
     remaining = [requests]
 
-    async def worker() -> None:
+    async def worker(number: int) -> None:
+        await asyncio.sleep(number * stagger)
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
         try:
             while remaining[0] > 0:
@@ -229,7 +236,7 @@ async def load(
         finally:
             writer.close()
 
-    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout)
+    await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(concurrency))), timeout)
     return timing
 
 
@@ -452,13 +459,19 @@ def measure(
     headers: dict[str, str] | None = None,
 ) -> Result:
     body = BODIES[kind]
+    stagger = 0.0
     if kind == "ttft":
         requests, concurrency, warmup = min(requests, TTFT_REQUESTS), TTFT_CONCURRENCY, 40
-    run_harness(load(port, warmup, min(concurrency, warmup), body, token, headers=headers))
+        stagger = PACED_STREAM_S / TTFT_CONCURRENCY
+    run_harness(
+        load(port, warmup, min(concurrency, warmup), body, token, headers=headers, stagger=stagger)
+    )
     rss_start = rss_kb(pid) / 1024 if pid else None
     cpu_start = cpu_seconds(pid) if pid else 0.0
     started = time.perf_counter()
-    timing = run_harness(load(port, requests, concurrency, body, token, headers=headers))
+    timing = run_harness(
+        load(port, requests, concurrency, body, token, headers=headers, stagger=stagger)
+    )
     seconds = time.perf_counter() - started
     cpu_used = cpu_seconds(pid) - cpu_start if pid else None
     return Result(
