@@ -561,9 +561,7 @@ class Monitor:
         if request.data.authority:  # an absolute-form target goes upstream in origin form
             request.authority = ""
         guard = flow.metadata[GUARD_KEY] = BodyGuard(
-            limit=self.max_request,
-            drain=2 * self.max_request,
-            too_large=lambda: self._response(flow, provider, *self._too_large()),
+            limit=self.max_request, drain=2 * self.max_request, too_large=self._too_large_answer
         )
         ours, headers, head_bytes = take_our_headers(request)
         token = ours.get(_TOKEN_KEY)
@@ -628,7 +626,9 @@ class Monitor:
             probe.raw_content = b""
             request = probe
         try:
-            state.info = state.provider.inspect_request(request, inject_usage=state.inject_usage)
+            state.info = state.provider.inspect_request(
+                request, state.request_headers, inject_usage=state.inject_usage
+            )
         except Exception as e:  # an odd body is the provider's to judge, not ours
             logger.warning("llm-monitor: could not read request body (%s)", e)
         if self.gate is not None and self.gate.active(state.owner.org_id):
@@ -961,6 +961,12 @@ class Monitor:
         )
         return Listener(host)
 
+    def _too_large_answer(self, flow: http.HTTPFlow) -> http.Response:
+        """The 413 for a body past `monitor_max_request_mb`, in the listener's provider's shape."""
+        mode = flow.client_conn.proxy_mode
+        provider = provider_named(self._listener(mode).provider)
+        return self._response(flow, provider, *self._too_large())
+
     def _too_large(self) -> tuple[int, str, str]:
         message = f"Request body larger than {self.max_request // MiB} MB (LLM Monitor)."
         return 413, message, "request_too_large"
@@ -1213,18 +1219,17 @@ class Monitor:
         )
 
 
-_REQUEST_ID_HEADERS = (b"x-request-id", b"request-id")
-
-
 def _request_id(response: http.Response | None) -> str | None:
     """The provider's request id: `x-request-id` (OpenAI), else `request-id` (Anthropic).
     One pass over the raw fields rather than two look-ups: this runs for every request."""
     if response is None:
         return None
-    found: dict[bytes, bytes] = {}
+    found = None
     for name, value in response.headers.fields:
         lowered = name.lower()
-        if lowered in _REQUEST_ID_HEADERS and lowered not in found:
-            found[lowered] = value
-    value = found.get(b"x-request-id") or found.get(b"request-id")
-    return value.decode("utf-8", "surrogateescape") if value else None
+        if lowered == b"x-request-id":
+            found = value
+            break
+        if lowered == b"request-id" and found is None:
+            found = value
+    return found.decode("utf-8", "surrogateescape") if found else None

@@ -69,7 +69,9 @@ class BodyGuard:
 
     limit: int  # bytes of body that may be buffered
     drain: int  # bytes read and dropped after answering, before the client is cut off
-    too_large: Callable[[], http.Response]  # the answer once the body passes `limit`
+    # The answer once the body passes `limit`, for the flow: one callable for all flows, so
+    # that no closure per flow ties the flow to itself.
+    too_large: Callable[[http.HTTPFlow], http.Response]
     answered: bool = False  # an answer is set: the body is dropped, never forwarded
     dropped: int = 0
     over_limit: bool = False  # the answer is `too_large`'s
@@ -172,7 +174,7 @@ def install() -> None:
         guard: BodyGuard | None = self.flow.metadata.get(GUARD_KEY)
         if guard is not None and isinstance(event, RequestData):
             if not guard.answered and len(self.request_body_buf) + len(event.data) > guard.limit:
-                self.flow.response = guard.too_large()
+                self.flow.response = guard.too_large(self.flow)
                 guard.answered = guard.over_limit = True
                 guard.dropped = len(self.request_body_buf)
                 self.request_body_buf.clear()

@@ -119,7 +119,9 @@ class AnthropicStreamReader(SSEReader):
 class Anthropic:
     name = "anthropic"
 
-    def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
+    def inspect_request(
+        self, request: http.Request, headers: Mapping[str, str], *, inject_usage: bool
+    ) -> RequestInfo:
         path = request.path.split("?")[0]
         body = load_json(request.raw_content or b"")
         if not isinstance(body, dict):

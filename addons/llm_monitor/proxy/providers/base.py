@@ -66,9 +66,13 @@ class StreamReader(Protocol):
 class Provider(Protocol):
     name: str
 
-    def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
+    def inspect_request(
+        self, request: http.Request, headers: Mapping[str, str], *, inject_usage: bool
+    ) -> RequestInfo:
         """What the request asks for. Its body (`raw_content`) is as it goes on: the addon
-        has decoded a compressed one already, or left it empty when it does not read it."""
+        has decoded a compressed one already, or left it empty when it does not read it.
+        `headers` are its headers as they go on (lower-case names, as `take_our_headers`
+        gives them): mitmproxy's own look-ups cost more, and this runs for every request."""
         ...
 
     def usage_from_body(

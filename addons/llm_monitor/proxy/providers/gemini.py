@@ -305,7 +305,9 @@ def _field(body: dict[str, Any], *names: str) -> Any:
 class Gemini:
     name = "gemini"
 
-    def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
+    def inspect_request(
+        self, request: http.Request, headers: Mapping[str, str], *, inject_usage: bool
+    ) -> RequestInfo:
         match = _MODEL_METHOD.search(request.path.split("?")[0])
         if match is None:
             return RequestInfo()

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from mitmproxy import http
 
 from llm_monitor.proxy.providers.base import RequestInfo
@@ -16,5 +18,7 @@ from llm_monitor.proxy.providers.openai import OpenAI
 class Mistral(OpenAI):
     name = "mistral"
 
-    def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
-        return super().inspect_request(request, inject_usage=False)
+    def inspect_request(
+        self, request: http.Request, headers: Mapping[str, str], *, inject_usage: bool
+    ) -> RequestInfo:
+        return super().inspect_request(request, headers, inject_usage=False)

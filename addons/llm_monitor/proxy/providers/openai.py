@@ -296,8 +296,10 @@ class OpenAI:
         (OpenRouter, xAI); None, never a guess, for the others and for a malformed one."""
         return None
 
-    def inspect_request(self, request: http.Request, *, inject_usage: bool) -> RequestInfo:
-        content_type = request.headers.get("content-type", "").lower()
+    def inspect_request(
+        self, request: http.Request, headers: Mapping[str, str], *, inject_usage: bool
+    ) -> RequestInfo:
+        content_type = headers.get("content-type", "").lower()
         if request.method != "POST" or "json" not in content_type:
             return RequestInfo()
         body = load_json(request.raw_content or b"")
