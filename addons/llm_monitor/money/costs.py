@@ -27,7 +27,7 @@ from sqlite_utils import Database
 
 from llm_monitor.money.library import LibraryIndex, family_of, library_index
 from llm_monitor.money.prices import CALL_RATES, PriceEntry, read_prices
-from llm_monitor.usage import UsageRecord
+from llm_monitor.usage import UsageRecord, UsageRow, billed_model, fields_of
 
 PER_TOKEN = Decimal(1_000_000)
 PER_CALL = Decimal(1_000)
@@ -410,54 +410,55 @@ def load_price_book(db: Database) -> PriceBook:
     return PriceBook(read_prices(db), library_index())
 
 
-def units_of(record: UsageRecord | dict[str, Any]) -> dict[str, int | None]:
-    get = record.get if isinstance(record, dict) else lambda k: getattr(record, k)
-    return {name: get(name) for name in UNIT_FIELDS}
+def units_of(record: UsageRecord | UsageRow) -> dict[str, int | None]:
+    fields = fields_of(record)
+    return {name: fields.get(name) for name in UNIT_FIELDS}
 
 
 def when_of(ts: str) -> dt.datetime:
     return dt.datetime.fromisoformat(ts.removesuffix("Z"))
 
 
-def price_row(record: UsageRecord, book: PriceBook) -> dict[str, Any]:
+def price_row(record: UsageRecord | UsageRow, book: PriceBook) -> UsageRow:
     """The record as a `usage` row with its cost, `priced`, `cost_basis` and
-    `unpriced_reason` filled in.
+    `unpriced_reason` filled in (a new dict: the record is left as it was).
 
     priced = 1: cost known. priced = 0: the request was billable but its cost is unknown
     (the reason says why). priced = NULL: nothing to bill (an error status, no answer at
     all, an endpoint without a model, a free call).
     """
-    # Every field is a plain value (str, int, float, bool or None): its __dict__ is what
-    # `model_dump` would return, without the serialiser's walk (this runs for every row).
-    row = {**record.__dict__, "cost_usd": None, "priced": None, "cost_basis": None}
+    fields = fields_of(record)
+    row = {**fields, "cost_usd": None, "priced": None, "cost_basis": None}
     row["unpriced_reason"] = None
-    model = record.billed_model
-    if record.has_usage:
-        if record.reported_cost_usd is not None:
-            row.update(cost_usd=record.reported_cost_usd, priced=1, cost_basis="provider_reported")
+    model = billed_model(fields)
+    if fields["input_tokens"] is not None or fields["output_tokens"] is not None:
+        if fields["reported_cost_usd"] is not None:
+            row.update(
+                cost_usd=fields["reported_cost_usd"], priced=1, cost_basis="provider_reported"
+            )
             return row
         try:
             if not model:
                 raise Unpriced("no_price")
             quote = book.quote_at(
-                record.provider,
+                fields["provider"],
                 model,
-                record.ts,
-                record.input_tokens,
-                tier_variant(record.service_tier),
+                fields["ts"],
+                fields["input_tokens"],
+                tier_variant(fields["service_tier"]),
             )
             row["cost_usd"] = float(total(quote.rates, row))
             row["priced"], row["cost_basis"] = 1, quote.basis
         except Unpriced as e:
             row["priced"], row["unpriced_reason"] = 0, e.reason
-    elif record.billable and model and _may_have_been_billed(record):
+    elif fields["billable"] and model and _may_have_been_billed(fields):
         row["priced"], row["unpriced_reason"] = 0, "usage_unseen"
     return row
 
 
-def _may_have_been_billed(record: UsageRecord) -> bool:
+def _may_have_been_billed(row: UsageRow) -> bool:
     """A request the provider may have worked on: not refused with an error status, and
     not one that never reached it (the upstream could not be reached at all)."""
-    if record.status is not None:
-        return record.status < 300
-    return record.outcome != "upstream_error"
+    if row["status"] is not None:
+        return row["status"] < 300
+    return row["outcome"] != "upstream_error"

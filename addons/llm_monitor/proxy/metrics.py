@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -175,22 +175,22 @@ class Metrics:
             self._family_of[model] = family
         return family
 
-    def observe(self, record: Any) -> None:
-        """One queued usage row (a UsageRecord): requests, tokens, latency, errors."""
-        provider = record.provider
-        family = self.family(record.response_model or record.model)
-        org = str(record.org_id)
-        status = record.status
+    def observe(self, row: Mapping[str, Any]) -> None:
+        """One queued usage row (a UsageRecord's fields): requests, tokens, latency, errors."""
+        provider = row["provider"]
+        family = self.family(row["response_model"] or row["model"])
+        org = str(row["org_id"])
+        status = row["status"]
         status_class = f"{status // 100}xx" if status else "none"
-        self._requests(provider, family, org, status_class, record.outcome).inc()
-        for attribute, kind in TOKEN_KINDS:
-            count = getattr(record, attribute)
+        self._requests(provider, family, org, status_class, row["outcome"]).inc()
+        for field, kind in TOKEN_KINDS:
+            count = row[field]
             if count:
                 self._tokens(provider, family, org, kind).inc(count)
-        self._latency(provider, family).observe(record.latency_ms / 1000)
-        if record.ttft_ms is not None:
-            self._ttft(provider, family).observe(record.ttft_ms / 1000)
-        if record.outcome == "upstream_error":
+        self._latency(provider, family).observe(row["latency_ms"] / 1000)
+        if row["ttft_ms"] is not None:
+            self._ttft(provider, family).observe(row["ttft_ms"] / 1000)
+        if row["outcome"] == "upstream_error":
             self._upstream_errors(provider).inc()
 
     def rejected(self, provider: str, reason: str) -> None:

@@ -26,7 +26,7 @@ from llm_monitor.money.costs import PriceBook, load_price_book, price_row
 from llm_monitor.money.prices import prices_version
 from llm_monitor.store import rollups
 from llm_monitor.store.database import open_db
-from llm_monitor.usage import UsageRecord
+from llm_monitor.usage import UsageRecord, UsageRow, billed_model, fields_of
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Recorder:
         self.written = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closing = threading.Event()
-        self._pending: list[UsageRecord] = []
+        self._pending: list[UsageRecord | UsageRow] = []
         self._thread: threading.Thread | None = None
         self._deadline: float | None = None
         self._warned_unpriced: set[tuple[str, str | None]] = set()
@@ -108,11 +108,15 @@ class Recorder:
         return time.monotonic() - since if since is not None else 0.0
 
     def submit(
-        self, record: UsageRecord, on_priced: Callable[[dict[str, Any]], None] | None = None
+        self,
+        record: UsageRecord | UsageRow,
+        on_priced: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        """Never blocks: safe to call from the proxy's event loop. `on_priced` is called
-        once, on the recorder's thread, with the row when it is priced (not for a row
-        spooled unpriced)."""
+        """Never blocks: safe to call from the proxy's event loop. The record is not
+        changed, nor validated again (the proxy's rows are its own typed values; a spooled
+        row is validated when it is imported). `on_priced` is called once, on the
+        recorder's thread, with the row when it is priced (not for a row spooled
+        unpriced)."""
         if on_priced is not None:
             self._on_priced[id(record)] = on_priced
         self._queue.put(record)
@@ -270,14 +274,14 @@ class Recorder:
             return time.monotonic()
         return since
 
-    def _priced(self, record: UsageRecord, book: PriceBook) -> dict[str, Any]:
+    def _priced(self, record: UsageRecord | UsageRow, book: PriceBook) -> dict[str, Any]:
         row = price_row(record, book)
         if self._on_priced and (callback := self._on_priced.pop(id(record), None)) is not None:
             try:
                 callback(row)
             except Exception:
                 logger.exception("llm-monitor: settling a request's reservation failed")
-        key = (record.provider, record.billed_model)
+        key = (row["provider"], billed_model(row))
         reason = row["unpriced_reason"]
         if reason not in (None, "usage_unseen") and key not in self._warned_unpriced:
             self._warned_unpriced.add(key)
@@ -289,7 +293,7 @@ class Recorder:
             )
         return row
 
-    def _spool(self, records: Iterable[UsageRecord]) -> None:
+    def _spool(self, records: Iterable[UsageRecord | UsageRow]) -> None:
         """Rows the database would not take, as JSONL next to it; loud if even that fails."""
         path = spool_path_for(self.db_path)
         records = list(records)
@@ -298,7 +302,7 @@ class Recorder:
         try:
             with path.open("a", encoding="utf-8") as f:
                 for record in records:
-                    f.write(json.dumps(record.model_dump()) + "\n")
+                    f.write(json.dumps(fields_of(record)) + "\n")
         except OSError as e:
             logger.critical(
                 "llm-monitor: %d usage rows LOST: neither %s nor %s could be written (%s)",
