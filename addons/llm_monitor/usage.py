@@ -156,7 +156,7 @@ class UsageRecord(BaseModel):
 
     @property
     def has_usage(self) -> bool:
-        return self.input_tokens is not None or self.output_tokens is not None
+        return has_usage(self.__dict__)
 
     @staticmethod
     def usage_fields(usage: TokenUsage | None) -> dict[str, Any]:
@@ -206,3 +206,8 @@ def fields_of(record: UsageRecord | UsageRow) -> UsageRow:
 def billed_model(row: UsageRow) -> str | None:
     """The model to price: the one the provider says answered, else the one asked for."""
     return row["response_model"] or row["model"]
+
+
+def has_usage(row: UsageRow) -> bool:
+    """Whether the provider's usage was seen (else nothing can be priced)."""
+    return row["input_tokens"] is not None or row["output_tokens"] is not None

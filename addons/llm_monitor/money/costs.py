@@ -27,7 +27,7 @@ from sqlite_utils import Database
 
 from llm_monitor.money.library import LibraryIndex, family_of, library_index
 from llm_monitor.money.prices import CALL_RATES, PriceEntry, read_prices
-from llm_monitor.usage import UsageRecord, UsageRow, billed_model, fields_of
+from llm_monitor.usage import UsageRecord, UsageRow, billed_model, fields_of, has_usage
 
 PER_TOKEN = Decimal(1_000_000)
 PER_CALL = Decimal(1_000)
@@ -431,7 +431,7 @@ def price_row(record: UsageRecord | UsageRow, book: PriceBook) -> UsageRow:
     row = {**fields, "cost_usd": None, "priced": None, "cost_basis": None}
     row["unpriced_reason"] = None
     model = billed_model(fields)
-    if fields["input_tokens"] is not None or fields["output_tokens"] is not None:
+    if has_usage(fields):
         if fields["reported_cost_usd"] is not None:
             row.update(
                 cost_usd=fields["reported_cost_usd"], priced=1, cost_basis="provider_reported"
