@@ -281,7 +281,12 @@ def rss_kb(pid: int, field_name: str = "VmRSS") -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process (all its threads) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def cpu_seconds_of(stat: Path) -> float:
+    """User and system CPU time from a `/proc/.../stat` file (a process's or a thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -347,15 +352,9 @@ OPTIONAL_PATHS = ("controls", "proxy-metrics", "proxy-uvloop")
 RECORDING_PATHS = ("addon", "proxy", "controls", "proxy-metrics", "proxy-uvloop")
 
 
-def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list[str]:
-    """All proxies alike: lazy connections, no flow lines, warnings only. Without the addon
-    a proxy would buffer a stream whole; for SSE it is told to stream (as the addon does),
-    or it is no baseline.
-
-    bare: mitmdump; addon: mitmdump -s addons/monitor.py; lean: the lean master without
-    the addon (`serve-lean` below); proxy and controls: `llm-monitor proxy`.
-    """
-    common = [
+def proxy_options(path: str, upstream: int, port: int, kind: str) -> list[str]:
+    """The `--mode` and `--set` lines every proxy gets (see `proxy_args`)."""
+    options = [
         "--mode",
         f"reverse:http://127.0.0.1:{upstream}@127.0.0.1:{port}",
         "--set",
@@ -364,8 +363,24 @@ def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list
         "termlog_verbosity=warn",
     ]
     if kind != "json" and path in ("bare", "lean"):
-        common += ["--set", "stream_large_bodies=1"]
-    monitor = ["--set", f"monitor_db={db}", "--set", f"monitor_providers={port}:openai"]
+        options += ["--set", "stream_large_bodies=1"]
+    return options
+
+
+def monitor_options(port: int, db: Path) -> list[str]:
+    return ["--set", f"monitor_db={db}", "--set", f"monitor_providers={port}:openai"]
+
+
+def proxy_args(path: str, upstream: int, port: int, db: Path, kind: str) -> list[str]:
+    """All proxies alike: lazy connections, no flow lines, warnings only. Without the addon
+    a proxy would buffer a stream whole; for SSE it is told to stream (as the addon does),
+    or it is no baseline.
+
+    bare: mitmdump; addon: mitmdump -s addons/monitor.py; lean: the lean master without
+    the addon (`serve-lean` below); proxy and controls: `llm-monitor proxy`.
+    """
+    common = proxy_options(path, upstream, port, kind)
+    monitor = monitor_options(port, db)
     if path == "bare":
         return [str(BIN / "mitmdump"), *common, "--set", "flow_detail=0"]
     if path == "addon":
@@ -1028,6 +1043,173 @@ def serve_uvloop_command(modes: tuple[str, ...], settings: tuple[str, ...]) -> N
 
     asyncio_utils.set_eager_task_factory = contextlib.nullcontext
     sys.exit(uvloop.run(master.serve(modes, settings)))
+
+
+# What the addon costs, part by part (`cost`).
+
+COUNTED_HOOKS = ("requestheaders", "request", "responseheaders", "response")
+
+
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of a process's main thread (the event loop) and of all its other
+    threads together (the recorder's, the token index's, ...)."""
+    main = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            seconds = cpu_seconds_of(task / "stat")
+            if task.name == str(pid):
+                main += seconds
+            else:
+                others += seconds
+    return main, others
+
+
+def count_in_process(counters: Path, addon: type | None) -> None:
+    """Count in this process the garbage collector's time and, given the addon's class,
+    the CPU time of each of its flow hooks (each timed by a wrapper, about 0.3 µs of its
+    own); SIGUSR1 appends the totals to `counters` as a JSON line."""
+    import gc
+
+    totals = dict.fromkeys(("gc", *(COUNTED_HOOKS if addon else ())), 0.0)
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            totals["gc"] += time.perf_counter() - started[0]
+
+    def timed(name: str, hook: Any) -> Any:
+        def run(self: object, flow: object) -> Any:
+            began = time.thread_time()
+            try:
+                return hook(self, flow)
+            finally:
+                totals[name] += time.thread_time() - began
+
+        return run
+
+    gc.callbacks.append(on_gc)
+    for name in COUNTED_HOOKS if addon else ():
+        setattr(addon, name, timed(name, getattr(addon, name)))
+
+    def write(*_: object) -> None:
+        with counters.open("a") as out:
+            out.write(json.dumps(totals) + "\n")
+
+    signal.signal(signal.SIGUSR1, write)
+
+
+@main.command("serve-counted")
+@click.option("--path", type=click.Choice(["lean", "proxy"]), required=True)
+@click.option("--counters", type=click.Path(path_type=Path), required=True)
+@click.option("--mode", "modes", multiple=True)
+@click.option("--set", "settings", multiple=True)
+@click.pass_context
+def serve_counted_command(
+    ctx: click.Context, path: str, counters: Path, modes: tuple[str, ...], settings: tuple[str, ...]
+) -> None:
+    """(internal) The lean master or `llm-monitor proxy`, counting (see `cost`)."""
+    from llm_monitor.proxy import master
+
+    count_in_process(counters, master.Monitor if path == "proxy" else None)
+    if path == "lean":
+        ctx.invoke(serve_lean_command, modes=modes, settings=settings)
+    else:
+        sys.exit(master.run(modes, settings))
+
+
+def read_counters(counters: Path, pid: int) -> dict[str, float]:
+    """The counters `serve-counted` has now, written on SIGUSR1."""
+    lines = len(counters.read_text().splitlines()) if counters.exists() else 0
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if counters.exists() and len(found := counters.read_text().splitlines()) > lines:
+            return json.loads(found[-1])
+        time.sleep(0.02)
+    raise RuntimeError(f"no counters from {pid}")
+
+
+@main.command("cost")
+@click.option("--requests", default=4000, show_default=True, help="Requests per round and path.")
+@click.option("--rounds", default=4, show_default=True, help="Medians over this many rounds.")
+def cost_command(requests: int, rounds: int) -> None:
+    """What the addon costs, part by part: the lean master and `llm-monitor proxy` take
+    turns under the JSON load, each pinned to one core. Per request, in µs: CPU time of
+    the event loop's thread and of the other threads (the recorder's), the garbage
+    collector's time, and the CPU time of each of the addon's flow hooks."""
+    columns = ["cpu", "event_loop", "other_threads", "gc", *COUNTED_HOOKS]
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="llm-monitor-cost-") as tmp:
+        workdir = Path(tmp)
+        upstream_port = free_port()
+        with upstream(upstream_port, workdir, first_event_ms=20.0):
+            for round_ in range(rounds):
+                for path in rotated(["lean", "proxy"], round_):
+                    rows.append(cost_round(path, round_, requests, upstream_port, workdir))
+    echo_table(["path", "round", "req_per_s", *columns], rows)
+    lean, proxy = (median_row([r for r in rows if r["path"] == p]) for p in ("lean", "proxy"))
+    # What the addon adds: the difference of the medians; its hooks are all its own.
+    addon: dict[str, object] = {"path": "proxy - lean", "req_per_s": None}
+    for column in columns:
+        mine, base = proxy[column], lean[column]
+        addon[column] = round(mine - (base or 0), 1) if isinstance(mine, float) else None
+    click.echo("\nmedians over rounds, µs a request:")
+    echo_table(["path", "req_per_s", *columns], [lean, proxy, addon])
+    click.echo(
+        f"\nproxy / lean: {proxy['req_per_s'] / lean['req_per_s']:.3f} by throughput, "
+        f"{lean['cpu'] / proxy['cpu']:.3f} by CPU time per request"
+    )
+
+
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each column's median over rounds (None where it was not measured)."""
+    out: dict[str, Any] = {"path": rows[0]["path"]}
+    for column in rows[0]:
+        if column not in ("path", "round"):
+            values = [r[column] for r in rows if r[column] is not None]
+            out[column] = round(statistics.median(values), 1) if values else None
+    return out
+
+
+def cost_round(
+    path: str, round_: int, requests: int, upstream_port: int, workdir: Path
+) -> dict[str, object]:
+    port = free_port()
+    run_dir = workdir / f"{path}-{round_}"
+    db, token = new_db(run_dir) if path == "proxy" else (workdir / "unused.db", "-")
+    counters = run_dir / "counters.jsonl"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, __file__, "serve-counted", "--path", path, "--counters", str(counters)]
+    args += proxy_options(path, upstream_port, port, "json")
+    if path == "proxy":
+        args += monitor_options(port, db)
+    with process(args, port, workdir / f"{run_dir.name}.log", PROXY_CPU) as proc:
+        run_harness(load(port, 300, 10, BODIES["json"], token))
+        counted = read_counters(counters, proc.pid)
+        threads = thread_cpu(proc.pid)
+        started = time.perf_counter()
+        run_harness(load(port, requests, 10, BODIES["json"], token))
+        seconds = time.perf_counter() - started
+        threads_after = thread_cpu(proc.pid)
+        counted_after = read_counters(counters, proc.pid)
+
+    def per_request(seconds_used: float) -> float:
+        return round(seconds_used * 1e6 / requests, 1)
+
+    main, others = (after - before for after, before in zip(threads_after, threads, strict=True))
+    row: dict[str, object] = {
+        "path": path,
+        "round": round_,
+        "req_per_s": round(requests / seconds, 1),
+        "cpu": per_request(main + others),
+        "event_loop": per_request(main),
+        "other_threads": per_request(others),
+    }
+    for name in ("gc", *COUNTED_HOOKS):
+        row[name] = per_request(counted_after[name] - counted[name]) if name in counted else None
+    return row
 
 
 @main.command("workers")
