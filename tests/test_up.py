@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from llm_monitor.proxy import workers
 from tests.conftest import API_KEY, invoke, new_org
 from tests.proxy import free_port, row_for, wait_for_port, wait_for_rows
 from tests.replay import ReplayServer, Reply, load_recording
@@ -91,6 +93,17 @@ def test_up_runs_the_proxy(tmp_path: Path, upstream: ReplayServer) -> None:
     assert (row["provider"], row["input_tokens"], row["priced"]) == ("openai", 16, 1)
     expected = f"openai: http://127.0.0.1:{up.port} -> http://127.0.0.1:{upstream.port}"
     assert expected in up.log.read_text()
+
+
+def test_internal_ports_are_free_and_below_the_ephemeral_range() -> None:
+    """A worker binds its port a second after it is chosen: no outgoing connection or
+    bind(0) may take it meanwhile, so it comes from below the ephemeral range."""
+    ports = workers.free_ports(6)
+    assert len(set(ports)) == 6
+    assert all(1024 < port < workers.ephemeral_low() for port in ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # raises if it was not free
 
 
 def test_up_refuses_bad_listeners(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ first. With `up --tls-cert` HAProxy also terminates TLS (then even for one worke
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,15 +37,43 @@ class Listener:
     port: int
 
 
+# Internal ports (workers, the dashboard behind HAProxy) come from below the kernel's
+# ephemeral range: a worker binds its port a second or more after it was chosen, and
+# meanwhile any outgoing connection (HAProxy's health checks among them) or another
+# server's `bind(0)` may take a port from that range.
+INTERNAL_PORTS = range(20000, 32768)
+
+
 def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
+    """`count` distinct ports free on 127.0.0.1 now, from `INTERNAL_PORTS` when it lies
+    below the ephemeral range, else any the kernel gives."""
+    low = ephemeral_low()
+    candidates = [p for p in INTERNAL_PORTS if p < low]
+    random.shuffle(candidates)
+    found: list[int] = []
+    for port in candidates:
+        if len(found) == count:
+            break
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+    while len(found) < count:  # no room below the ephemeral range
+        with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+            if (port := s.getsockname()[1]) not in found:
+                found.append(port)
+    return found
+
+
+def ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default when unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def haproxy_config(
