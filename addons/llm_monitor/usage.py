@@ -159,9 +159,7 @@ class UsageRecord(BaseModel):
         return has_usage(self.__dict__)
 
     @staticmethod
-    def usage_fields(usage: TokenUsage | None) -> dict[str, Any]:
-        if usage is None:
-            return {}
+    def usage_fields(usage: TokenUsage) -> dict[str, Any]:
         return {
             "input_tokens": usage.input_tokens,
             "cached_input_tokens": usage.cached_input_tokens,

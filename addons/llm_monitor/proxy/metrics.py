@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+from llm_monitor.usage import UsageRow, billed_model
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MAX_FAMILIES = 64
@@ -175,10 +177,10 @@ class Metrics:
             self._family_of[model] = family
         return family
 
-    def observe(self, row: Mapping[str, Any]) -> None:
+    def observe(self, row: UsageRow) -> None:
         """One queued usage row (a UsageRecord's fields): requests, tokens, latency, errors."""
         provider = row["provider"]
-        family = self.family(row["response_model"] or row["model"])
+        family = self.family(billed_model(row))
         org = str(row["org_id"])
         status = row["status"]
         status_class = f"{status // 100}xx" if status else "none"
