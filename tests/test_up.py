@@ -98,9 +98,11 @@ def test_up_runs_the_proxy(tmp_path: Path, upstream: ReplayServer) -> None:
 def test_internal_ports_are_free_and_below_the_ephemeral_range() -> None:
     """A worker binds its port a second after it is chosen: no outgoing connection or
     bind(0) may take it meanwhile, so it comes from below the ephemeral range."""
-    ports = workers.free_ports(6)
+    public = set(workers.INTERNAL_PORTS[::2])  # half of them taken by public ports
+    ports = workers.free_ports(6, avoid=public)
     assert len(set(ports)) == 6
     assert all(1024 < port < workers.ephemeral_low() for port in ports)
+    assert not public & set(ports)
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # raises if it was not free

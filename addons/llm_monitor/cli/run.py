@@ -145,7 +145,7 @@ def up(
         click.echo(f"{'dashboard':>10}: {scheme}://{host}:{dashboard_port}/", err=True)
         ports = {name: port for name, (_, port) in listeners.items()}
         if tls_cert:
-            behind = (dashboard_port, workers.free_ports(1)[0])
+            behind = (dashboard_port, workers.free_ports(1, avoid=wanted.values())[0])
             command = dashboard_command(
                 db_path, "127.0.0.1", behind[1], allow_signup, ports, https_listeners=True
             )

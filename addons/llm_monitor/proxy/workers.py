@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
@@ -44,11 +44,12 @@ class Listener:
 INTERNAL_PORTS = range(20000, 32768)
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on 127.0.0.1 now, from `INTERNAL_PORTS` when it lies
-    below the ephemeral range, else any the kernel gives."""
+def free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 now, none of `avoid` (public ports not
+    bound yet), from `INTERNAL_PORTS` when it lies below the ephemeral range, else any the
+    kernel gives."""
     low = ephemeral_low()
-    candidates = [p for p in INTERNAL_PORTS if p < low]
+    candidates = [p for p in INTERNAL_PORTS if p < low and p not in avoid]
     random.shuffle(candidates)
     found: list[int] = []
     for port in candidates:
@@ -63,7 +64,7 @@ def free_ports(count: int) -> list[int]:
     while len(found) < count:  # no room below the ephemeral range
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            if (port := s.getsockname()[1]) not in found:
+            if (port := s.getsockname()[1]) not in found and port not in avoid:
                 found.append(port)
     return found
 
@@ -211,7 +212,9 @@ def run(
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
     if haproxy is None:
         raise RuntimeError("--workers and --tls-cert need HAProxy: apt-get install haproxy")
-    ports = [free_ports(len(listeners)) for _ in range(workers)]
+    public = {x.port for x in listeners} | set(dashboard or ()) | {metrics_port or 0}
+    chosen = free_ports(workers * len(listeners), avoid=public)
+    ports = [chosen[w * len(listeners) : (w + 1) * len(listeners)] for w in range(workers)]
     backends = {
         listener.name: (listener.port, [ports[w][i] for w in range(workers)])
         for i, listener in enumerate(listeners)
