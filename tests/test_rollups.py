@@ -205,3 +205,38 @@ def test_latency_histogram_counts_every_latency_in_its_bucket(fresh_db: Path) ->
         rollups.rebuild(db, "2026-11-21")
     assert {row[:3]: row[3] for row in query(fresh_db, histogram)} == expected
     assert rollups.latency_le(100.0) == 107.635 and rollups.latency_le(107.64) == 117.377
+
+
+def bucket_in_sql(conn: sqlite3.Connection, latency_ms: float) -> float:
+    sql = f"select {rollups._LATENCY_LE_SQL} from (select ? as latency_ms)"
+    return conn.execute(sql, [latency_ms]).fetchone()[0]
+
+
+def test_latency_bucket_in_sql_is_its_python_twin_at_every_bound() -> None:
+    """SQLite makes the bucket (no Python call per row); `latency_le` must agree with it
+    on either side of every bound from the floor to the cap, exact halves (0.0625)
+    included, and for every latency as recorded (whole µs) up to 20 ms. (Exactly on a
+    bound, SQLite's log2 and Python's may differ in the last bit.)"""
+    db = Database(memory=True)
+    rollups.use_math_functions(db)
+    for bucket in range(-80, 240):  # 1 µs .. 1e9 ms, eight to a doubling
+        bound = 2 ** ((bucket + 1) / 8)
+        for latency in (bound * 0.999999, bound * 1.000001):
+            assert bucket_in_sql(db.conn, latency) == rollups.latency_le(latency), latency
+    for micros in range(1, 20_000):
+        latency = round(micros / 1000, 3)
+        assert bucket_in_sql(db.conn, latency) == rollups.latency_le(latency), latency
+    assert bucket_in_sql(db.conn, 0.0) == rollups.latency_le(0.0) == 0.001
+    assert bucket_in_sql(db.conn, 1e15) == rollups.latency_le(1e15)
+
+
+def test_latency_bucket_without_sqlite_math_functions() -> None:
+    """Where SQLite was built without log2/floor/pow, Python's stand in, with the same
+    buckets (a function defined on the connection overrides a built-in one alike)."""
+    with_builtins, without = Database(memory=True), Database(memory=True)
+    rollups.use_math_functions(with_builtins)
+    # A build without them: calling log2 fails, as it would there.
+    without.conn.create_function("log2", 1, lambda _: 1 / 0)
+    rollups.use_math_functions(without)
+    for latency in (0.05, 0.0625, 1.0, 107.64, 3_600_000.0):
+        assert bucket_in_sql(without.conn, latency) == bucket_in_sql(with_builtins.conn, latency)

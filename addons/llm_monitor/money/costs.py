@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import functools
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -78,6 +79,9 @@ class Line:
         return self.count * self.rate / self.per
 
 
+_count_of = operator.itemgetter(1)
+
+
 def _counts(rates: dict[str, Decimal], units: dict[str, int | None]) -> tuple[tuple[str, int], ...]:
     """Each kind of unit the request used, as counts that are parts of no other."""
     get = units.get
@@ -106,7 +110,7 @@ def _counts(rates: dict[str, Decimal], units: dict[str, int | None]) -> tuple[tu
         ("maps_grounding_per_1k", get("maps_grounded_prompts") or 0),
         ("web_search_preview_per_1k", get("web_search_preview_calls") or 0),
     )
-    if reasoning > output or min(count for _, count in counts) < 0:
+    if reasoning > output or min(map(_count_of, counts)) < 0:
         raise Unpriced("inconsistent_usage")  # a part larger than its whole
     return counts
 

@@ -147,6 +147,10 @@ def stored_path(request: http.Request) -> str:
     return f"{path}?{urlencode(kept)}" if kept else path
 
 
+# `x-monitor-` as a lower-case header name may spell it (`_` for either `-`).
+_OUR_PREFIXES = tuple(f"x{a}monitor{b}".encode() for a in "-_" for b in "-_")
+
+
 def take_our_headers(request: http.Request) -> tuple[dict[bytes, str], dict[str, str], int]:
     """Remove every `x-monitor-*` header (`x_monitor_*` too) and query parameter: they are
     ours, never the provider's. Returns our headers (lower-case name: value), the headers
@@ -164,7 +168,7 @@ def take_our_headers(request: http.Request) -> tuple[dict[bytes, str], dict[str,
         raw_name, raw_value = header
         name = raw_name.lower()
         value = raw_value.decode("utf-8", "surrogateescape")
-        if name[:10].replace(b"_", b"-") == b"x-monitor-":
+        if name.startswith(_OUR_PREFIXES):
             ours[name] = f"{ours[name]}, {value}" if name in ours else value
         else:
             kept.append(header)  # mitmproxy's own pair: no new one to live with the flow

@@ -22,6 +22,7 @@ loop in Python would take the proxy's core for.
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -65,12 +66,36 @@ _MODEL_SQL = "coalesce(response_model, model, '')"
 
 
 BUCKETS_PER_DOUBLING = 8
+# Latencies are counted from 1 µs to 1e9 ms (11.6 days): past that, SQLite's `round` and
+# Python's part ways in the last digit.
+LATENCY_FLOOR_MS, LATENCY_CAP_MS = 0.001, 1e9
+
+# The bucket bound of `latency_ms`, made by SQLite (its math functions): a Python function
+# called from SQL takes the interpreter lock once per row, from the recorder's thread,
+# away from the proxy's event loop.
+_LATENCY_LE_SQL = (
+    f"round(pow(2, (floor({BUCKETS_PER_DOUBLING} * log2(min(max(latency_ms, "
+    f"{LATENCY_FLOOR_MS}), {LATENCY_CAP_MS:.0f}))) + 1) / {BUCKETS_PER_DOUBLING}.0), 3)"
+)
 
 
 def latency_le(latency_ms: float) -> float:
-    """The upper bound of the histogram bucket a latency falls in (ms, rounded to 1 µs)."""
-    bucket = math.floor(BUCKETS_PER_DOUBLING * math.log2(max(latency_ms, 0.001)))
-    return round(2 ** ((bucket + 1) / BUCKETS_PER_DOUBLING), 3)
+    """The upper bound of the histogram bucket a latency falls in (ms, rounded to 1 µs);
+    the Python twin of `_LATENCY_LE_SQL` (SQLite rounds an exact half up: 0.0625 -> 0.063)."""
+    clamped = min(max(latency_ms, LATENCY_FLOOR_MS), LATENCY_CAP_MS)
+    bucket = math.floor(BUCKETS_PER_DOUBLING * math.log2(clamped))
+    return round(2 ** ((bucket + 1) / BUCKETS_PER_DOUBLING) + 1e-12, 3)
+
+
+def use_math_functions(db: Database) -> None:
+    """SQLite's math functions (log2, floor, pow), from Python where this SQLite was built
+    without them (they are optional before 3.35 and in some builds)."""
+    try:
+        db.conn.execute("select log2(2), floor(1.5), pow(2, 3)")
+    except sqlite3.OperationalError:
+        db.conn.create_function("log2", 1, math.log2, deterministic=True)
+        db.conn.create_function("floor", 1, math.floor, deterministic=True)
+        db.conn.create_function("pow", 2, math.pow, deterministic=True)
 
 
 @dataclass(frozen=True)
@@ -144,8 +169,8 @@ ROLLUPS = (
         "usage_latency_hourly",
         ("hour", "org_id", "le_ms"),
         13,
-        """select substr(ts, 1, 13), coalesce(org_id, 0), latency_le(latency_ms), count(*)
-        from usage where {rows} and latency_ms is not null group by 1, 2, 3""",
+        f"""select substr(ts, 1, 13), coalesce(org_id, 0), {_LATENCY_LE_SQL}, count(*)
+        from usage where {{rows}} and latency_ms is not null group by 1, 2, 3""",
         (("org_id", "hour", "le_ms", "requests"),),
         sums=("requests",),
     ),
@@ -173,7 +198,7 @@ def create(db: Database, names: Iterable[str] | None = None) -> None:
 def add(db: Database, after_rowid: int) -> None:
     """Add the `usage` rows after `after_rowid` (the batch just inserted, inside the
     caller's transaction) to every rollup: the same sums as `rebuild`, made by SQLite."""
-    db.register_function(latency_le, deterministic=True, replace=True)
+    use_math_functions(db)
     for rollup in ROLLUPS:
         sql = rollup.add_sql("usage.rowid > ?")
         db.conn.execute(sql, [after_rowid] * sql.count("?"))
@@ -188,7 +213,7 @@ def rebuild(db: Database, since: str = "", names: Iterable[str] | None = None) -
     if PRUNED_TABLE in db.table_names():
         pruned = db.execute(f"select max(before) from {PRUNED_TABLE}").fetchone()[0] or ""
         since = max(since, pruned)
-    db.register_function(latency_le, deterministic=True, replace=True)
+    use_math_functions(db)
     for rollup in ROLLUPS:
         if names is not None and rollup.table not in names:
             continue
