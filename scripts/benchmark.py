@@ -1212,6 +1212,84 @@ def cost_round(
     return row
 
 
+@main.command("compare")
+@click.option("--base", default="HEAD", show_default=True, help="The git revision to compare with.")
+@click.option(
+    "--path",
+    type=click.Choice(["proxy", "lean"]),
+    default="proxy",
+    show_default=True,
+    help="What runs: `llm-monitor proxy`, or the lean master without the addon.",
+)
+@click.option("--requests", default=3000, show_default=True, help="Requests per round and side.")
+@click.option("--rounds", default=10, show_default=True, help="The ratio is a median over rounds.")
+def compare_command(base: str, path: str, requests: int, rounds: int) -> None:
+    """A change measured: the working tree against `--base`, both running at once, pinned
+    to the same core, under the same JSON load. Per round, the CPU time a request of each.
+
+    Rounds run one after the other take the machine at different speeds (by up to half
+    here): a 1% change is lost among them. Side by side, a change in the machine's speed
+    reaches both alike: ten rounds of the same code against itself gave 1.000 (0.98 to
+    1.06), and a change measured at 1.4% gave 1.009 and 1.014 in two runs."""
+    with tempfile.TemporaryDirectory(prefix="llm-monitor-compare-") as tmp:
+        workdir = Path(tmp)
+        exported = workdir / "base"
+        exported.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", base, "addons"], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(exported)], input=archive, check=True)
+        upstream_port = free_port()
+        with contextlib.ExitStack() as running:
+            running.enter_context(upstream(upstream_port, workdir, first_event_ms=20.0))
+            sides = []
+            for name, tree in ((base, exported), ("working tree", ROOT)):
+                side_dir = workdir / f"side-{len(sides)}"
+                db, token = new_db(side_dir) if path == "proxy" else (side_dir / "unused.db", "-")
+                port = free_port()
+                if path == "proxy":
+                    args = [sys.executable, "-m", "llm_monitor", "proxy"]
+                    args += proxy_options(path, upstream_port, port, "json")
+                    args += monitor_options(port, db)
+                else:
+                    args = [sys.executable, __file__, "serve-lean"]
+                    args += proxy_options(path, upstream_port, port, "json")
+                env = {"PYTHONPATH": str(tree / "addons")}
+                log = workdir / f"side-{len(sides)}.log"
+                proc = running.enter_context(process(args, port, log, PROXY_CPU, env))
+                sides.append((name, proc.pid, port, token))
+
+            async def both(count: int) -> list[Timing]:
+                return await asyncio.gather(
+                    *(load(port, count, 10, BODIES["json"], token) for _, _, port, token in sides)
+                )
+
+            run_harness(both(500))
+            rows: list[dict[str, object]] = []
+            for round_ in range(rounds):
+                before = [cpu_seconds(pid) for _, pid, _, _ in sides]
+                run_harness(both(requests))
+                used = [
+                    (cpu_seconds(pid) - start) * 1e6 / requests
+                    for (_, pid, _, _), start in zip(sides, before, strict=True)
+                ]
+                rows.append(
+                    {
+                        "round": round_,
+                        f"{base} µs": round(used[0]),
+                        "working tree µs": round(used[1]),
+                        "ratio": round(used[0] / used[1], 3),
+                    }
+                )
+    echo_table(["round", f"{base} µs", "working tree µs", "ratio"], rows)
+    ratios = [float(r["ratio"]) for r in rows]  # type: ignore[arg-type]
+    click.echo(
+        f"\n{base} / working tree, CPU time a request of `{path}`: "
+        f"{statistics.median(ratios):.3f} (median of {rounds} rounds; "
+        f"{min(ratios):.3f} to {max(ratios):.3f}). Above 1: the working tree costs less."
+    )
+
+
 @main.command("workers")
 @click.option("--requests", default=8000, show_default=True)
 @click.option("--concurrency", default=20, show_default=True)
