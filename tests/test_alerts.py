@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import sqlite3
 import stat
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from llm_monitor.controls.alerts import (
     error_drafts,
     evaluate,
     loop_drafts,
+    unpriced_drafts,
 )
 from llm_monitor.controls.loops import LoopRule, body_digest
 from llm_monitor.controls.notify import NotifyFile, notify_path
@@ -334,6 +336,46 @@ def test_the_loop_rule_comes_from_the_environment(
     monkeypatch.setenv("LLM_MONITOR_LOOP_REQUESTS", "lots")  # bad: the default (20)
     assert LoopRule.from_env() == LoopRule(20, 5)
     assert loop_drafts(db, at) == []
+
+
+def test_a_model_without_a_price_is_raised_once_a_day_from_the_rollup(acme: Path) -> None:
+    """Each organisation's models seen today with no price, once a day; a row whose usage
+    was never seen is not one (its model may well have a price). Read from the day's
+    rollup: the evaluation reads no `usage` row for it, however many the day holds."""
+    at = dt.datetime(2026, 6, 10, 12, tzinfo=dt.UTC)
+    db = open_db(acme)
+    book = load_price_book(db)
+    today, yesterday = "2026-06-10T08:00:00.000Z", "2026-06-09T23:00:00.000Z"
+    seen = [(yesterday, "no-such-model-1"), (today, "no-such-model-2"), (today, "no-such-model-2")]
+    write_rows(
+        db,
+        [
+            price_row(usage_record(ts=ts, model=m, input_tokens=10, output_tokens=1), book)
+            for ts, m in [*seen, (today, "gpt-4o")]
+        ]
+        + [price_row(usage_record(ts=today, model="gpt-4o", outcome="client_disconnected"), book)],
+    )
+    [draft] = [d for d in unpriced_drafts(db, at)]
+    assert (draft.org_id, draft.kind, draft.scope, draft.window) == (
+        1,
+        "unpriced_model",
+        "org:1:openai/no-such-model-2",
+        "2026-06-10",
+    )
+    assert "openai model no-such-model-2 has no price" in draft.message
+    assert len(evaluate(db, at)) == 1
+    assert evaluate(db, at + dt.timedelta(hours=1)) == []  # once a day
+    read: set[str] = set()
+
+    def reads(action: int, table: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_READ and table:
+            read.add(table)
+        return sqlite3.SQLITE_OK
+
+    db.conn.set_authorizer(reads)
+    assert len(unpriced_drafts(db, at)) == 1
+    db.conn.set_authorizer(None)
+    assert read == {"usage_daily_no_price"}
 
 
 def test_users_and_loops_are_read_through_the_index_on_ts(acme: Path) -> None:

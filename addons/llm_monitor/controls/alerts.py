@@ -298,7 +298,10 @@ def error_drafts(db: Database, at: dt.datetime, k: float = DEFAULT_K) -> list[Dr
 
 
 def unpriced_drafts(db: Database, at: dt.datetime) -> list[Draft]:
-    """Models seen today without a price: their cost is unknown (NULL), never $0."""
+    """Models seen today without a price: their cost is unknown (NULL), never $0.
+
+    Read from the day's rollup (`usage_daily_no_price`): scanning the day's rows instead
+    took 0.26 s at a million rows, and grew all day, every evaluation."""
     day = periods.window_of("day", at)
     assert day is not None
     return [
@@ -312,9 +315,9 @@ def unpriced_drafts(db: Database, at: dt.datetime) -> list[Draft]:
             "without a cost (see `llm-monitor pricing check`)",
         )
         for org, provider, model in db.execute(
-            "select distinct org_id, provider, coalesce(response_model, model) from usage "
-            "where ts >= ? and unpriced_reason = 'no_price'",
-            [day.start_ts],
+            "select nullif(org_id, 0), provider, nullif(model, '') from usage_daily_no_price "
+            "where day = ? order by 1, 2, 3",
+            [day.key],
         )
     ]
 
