@@ -141,7 +141,10 @@ def test_up_with_two_workers_behind_haproxy(tmp_path: Path, upstream: ReplayServ
         ).stdout
         lines = children.splitlines()
         child_pids = [int(line.split()[0]) for line in lines]
-        assert sum(" proxy --mode " in line for line in lines) == 2, children
+        workers = [line for line in lines if " proxy --mode " in line]
+        assert len(workers) == 2, children
+        # The first worker alone evaluates alerts: the other would repeat its reads.
+        assert sum("monitor_alerts_seconds=0" in line for line in workers) == 1, children
         assert sum("haproxy -db" in line for line in lines) == 1, children
         recording = load_recording("openai/chat_json_text_gpt-4o.json")
         replies = [upstream.reply(Reply.from_recording(recording)) for _ in range(20)]

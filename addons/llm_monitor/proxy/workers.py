@@ -189,6 +189,11 @@ class Worker:
         return True
 
 
+# Alerts are evaluated and delivered by the first worker alone: each evaluation reads the
+# same recent rows, and every other worker would only repeat it on the same cores.
+ALERTS_OFF = ("--set", "monitor_alerts_seconds=0")
+
+
 def run(
     db_path: str,
     host: str,
@@ -222,7 +227,7 @@ def run(
 
     def worker_command(w: int) -> list[str]:
         found = {x.name: (x.upstream, port) for x, port in zip(listeners, ports[w], strict=True)}
-        return [*proxy_command(db_path, "127.0.0.1", found), *extra]
+        return [*proxy_command(db_path, "127.0.0.1", found), *extra, *(ALERTS_OFF if w else ())]
 
     with tempfile.TemporaryDirectory(prefix="llm-monitor-") as tmp:
         config = Path(tmp) / "haproxy.cfg"
