@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from llm_monitor.cli import cli
 from llm_monitor.controls.alerts import (
+    Watcher,
     anomaly_drafts,
     deliver_due,
     error_drafts,
@@ -317,6 +318,26 @@ def test_a_runaway_loop_is_raised_once_per_window(acme: Path) -> None:
     assert evaluate(db, later) == []
     # Half an hour on, the window has moved past all of it.
     assert loop_drafts(db, dt.datetime(2026, 6, 10, 12, 40, tzinfo=dt.UTC)) == []
+
+
+def test_the_watcher_looks_for_loops_in_one_evaluation_of_four(acme: Path) -> None:
+    """The loop query groups the last 10 minutes of rows by body: the watcher runs it in
+    its first evaluation and then in every fourth (once a minute at the default 15 s)."""
+    start = dt.datetime(2026, 6, 10, 12, 1, tzinfo=dt.UTC)
+    loop(acme, start, 20, 10)
+    watcher = Watcher(acme, interval=15, clock=lambda: start + dt.timedelta(minutes=5))
+    db = open_db(acme)
+
+    def loops_raised() -> int:
+        return db.execute("select count(*) from alerts where kind = 'runaway_loop'").fetchone()[0]
+
+    looked = []
+    for _ in range(9):
+        db.execute("delete from alerts")
+        db.conn.commit()
+        watcher.run_once()
+        looked.append(loops_raised())
+    assert looked == [1, 0, 0, 0, 1, 0, 0, 0, 1]
 
 
 def test_the_loop_rule_comes_from_the_environment(

@@ -17,6 +17,7 @@ from tests.conftest import invoke, new_org, usage_record
 
 KEYS = {
     "usage_hourly": ("hour", "org_id", "token_id", "provider", "model"),
+    "usage_hourly_users": ("hour", "org_id", "user"),
     "usage_daily": ("day", "org_id", "provider", "model"),
     "usage_daily_labels": ("day", "org_id", "kind", "label"),
     "usage_daily_no_price": ("day", "org_id", "provider", "model"),
@@ -29,6 +30,8 @@ def expected_keys(table: str, row: dict) -> list[tuple]:
     model = row["response_model"] or row["model"] or ""
     if table == "usage_hourly":
         return [(row["ts"][:13], row["org_id"], row["token_id"], row["provider"], model)]
+    if table == "usage_hourly_users":
+        return [(row["ts"][:13], row["org_id"], row["user"])] if row["user"] is not None else []
     if table == "usage_daily":
         return [(row["ts"][:10], row["org_id"], row["provider"], model)]
     if table == "usage_daily_no_price":
@@ -70,10 +73,13 @@ def rolled(db_path: Path, table: str) -> dict[tuple, tuple]:
     key = KEYS[table]
     rows = query(
         db_path,
-        f"select {', '.join(key + COMPARED)}, round(cost_usd, 9), round(latency_ms_sum, 6), "
-        f"ttft_count from {table}",
+        f"select {', '.join(key + COMPARED)}, cost_usd, latency_ms_sum, ttft_count from {table}",
     )
-    return {row[: len(key)]: row[len(key) :] for row in rows}
+    # Rounded here as `direct` rounds: SQLite's round() can land a last bit away.
+    return {
+        row[: len(key)]: (*row[len(key) : -3], round(row[-3], 9), round(row[-2], 6), row[-1])
+        for row in rows
+    }
 
 
 def assert_rollups_match(db_path: Path) -> None:

@@ -1,6 +1,8 @@
 """Rollup tables: usage summed per time bucket, so the dashboard never rescans `usage`.
 
 - `usage_hourly`: per hour, organisation, monitor token, provider and model.
+- `usage_hourly_users`: per hour, organisation and user (`X-Monitor-User`; requests
+  without one are not in it): what the spend anomalies of users read, hour by hour.
 - `usage_daily`: per day, organisation, provider and model (months across all orgs).
 - `usage_daily_labels`: per day, organisation and label, where a label is the request's
   user (`kind` = 'user'), one of its tags as `key=value` (`kind` = 'tag'; '' when the
@@ -133,6 +135,14 @@ ROLLUPS = (
         f"""select substr(ts, 1, 13), coalesce(org_id, 0), coalesce(token_id, 0), provider,
         {_MODEL_SQL}, {_SUMS_SQL} from usage where {{rows}} group by 1, 2, 3, 4, 5""",
         (("org_id", "hour"),),
+    ),
+    Rollup(
+        "usage_hourly_users",
+        ("hour", "org_id", "user"),
+        13,
+        f"""select substr(ts, 1, 13), coalesce(org_id, 0), user, {_SUMS_SQL}
+        from usage where {{rows}} and user is not null group by 1, 2, 3""",
+        (),
     ),
     Rollup(
         "usage_daily",
