@@ -33,8 +33,11 @@ ADMIN, VIEWER, OTHER = "admin@acme.example", "viewer@acme.example", "admin@globe
 
 def settled(browser: WebDriver) -> WebDriverWait:
     """A wait that reads the page again when it was replaced while being read (a form
-    posted, the page reloading)."""
-    return WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,))
+    posted, the page reloading), or read before the new page drew the row (no cells yet:
+    seen once in CI as an IndexError)."""
+    return WebDriverWait(
+        browser, 10, ignored_exceptions=(StaleElementReferenceException, IndexError)
+    )
 
 
 def create_org(db: Path, name: str, email: str) -> dict:
