@@ -1242,36 +1242,31 @@ def compare_command(base: str, path: str, requests: int, rounds: int) -> None:
         upstream_port = free_port()
         with contextlib.ExitStack() as running:
             running.enter_context(upstream(upstream_port, workdir, first_event_ms=20.0))
-            sides = []
-            for name, tree in ((base, exported), ("working tree", ROOT)):
-                side_dir = workdir / f"side-{len(sides)}"
+            sides = []  # (pid, port, token) of the base, then of the working tree
+            for side, tree in enumerate((exported, ROOT)):
+                side_dir = workdir / f"side-{side}"
                 db, token = new_db(side_dir) if path == "proxy" else (side_dir / "unused.db", "-")
                 port = free_port()
-                if path == "proxy":
-                    args = [sys.executable, "-m", "llm_monitor", "proxy"]
-                    args += proxy_options(path, upstream_port, port, "json")
-                    args += monitor_options(port, db)
-                else:
-                    args = [sys.executable, __file__, "serve-lean"]
-                    args += proxy_options(path, upstream_port, port, "json")
+                # PYTHONPATH comes before the editable install: each side runs its own tree.
                 env = {"PYTHONPATH": str(tree / "addons")}
-                log = workdir / f"side-{len(sides)}.log"
+                args = proxy_args(path, upstream_port, port, db, "json")
+                log = workdir / f"side-{side}.log"
                 proc = running.enter_context(process(args, port, log, PROXY_CPU, env))
-                sides.append((name, proc.pid, port, token))
+                sides.append((proc.pid, port, token))
 
             async def both(count: int) -> list[Timing]:
                 return await asyncio.gather(
-                    *(load(port, count, 10, BODIES["json"], token) for _, _, port, token in sides)
+                    *(load(port, count, 10, BODIES["json"], token) for _, port, token in sides)
                 )
 
             run_harness(both(500))
             rows: list[dict[str, object]] = []
             for round_ in range(rounds):
-                before = [cpu_seconds(pid) for _, pid, _, _ in sides]
+                before = [cpu_seconds(pid) for pid, _, _ in sides]
                 run_harness(both(requests))
                 used = [
                     (cpu_seconds(pid) - start) * 1e6 / requests
-                    for (_, pid, _, _), start in zip(sides, before, strict=True)
+                    for (pid, _, _), start in zip(sides, before, strict=True)
                 ]
                 rows.append(
                     {

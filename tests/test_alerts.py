@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import sqlite3
 import stat
 import threading
@@ -399,15 +400,17 @@ def test_a_model_without_a_price_is_raised_once_a_day_from_the_rollup(acme: Path
     assert read == {"usage_daily_no_price"}
 
 
-def test_users_and_loops_are_read_through_the_index_on_ts(acme: Path) -> None:
+def test_every_read_of_usage_is_a_range_of_the_index_on_ts(acme: Path) -> None:
+    """What an evaluation reads from `usage` itself (a minute's requests, loops) is a range
+    of its index on `ts`, never the whole table: the statements it runs, as run."""
+    spend(acme, "2026-06-10T11:59:30.000Z", 0.01, count=3, user="alice@acme.example")
     db = open_db(acme)
-    for sql in (
-        "select coalesce(org_id, 0), user, sum(coalesce(cost_usd, 0)), count(*) from usage "
-        "where ts >= ? and ts < ? and user is not null group by 1, 2",
-        "select org_id, token_id, body_digest, count(*) from usage where ts > ? and ts <= ? "
-        "and body_digest is not null group by org_id, token_id, body_digest",
-    ):
-        plan = " ".join(row[3] for row in db.execute(f"explain query plan {sql}", ["a", "b"]))
-        assert "USING INDEX" in plan and "(ts>? AND ts<?)" in plan.replace(">=", ">").replace(
-            "<=", "<"
-        ), plan
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    evaluate(db, dt.datetime(2026, 6, 10, 12, 0, 30, tzinfo=dt.UTC))
+    db.conn.set_trace_callback(None)
+    reads = [sql for sql in statements if re.search(r"\bfrom usage\b", sql)]
+    assert len(reads) == 4, reads  # a minute's requests by token, user and model; loops
+    for sql in reads:
+        plan = " ".join(row[3] for row in db.execute(f"explain query plan {sql}"))
+        assert "USING INDEX idx_usage_ts (ts>? AND ts<?)" in plan, (sql, plan)

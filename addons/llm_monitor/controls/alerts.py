@@ -118,13 +118,13 @@ def _hour_start(hour: str) -> dt.datetime:
     return dt.datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=dt.UTC)
 
 
-def _usage_range(db: Database, column: str, start: str, end: str, group: str = "") -> list:
-    """Per organisation and key (and `group`), spend and requests of `usage` rows with
+def _minute_counts(db: Database, column: str, start: str, end: str) -> list:
+    """Per organisation, key and minute, spend and requests of `usage` rows with
     `start` <= ts < `end`: a range of the index on `ts`, never the whole table."""
     return db.execute(
-        f"select coalesce(org_id, 0), {column}{group}, sum(coalesce(cost_usd, 0)), count(*) "
-        f"from usage where ts >= ? and ts < ? and {column} is not null "
-        f"group by 1, 2{', 3' if group else ''}",
+        f"select coalesce(org_id, 0), {column}, substr(ts, 1, 16), "
+        f"sum(coalesce(cost_usd, 0)), count(*) from usage "
+        f"where ts >= ? and ts < ? and {column} is not null group by 1, 2, 3",
         [start, end],
     ).fetchall()
 
@@ -172,12 +172,11 @@ def anomaly_drafts(
             [hour],
         ).fetchall()
         minute = at.replace(second=0, microsecond=0)
-        minutes = _usage_range(
+        minutes = _minute_counts(
             db,
             column,
             periods.usage_ts(max(minute - dt.timedelta(minutes=1), start)),
             periods.usage_ts(at + dt.timedelta(seconds=1)),
-            ", substr(ts, 1, 16)",
         )
         if not current and not minutes:
             continue
