@@ -98,6 +98,14 @@ def test_unknown_snapshots(book: PriceBook) -> None:
     # Every known gpt-4.1 snapshot costs what gpt-4.1 costs: priced as it, and said so.
     quote = book.quote("openai", "gpt-4.1-2099-01-01", NOON)
     assert quote.basis == "fallback:gpt-4.1 genai-prices 0.2.3:openai/gpt-4.1@2000-01-01"
+    # The library's prefix rules would take any date as the family: a date later than
+    # today, or none of the calendar's, is an unknown snapshot all the same.
+    for made_up in ("claude-sonnet-4-5-20991231", "claude-sonnet-4-5-20251399"):
+        quote = book.quote("anthropic", made_up, NOON)
+        assert quote.basis.startswith("fallback:claude-sonnet-4-5 genai-prices 0.2.3:")
+    # A past date is left to the rule: claude-sonnet-4-20250514 is claude-sonnet-4.
+    quote = book.quote("anthropic", "claude-sonnet-4-20250514", NOON)
+    assert (quote.entry.model, quote.fallback) == ("claude-sonnet-4-0", None)
 
 
 def test_the_o3_override(book: PriceBook) -> None:

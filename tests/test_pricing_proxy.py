@@ -340,6 +340,18 @@ def test_unknown_snapshots_fall_back_only_when_the_family_agrees(
         f"fallback:gpt-4.1 {LIBRARY}:openai/gpt-4.1@2000-01-01",
         None,
     )
+    # A date no snapshot can have yet, which the library's prefix rule would take as
+    # claude-sonnet-4-5 itself: a fallback, said so (1000 x 3 + 100 x 15).
+    model = "claude-sonnet-4-5-20991231"
+    request = {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
+    answer = anthropic_answer(model)
+    row = send(pricing_proxy, upstream, pricing_token, "anthropic", "/v1/messages", request, answer)
+    assert priced(row) == (
+        cost("0.0045"),
+        1,
+        f"fallback:claude-sonnet-4-5 {LIBRARY}:anthropic/claude-sonnet-4-5@2000-01-01",
+        None,
+    )
     # gpt-4o-2024-05-13 costs more than gpt-4o: an unknown gpt-4o snapshot is not guessed.
     row = send_chat(
         pricing_proxy, upstream, pricing_token, "openai", chat("gpt-4o-2099-01-01", 1000, 100)
@@ -349,6 +361,7 @@ def test_unknown_snapshots_fall_back_only_when_the_family_agrees(
     problems = {(c["model"], c["problem"]) for c in checked}
     assert {
         ("gpt-4.1-2099-01-01", "fallback:gpt-4.1"),
+        ("claude-sonnet-4-5-20991231", "fallback:claude-sonnet-4-5"),
         ("gpt-4o-2099-01-01", "no_price"),
     } <= problems
     unpriced = json.loads(invoke(priced_db, "pricing", "unpriced", "--json"))
@@ -491,6 +504,18 @@ def test_mistral_streams_are_not_injected(
     )
 
 
+# A Together model the library prices: $0.30 in, $1.20 out per 1M tokens.
+TOGETHER_STREAM = sse(
+    chunk("MiniMaxAI/MiniMax-M3", "Bon"),
+    chunk(
+        "MiniMaxAI/MiniMax-M3",
+        "",
+        usage={"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100},
+        finish="stop",
+    ),
+)
+
+
 def test_a_rejected_injection_is_sent_again_unchanged(
     tmp_path: Path, upstream: ReplayServer
 ) -> None:
@@ -511,10 +536,10 @@ def test_a_rejected_injection_is_sent_again_unchanged(
     ) as proxy:
         refused = upstream.reply(Reply(422, json.dumps(rejection).encode()))
         answered = upstream.reply(
-            Reply(200, MISTRAL_STREAM, content_type="text/event-stream", seed=5)
+            Reply(200, TOGETHER_STREAM, content_type="text/event-stream", seed=5)
         )
         body = (
-            b'{"model": "mistral-small-latest", "stream": true,\n'
+            b'{"model": "MiniMaxAI/MiniMax-M3", "stream": true,\n'
             b' "messages": [{"role": "user", "content": "Hi \\u00e9"}]}'
         )
         with httpx.stream(
@@ -531,7 +556,7 @@ def test_a_rejected_injection_is_sent_again_unchanged(
             received = response.read()
         # The client gets the answer it would have had without the proxy.
         assert response.status_code == 200
-        assert received == MISTRAL_STREAM
+        assert received == TOGETHER_STREAM
         first, second = upstream.take_received(), upstream.take_received()
         assert first.json()["stream_options"] == {"include_usage": True}
         assert second.body == body  # byte for byte what the client sent
@@ -540,8 +565,15 @@ def test_a_rejected_injection_is_sent_again_unchanged(
         row = row_for(db_path, answered.request_id)
         assert (row["status"], row["outcome"], row["usage_injected"]) == (200, "ok", 0)
         assert (row["input_tokens"], row["output_tokens"]) == (1000, 100)
+        # 1000 x 0.30 + 100 x 1.20 per 1M tokens
+        assert priced(row) == (
+            cost("0.00042"),
+            1,
+            f"{LIBRARY}:together/MiniMaxAI/MiniMax-M3@2000-01-01",
+            None,
+        )
         # The listener no longer changes bodies.
-        again = upstream.reply(Reply(200, MISTRAL_STREAM, content_type="text/event-stream"))
+        again = upstream.reply(Reply(200, TOGETHER_STREAM, content_type="text/event-stream"))
         httpx.post(
             proxy.url("together") + "/v1/chat/completions",
             content=body,

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from llm_monitor.money.library import LibraryIndex, family_of, library_index
+from llm_monitor.money.library import LibraryIndex, family_of, library_index, made_up_date
 from llm_monitor.money.prices import CALL_RATES, PriceEntry, read_prices
 from llm_monitor.usage import UsageRecord, UsageRow, billed_model, fields_of, has_usage
 
@@ -279,9 +279,9 @@ class PriceBook:
 
     def _resolve(self, provider: str, model: str) -> tuple[tuple[str, str] | None, str | None]:
         direct = self._direct(provider, model)
-        if direct is not None:
-            return direct, None
         family = family_of(model)
+        if direct is not None and not self._unknown_snapshot(provider, model, family, direct):
+            return direct, None
         if family is not None:
             priced_as = self._direct(provider, family)
             if priced_as is not None and self._snapshots_agree(provider, family, priced_as):
@@ -298,6 +298,21 @@ class PriceBook:
             if match is not None and (match.provider, match.model) in self._models:
                 return match.provider, match.model
         return None
+
+    def _unknown_snapshot(
+        self, provider: str, model: str, family: str | None, direct: tuple[str, str]
+    ) -> bool:
+        """A name dated later than today (or on no day of the calendar) that no table
+        lists, given its family's prices only by a prefix rule of the library
+        (`claude-sonnet-4-5-20991231`): priced as a fallback, if at all. A past date is
+        left to the library's rule (`claude-sonnet-4-20250514` is claude-sonnet-4)."""
+        if family is None or (provider, model) in self._models:
+            return False
+        if not made_up_date(model, dt.datetime.now(dt.UTC).date()):
+            return False
+        if self.library is not None and self.library.lists(provider, model):
+            return False
+        return self._direct(provider, family) == direct
 
     def _snapshots_agree(self, provider: str, family: str, priced_as: tuple[str, str]) -> bool:
         """Every known snapshot of the family has the family's prices: only then may an

@@ -183,6 +183,21 @@ SNAPSHOT = re.compile(
     r"^(?P<family>.+?)-(?:\d{4}-\d{2}-\d{2}|20\d{6}|(?:0[1-9]|1[0-2])(?:[0-2]\d|3[01])|latest)$"
 )
 
+_COMPACT_DATE = re.compile(r"-(20\d\d)(\d\d)(\d\d)$")
+_FULL_DATE = re.compile(r"-(\d{4})-?(\d\d)-?(\d\d)$")
+
+
+def made_up_date(model: str, today: dt.date) -> bool:
+    """Whether `model` ends in a full date no snapshot can have: not a date of the
+    calendar, or later than `today` (`gpt-4o-2099-01-01`)."""
+    found = _FULL_DATE.search(model)
+    if found is None:
+        return False
+    try:
+        return dt.date(*map(int, found.groups())) > today
+    except ValueError:
+        return True
+
 
 def family_of(model: str) -> str | None:
     """The model a dated snapshot (or `-latest` alias) belongs to, else None."""
@@ -221,6 +236,7 @@ class LibraryIndex:
                 names.append(model.id)
                 names.extend(_equals_values(model.match))
             self._names[ours] = names
+        self._listed = {ours: {n.lower() for n in names} for ours, names in self._names.items()}
 
     def find(self, provider: str, model: str) -> Match | None:
         """The library model `model` names for our `provider`, or None."""
@@ -233,6 +249,16 @@ class LibraryIndex:
             if found is not None:
                 return Match(self._owner(provider, library_provider, found), found.id)
         return None
+
+    def lists(self, provider: str, model: str) -> bool:
+        """Whether the data names `model` itself (an id or an exact alias, the compact date
+        form included), rather than catching it by a prefix or pattern rule."""
+        listed = self._listed.get(provider, set())
+        for ref in self._refs(provider, model):
+            ref = ref.lower()
+            if ref in listed or _COMPACT_DATE.sub(r"-\1-\2-\3", ref) in listed:
+                return True
+        return False
 
     def snapshot_names(self, provider: str, family: str) -> list[str]:
         """Names the data lists for dated snapshots of `family`."""
