@@ -369,6 +369,29 @@ def test_unknown_snapshots_fall_back_only_when_the_family_agrees(
     assert "gpt-4.1-2099-01-01" not in {u["model"] for u in unpriced}
 
 
+def test_a_model_priced_only_in_units_the_proxy_does_not_count(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
+) -> None:
+    """tts-1 is priced per million characters of input, and its answer is audio: it has a
+    price, so it is not "no price", and it is not "usage unseen" either."""
+    reply = upstream.reply(Reply(200, b"ID3\x03audio", content_type="audio/mpeg"))
+    response = httpx.post(
+        pricing_proxy.url("openai") + "/v1/audio/speech",
+        json={"model": "tts-1", "input": "Hello there", "voice": "alloy"},
+        headers={"X-Monitor-Token": pricing_token, "Authorization": f"Bearer {API_KEY}"},
+        timeout=20,
+    )
+    assert (response.status_code, response.content) == (200, b"ID3\x03audio")
+    row = row_for(priced_db, reply.request_id)
+    assert priced(row) == (None, 0, None, "uncounted_unit:input_mchars")
+    explained = invoke(priced_db, "explain", str(row["id"]))
+    assert "priced by input_mchars, which the proxy does not count" in explained
+    checked = json.loads(invoke(priced_db, "pricing", "check", "--json"))
+    assert ("tts-1", "uncounted_unit:input_mchars") in {(c["model"], c["problem"]) for c in checked}
+    unpriced = json.loads(invoke(priced_db, "pricing", "unpriced", "--json"))
+    assert "tts-1" not in {u["model"] for u in unpriced}
+
+
 def test_openrouter_reported_cost_is_the_cost(
     pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
 ) -> None:

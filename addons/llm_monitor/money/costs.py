@@ -5,8 +5,8 @@ prompts, file searches, Maps-grounded prompts, code executions) is priced by its
 rate. A model without a price, a unit without a rate, or a service tier without its own
 prices gives no cost at all: the row is stored with `cost_usd` NULL, `priced` = 0 and
 the reason in `unpriced_reason` (`no_price`, `missing_rate:<kind>`, `usage_unseen`,
-`inconsistent_usage`). A kind of token without a rate never takes another kind's rate,
-unlike the price library's own `calc_price`.
+`uncounted_unit:<units>`, `inconsistent_usage`). A kind of token without a rate never
+takes another kind's rate, unlike the price library's own `calc_price`.
 
 A priced row says how in `cost_basis`: the price entry used (its source, model and first
 day), `fallback:<family> ...` when an unknown snapshot took its family's price, or
@@ -348,7 +348,7 @@ class PriceBook:
         """The rates for a request to `model` at `when` (UTC); raises Unpriced."""
         key, fallback = self.resolve(provider, model)
         if key is None:
-            raise Unpriced("no_price")
+            raise Unpriced(self.no_price_reason(provider, model))
         day = when.date()
         groups = self._groups_in_force(key, day)
         standard = self._pick(groups, "", day, when.time(), input_tokens)
@@ -360,6 +360,13 @@ class PriceBook:
         if own is None:
             raise Unpriced(f"missing_rate:{variant}")
         return Quote(standard, own, {**standard.rates(), **own.rates()}, fallback)
+
+    def no_price_reason(self, provider: str, model: str) -> str:
+        """Why `model` has no price here: `uncounted_unit:<units>` when the library prices
+        it only in units the proxy does not count (audio hours, characters, pages), else
+        `no_price`."""
+        units = self.library.uncounted_units(provider, model) if self.library else None
+        return f"uncounted_unit:{units}" if units else "no_price"
 
     def quote_at(
         self, provider: str, model: str, ts: str, input_tokens: int | None, variant: str = ""
@@ -471,7 +478,11 @@ def price_row(record: UsageRecord | UsageRow, book: PriceBook) -> UsageRow:
         except Unpriced as e:
             row["priced"], row["unpriced_reason"] = 0, e.reason
     elif fields["billable"] and model and _may_have_been_billed(fields):
-        row["priced"], row["unpriced_reason"] = 0, "usage_unseen"
+        # A model billed by units no response states (tts-1's characters) is unpriced for
+        # that reason, not because its usage went unseen.
+        reason = book.no_price_reason(fields["provider"], model)
+        row["priced"] = 0
+        row["unpriced_reason"] = reason if reason != "no_price" else "usage_unseen"
     return row
 
 

@@ -39,8 +39,9 @@ PROVIDERS = {
 _OURS = {library: ours for ours, library in PROVIDERS.items()}
 
 # The library's price keys we bill by, and our rate for each. Keys not here are units the
-# proxy never counts (audio hours, characters, document pages, video): a
-# request that used them is not recognised as such, so their rates are not needed.
+# proxy never counts (audio hours, characters, document pages, video): a model priced only
+# in those has no entry; its rows are unpriced with `uncounted_unit:<keys>` (see
+# `LibraryIndex.uncounted_units`), not `no_price`, since it has a price.
 RATE_OF_KEY = {
     "input_mtok": "input",
     "cache_read_mtok": "cached_input",
@@ -109,6 +110,15 @@ def _expand(model_price: Any) -> dict[int, dict[str, Decimal]]:
                 rates[rate] = value
         by_tier[start] = rates
     return by_tier
+
+
+def _price_keys(model: Any) -> set[str]:
+    """The price keys with a value anywhere in a library model's prices."""
+    types = _types()
+    prices = model.prices
+    found = [prices] if isinstance(prices, types.ModelPrice) else [c.prices for c in prices]
+    found += [variant.prices for variant in model.price_variants or []]
+    return {key for price in found for key, value in vars(price).items() if value is not None}
 
 
 def _entries_of(provider: str, model: Any, source: str, as_of: dt.date) -> Iterator[PriceEntry]:
@@ -237,6 +247,13 @@ class LibraryIndex:
                 names.extend(_equals_values(model.match))
             self._names[ours] = names
         self._listed = {ours: {n.lower() for n in names} for ours, names in self._names.items()}
+        # Models the library prices only in units the proxy does not count.
+        self._uncounted: dict[tuple[str, str], str] = {}
+        for ours, theirs in PROVIDERS.items():
+            for model in self._providers[theirs].models:
+                keys = _price_keys(model)
+                if keys and not keys & RATE_OF_KEY.keys():
+                    self._uncounted[ours, model.id] = ",".join(sorted(keys))
 
     def find(self, provider: str, model: str) -> Match | None:
         """The library model `model` names for our `provider`, or None."""
@@ -249,6 +266,12 @@ class LibraryIndex:
             if found is not None:
                 return Match(self._owner(provider, library_provider, found), found.id)
         return None
+
+    def uncounted_units(self, provider: str, model: str) -> str | None:
+        """The library's units for `model` when it is priced only in units the proxy does
+        not count (`audio_hours` for whisper-1, `input_mchars` for tts-1), else None."""
+        match = self.find(provider, model)
+        return None if match is None else self._uncounted.get((match.provider, match.model))
 
     def lists(self, provider: str, model: str) -> bool:
         """Whether the data names `model` itself (an id or an exact alias, the compact date

@@ -189,6 +189,9 @@ def _reason_text(reason: str | None) -> str:
         return "the usage figures contradict each other (a part larger than its whole)"
     if reason and reason.startswith("missing_rate:"):
         return f"the price has no rate for {reason.split(':', 1)[1]}, which this request used"
+    if reason and reason.startswith("uncounted_unit:"):
+        units = reason.split(":", 1)[1].replace(",", ", ")
+        return f"the model is priced by {units}, which the proxy does not count"
     return "unknown"
 
 
