@@ -1212,6 +1212,76 @@ def cost_round(
     return row
 
 
+def side_by_side(
+    sides: list[tuple[str, list[str], dict[str, str], str]],
+    workdir: Path,
+    requests: int,
+    rounds: int,
+) -> list[list[float]]:
+    """Run every side (label, command line, environment, monitor token) at once, pinned
+    to the same core, under the same JSON load at once; per round, the CPU time a request
+    of each, in µs. Rounds run one after the other take the machine at different speeds
+    (by up to half here): a 1% difference is lost among them. Side by side, a change in
+    the machine's speed reaches every side alike."""
+    upstream_port = free_port()
+    with contextlib.ExitStack() as running:
+        running.enter_context(upstream(upstream_port, workdir, first_event_ms=20.0))
+        started = []  # (pid, port, token)
+        for label, args, env, token in sides:
+            port = free_port()
+            command = [
+                a.replace("{upstream}", str(upstream_port)).replace("{port}", str(port))
+                for a in args
+            ]
+            log = workdir / f"{label}.log"
+            proc = running.enter_context(process(command, port, log, PROXY_CPU, env))
+            started.append((proc.pid, port, token))
+
+        async def all_sides(count: int) -> list[Timing]:
+            return await asyncio.gather(
+                *(load(port, count, 10, BODIES["json"], token) for _, port, token in started)
+            )
+
+        run_harness(all_sides(500))
+        used_per_round = []
+        for _ in range(rounds):
+            before = [cpu_seconds(pid) for pid, _, _ in started]
+            run_harness(all_sides(requests))
+            used_per_round.append(
+                [
+                    (cpu_seconds(pid) - start) * 1e6 / requests
+                    for (pid, _, _), start in zip(started, before, strict=True)
+                ]
+            )
+    return used_per_round
+
+
+def side_args(path: str, db: Path) -> list[str]:
+    """`proxy_args` with the ports left for `side_by_side` to fill in."""
+    args = proxy_args(path, 0, 0, db, "json")
+    return [
+        a.replace("127.0.0.1:0@127.0.0.1:0", "127.0.0.1:{upstream}@127.0.0.1:{port}").replace(
+            "monitor_providers=0:", "monitor_providers={port}:"
+        )
+        for a in args
+    ]
+
+
+def ratio_table(labels: tuple[str, str], used_per_round: list[list[float]]) -> list[float]:
+    """The per-round table of two sides; returns each round's first / second."""
+    rows = [
+        {
+            "round": round_,
+            f"{labels[0]} µs": round(first),
+            f"{labels[1]} µs": round(second),
+            "ratio": round(first / second, 3),
+        }
+        for round_, (first, second) in enumerate(used_per_round)
+    ]
+    echo_table(["round", f"{labels[0]} µs", f"{labels[1]} µs", "ratio"], rows)
+    return [float(r["ratio"]) for r in rows]  # type: ignore[arg-type]
+
+
 @main.command("compare")
 @click.option("--base", default="HEAD", show_default=True, help="The git revision to compare with.")
 @click.option(
@@ -1227,10 +1297,8 @@ def compare_command(base: str, path: str, requests: int, rounds: int) -> None:
     """A change measured: the working tree against `--base`, both running at once, pinned
     to the same core, under the same JSON load. Per round, the CPU time a request of each.
 
-    Rounds run one after the other take the machine at different speeds (by up to half
-    here): a 1% change is lost among them. Side by side, a change in the machine's speed
-    reaches both alike: ten rounds of the same code against itself gave 1.000 (0.98 to
-    1.06), and a change measured at 1.4% gave 1.009 and 1.014 in two runs."""
+    Ten rounds of the same code against itself gave 1.000 (0.98 to 1.06), and a change
+    measured at 1.4% gave 1.009 and 1.014 in two runs."""
     with tempfile.TemporaryDirectory(prefix="llm-monitor-compare-") as tmp:
         workdir = Path(tmp)
         exported = workdir / "base"
@@ -1239,49 +1307,49 @@ def compare_command(base: str, path: str, requests: int, rounds: int) -> None:
             ["git", "-C", str(ROOT), "archive", base, "addons"], capture_output=True, check=True
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(exported)], input=archive, check=True)
-        upstream_port = free_port()
-        with contextlib.ExitStack() as running:
-            running.enter_context(upstream(upstream_port, workdir, first_event_ms=20.0))
-            sides = []  # (pid, port, token) of the base, then of the working tree
-            for side, tree in enumerate((exported, ROOT)):
-                side_dir = workdir / f"side-{side}"
-                db, token = new_db(side_dir) if path == "proxy" else (side_dir / "unused.db", "-")
-                port = free_port()
-                # PYTHONPATH comes before the editable install: each side runs its own tree.
-                env = {"PYTHONPATH": str(tree / "addons")}
-                args = proxy_args(path, upstream_port, port, db, "json")
-                log = workdir / f"side-{side}.log"
-                proc = running.enter_context(process(args, port, log, PROXY_CPU, env))
-                sides.append((proc.pid, port, token))
-
-            async def both(count: int) -> list[Timing]:
-                return await asyncio.gather(
-                    *(load(port, count, 10, BODIES["json"], token) for _, port, token in sides)
-                )
-
-            run_harness(both(500))
-            rows: list[dict[str, object]] = []
-            for round_ in range(rounds):
-                before = [cpu_seconds(pid) for pid, _, _ in sides]
-                run_harness(both(requests))
-                used = [
-                    (cpu_seconds(pid) - start) * 1e6 / requests
-                    for (pid, _, _), start in zip(sides, before, strict=True)
-                ]
-                rows.append(
-                    {
-                        "round": round_,
-                        f"{base} µs": round(used[0]),
-                        "working tree µs": round(used[1]),
-                        "ratio": round(used[0] / used[1], 3),
-                    }
-                )
-    echo_table(["round", f"{base} µs", "working tree µs", "ratio"], rows)
-    ratios = [float(r["ratio"]) for r in rows]  # type: ignore[arg-type]
+        sides = []
+        for side, tree in enumerate((exported, ROOT)):
+            side_dir = workdir / f"side-{side}"
+            db, token = new_db(side_dir) if path == "proxy" else (side_dir / "unused.db", "-")
+            # PYTHONPATH comes before the editable install: each side runs its own tree.
+            env = {"PYTHONPATH": str(tree / "addons")}
+            sides.append((f"side-{side}", side_args(path, db), env, token))
+        used = side_by_side(sides, workdir, requests, rounds)
+    ratios = ratio_table((base, "working tree"), used)
     click.echo(
         f"\n{base} / working tree, CPU time a request of `{path}`: "
         f"{statistics.median(ratios):.3f} (median of {rounds} rounds; "
         f"{min(ratios):.3f} to {max(ratios):.3f}). Above 1: the working tree costs less."
+    )
+
+
+@main.command("pair")
+@click.argument("first", type=click.Choice([*PROXY_PATHS, *OPTIONAL_PATHS]))
+@click.argument("second", type=click.Choice([*PROXY_PATHS, *OPTIONAL_PATHS]))
+@click.option("--requests", default=3000, show_default=True, help="Requests per round and side.")
+@click.option("--rounds", default=10, show_default=True, help="The ratio is a median over rounds.")
+def pair_command(first: str, second: str, requests: int, rounds: int) -> None:
+    """Two paths measured side by side, as `compare` does: e.g. `pair proxy proxy-metrics`
+    (what metrics cost), `pair lean proxy` (what the addon costs), `pair proxy controls`.
+    Prints, per round and as a median, the CPU time a request of FIRST over SECOND's:
+    SECOND's throughput per core as a share of FIRST's."""
+    with tempfile.TemporaryDirectory(prefix="llm-monitor-pair-") as tmp:
+        workdir = Path(tmp)
+        sides = []
+        for side, path in enumerate((first, second)):
+            side_dir = workdir / f"{side}-{path}"
+            if path in RECORDING_PATHS:
+                db, token = new_db(side_dir, controls=path == "controls")
+            else:
+                side_dir.mkdir(parents=True)
+                db, token = side_dir / "unused.db", "-"
+            sides.append((f"{side}-{path}", side_args(path, db), {}, token))
+        used = side_by_side(sides, workdir, requests, rounds)
+    ratios = ratio_table((first, second), used)
+    click.echo(
+        f"\n`{second}` keeps {statistics.median(ratios):.3f} of `{first}`'s throughput per "
+        f"core (CPU time a request, {first} / {second}; median of {rounds} rounds, "
+        f"{min(ratios):.3f} to {max(ratios):.3f})."
     )
 
 

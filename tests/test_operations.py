@@ -4,18 +4,21 @@ after a reprice) and `doctor`."""
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import sqlite3
 import threading
 from pathlib import Path
 
 import httpx
 from click.testing import CliRunner
+from sqlite_utils import Database
 
 from llm_monitor.cli import cli
 from llm_monitor.demo.setup import create_demo_db
+from llm_monitor.money.sync import freshness
 from llm_monitor.store.rollups import ROLLUPS
 from tests.conftest import invoke, new_org
-from tests.proxy import running_proxy, wait_for_rows
+from tests.proxy import free_port, running_proxy, wait_for_rows
 from tests.replay import ReplayServer, Reply, load_recording
 
 CHAT = load_recording("openai/chat_json_text_gpt-4o.json")
@@ -128,6 +131,45 @@ def test_doctor(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["--db", str(db_path), "doctor", "--no-ports"])
     assert result.exit_code == 0, result.output
     assert "ok       1 monitor tokens" in result.output
+    assert "ok       prices current with the installed genai-prices 0.2.3" in result.output
     Path(f"{db_path}.spool.jsonl").write_text("{}\n")
     result = runner.invoke(cli, ["--db", str(db_path), "doctor", "--no-ports"])
     assert result.exit_code == 1 and "import-spool" in result.output
+
+
+def test_doctor_finds_prices_behind_the_library_and_a_stale_library(tmp_path: Path) -> None:
+    db_path = tmp_path / "d.db"
+    invoke(db_path, "init")
+    new_org(db_path, "Acme")
+    with sqlite3.connect(db_path) as conn:  # as if gpt-4o came with a later release
+        conn.execute("delete from prices where model = 'gpt-4o' and origin = 'library'")
+    result = CliRunner().invoke(cli, ["--db", str(db_path), "doctor", "--no-ports"])
+    assert result.exit_code == 1
+    assert "PROBLEM  the installed genai-prices 0.2.3 has" in result.output
+    assert "fix: review and apply them: `llm-monitor pricing sync`" in result.output
+    invoke(db_path, "pricing", "sync", "--yes")
+    result = CliRunner().invoke(cli, ["--db", str(db_path), "doctor", "--no-ports"])
+    assert result.exit_code == 0, result.output
+    # The pinned release knows of changes into 2027; half a year after its newest, stale.
+    found = freshness(Database(db_path))
+    assert not found.stale(dt.date(2026, 12, 2))
+    assert found.stale(found.newest_change + dt.timedelta(days=181))
+
+
+def test_doctor_checks_the_ports_up_will_take(tmp_path: Path) -> None:
+    db_path = tmp_path / "d.db"
+    invoke(db_path, "init")
+    new_org(db_path, "Acme")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["--db", str(db_path), "doctor", "--no-defaults", "--dashboard-port", str(port)]
+        result = CliRunner().invoke(
+            cli, [*args, "--listen", f"groq=https://api.groq.com@{free_port()}"]
+        )
+        assert result.exit_code == 1
+        assert f"PROBLEM  port {port} (dashboard) on 127.0.0.1" in result.output
+        metrics = ["--dashboard-port", str(free_port()), "--metrics-port", str(port)]
+        result = CliRunner().invoke(cli, [*args[:4], *metrics])
+        assert f"PROBLEM  port {port} (metrics) on 127.0.0.1" in result.output

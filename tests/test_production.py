@@ -108,6 +108,62 @@ def test_metrics_count_requests_tokens_cost_and_rejections(
         assert "mon_not-a-real-token" not in log and API_KEY not in log
 
 
+def test_budget_rate_limit_and_body_refusals_are_logged_and_counted(
+    tmp_path: Path, upstream: ReplayServer
+) -> None:
+    """Every refusal the proxy answers itself has its line and its count: a rate limit, a
+    hard budget, and a body past the limit that declared no length."""
+    db_path = tmp_path / "r.db"
+    invoke(db_path, "init")
+    token = new_org(db_path, "Acme")
+    invoke(db_path, "limits", "set", "--org", "Acme", "--rpm", "1")
+    other = new_org(db_path, "Beta")
+    invoke(db_path, "budgets", "set", "--org", "Beta", "--period", "day", "--usd", "0.000001")
+    port = free_port()
+    with running_proxy(
+        db_path,
+        f"http://127.0.0.1:{upstream.port}",
+        monitor_metrics_port=port,
+        monitor_max_request_mb=1,
+    ) as proxy:
+        client = openai_client(proxy.base_url, token)
+        upstream.reply(Reply.from_recording(CHAT))
+        client.chat.completions.create(**CHAT["request"]["body"])
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(**CHAT["request"]["body"])
+        # Beta's budget affords no request at all.
+        with pytest.raises(openai.RateLimitError, match="budget"):
+            openai_client(proxy.base_url, other).chat.completions.create(**CHAT["request"]["body"])
+
+        def body(chunks: int):  # chunked: no Content-Length to refuse it by
+            for _ in range(chunks):
+                yield b"x" * 65536
+
+        # 1.5 MB: past the limit; 2.5 MB: past what is drained after the answer, cut off.
+        for chunks in (24, 40):
+            response = httpx.post(
+                proxy.base_url + "/chat/completions",
+                content=body(chunks),
+                headers={"X-Monitor-Token": token, "content-type": "application/json"},
+                timeout=20,
+            )
+            assert response.status_code == 413
+            assert response.json()["error"]["code"] == "request_too_large"
+        text = scrape(port)
+        for reason in ("rate_limit_exceeded", "budget_exceeded", "request_too_large"):
+            labels = {"provider": "openai", "reason": reason}
+            assert metric(text, "llm_monitor_rejected_requests_total", **labels) >= 1, reason
+        log = proxy.log()
+        prefix = token[: token.find("_") + 7]
+        for line in (
+            f"on openai: 429 rate_limit_exceeded (token {prefix})",
+            f"on openai: 413 request_too_large (token {prefix})",
+        ):
+            assert line in log, line
+        assert token not in log and other not in log
+        assert f"429 budget_exceeded (token {other[: other.find('_') + 7]})" in log
+
+
 def test_model_families_stay_bounded_whatever_clients_send() -> None:
     """Model names come from clients: the label values, and what is remembered of them,
     stay bounded however many a client invents."""

@@ -8,6 +8,7 @@ import sys
 import click
 
 from llm_monitor.cli.common import get_db, handle_errors
+from llm_monitor.cli.run import listen_option
 from llm_monitor.dashboard import DEFAULT_PORT as DASHBOARD_PORT
 from llm_monitor.inert import printable
 from llm_monitor.proxy.launch import DEFAULT_LISTENERS, busy_ports
@@ -44,17 +45,47 @@ def system_checks(host: str, ports: dict[str, int], workers: bool) -> list[Check
     "--ports/--no-ports",
     default=True,
     show_default=True,
-    help="Check that the default listener and dashboard ports are free (off while `up` runs).",
+    help="Check that the ports `up` will take are free (off while `up` runs).",
 )
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="NAME=UPSTREAM@PORT",
+    callback=listen_option,
+    help="A listener `up` will have (repeatable), as `up --listen`.",
+)
+@click.option("--no-defaults", is_flag=True, help="`up` will run without the default listeners.")
+@click.option(
+    "--dashboard-port",
+    type=click.IntRange(1, 65535),
+    default=DASHBOARD_PORT,
+    show_default=True,
+    help="The dashboard's port, as `up --dashboard-port`.",
+)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="As `up --metrics-port`.")
 @click.option("--workers", is_flag=True, help="Check for what `up --workers N` needs too.")
 @click.pass_context
 @handle_errors
-def doctor(ctx: click.Context, host: str, ports: bool, workers: bool) -> None:
+def doctor(
+    ctx: click.Context,
+    host: str,
+    ports: bool,
+    listen: list[tuple[str, str, int]],
+    no_defaults: bool,
+    dashboard_port: int,
+    metrics_port: int | None,
+    workers: bool,
+) -> None:
     """Check a deployment: the database (there, migrated, writable), monitor tokens,
-    prices, spooled rows, free ports, HAProxy. Prints what to fix; exits 1 if anything
-    needs it."""
-    wanted = {name: port for name, (_, port) in DEFAULT_LISTENERS.items()}
-    wanted["dashboard"] = DASHBOARD_PORT
+    prices (loaded, current with the installed genai-prices, not stale), spooled rows,
+    free ports, HAProxy. Give it the port options you give `up`. Prints what to fix;
+    exits 1 if anything needs it."""
+    listeners = {} if no_defaults else dict(DEFAULT_LISTENERS)
+    listeners.update({name: (upstream, port) for name, upstream, port in listen})
+    wanted = {name: port for name, (_, port) in listeners.items()}
+    wanted["dashboard"] = dashboard_port
+    if metrics_port is not None:
+        wanted["metrics"] = metrics_port
     checks = database_checks(ctx.obj["db_path"])
     checks += system_checks(host, wanted if ports else {}, workers)
     for check in checks:

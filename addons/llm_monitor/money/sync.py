@@ -142,3 +142,25 @@ def apply_sync(db: Database, plan: SyncPlan) -> int:
     """Write the plan's entries; returns how many. Earlier entries stay as they are."""
     entries = plan.added + [change.new for change in plan.changed]
     return upsert_prices(db, entries)
+
+
+# A library whose newest price change is older than this has likely missed some.
+STALE_AFTER = dt.timedelta(days=180)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    source: str  # the installed library
+    pending: int  # its prices the table lacks or states differently (see `plan_sync`)
+    newest_change: dt.date  # the latest day from which any of its prices applies
+
+    def stale(self, today: dt.date) -> bool:
+        return self.newest_change < today - STALE_AFTER
+
+
+def freshness(db: Database, today: dt.date | None = None) -> Freshness:
+    """How current the table is against the installed library, and the library itself
+    (for `doctor`)."""
+    plan = plan_sync(db, today)
+    newest = max(entry.effective_from for entry in library_prices())
+    return Freshness(plan.source, len(plan.added) + len(plan.changed), newest)

@@ -251,6 +251,7 @@ class FlowState:
     key_hint: str | None = None
     accept_encoding: str | None = None  # the client's, when the proxy changed it
     hold: Hold | None = None  # what hard budgets and rate limits reserved for it
+    token: str | None = None  # the monitor token, for a refusal's log line (its prefix)
 
     @property
     def stream(self) -> StreamTap | None:
@@ -618,6 +619,7 @@ class Monitor:
             self._reject(flow, provider, guard, 400, message, "invalid_monitor_header", token)
             return
         state.request_headers = headers
+        state.token = token
         if self.key_hints:
             state.key_hint = provider.key_hint(headers)
         flow.metadata[_METADATA_KEY] = state
@@ -659,6 +661,7 @@ class Monitor:
                 )
                 flow.response.headers["retry-after"] = str(verdict.retry_after)
                 state.forwarded = False
+                self._log_rejection(flow, state.provider_name, 429, verdict.code, state.token)
                 self._forget(flow, state)
                 return
             state.hold = verdict
@@ -980,10 +983,13 @@ class Monitor:
         return Listener(host)
 
     def _too_large_answer(self, flow: http.HTTPFlow) -> http.Response:
-        """The 413 for a body past `monitor_max_request_mb`, in the listener's provider's shape."""
-        mode = flow.client_conn.proxy_mode
-        provider = provider_named(self._listener(mode).provider)
-        return self._response(flow, provider, *self._too_large())
+        """The 413 for a body past `monitor_max_request_mb` that declared no length (or a
+        false one), in the listener's provider's shape; logged and counted as such."""
+        name = self._listener(flow.client_conn.proxy_mode).provider
+        status, message, code = self._too_large()
+        state = self._state(flow)
+        self._log_rejection(flow, name, status, code, state.token if state else None)
+        return self._response(flow, provider_named(name), status, message, code)
 
     def _too_large(self) -> tuple[int, str, str]:
         message = f"Request body larger than {self.max_request // MiB} MB (LLM Monitor)."
@@ -1068,6 +1074,8 @@ class Monitor:
             # mitmproxy's advice to turn the check off is for the operator, not the client.
             detail = detail.split(" Disable the validate_inbound_headers option")[0]
             code, text = "malformed_request", f"Malformed request: {detail} (LLM Monitor)"
+        elif status == 413:  # a client that kept sending past its 413 (see `limits`)
+            code, text = "request_too_large", detail
         else:
             code, text = "proxy_error", f"LLM Monitor could not pass the request on: {detail}"
         headers = {"content-type": "application/json"}

@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from llm_monitor.errors import Conflict, Invalid
+from llm_monitor.money.sync import freshness
 from llm_monitor.store.database import migrations, open_db
 from llm_monitor.store.recorder import spool_path_for
 from llm_monitor.store.rollups import PRUNED_TABLE
@@ -92,6 +93,34 @@ class Check:
     fix: str = ""
 
 
+def _price_freshness(db: Database) -> list[Check]:
+    """Whether the table has what the installed genai-prices has, and whether that
+    release knows of any price change in the last half year."""
+    today = dt.datetime.now(dt.UTC).date()
+    found = freshness(db, today)
+    checks = [
+        Check(True, f"prices current with the installed {found.source}")
+        if not found.pending
+        else Check(
+            False,
+            f"the installed {found.source} has {found.pending} prices the table lacks or "
+            "states differently",
+            "review and apply them: `llm-monitor pricing sync`",
+        )
+    ]
+    if found.stale(today):
+        checks.append(
+            Check(
+                False,
+                f"prices may be stale: the newest price change {found.source} knows of "
+                f"is from {found.newest_change}",
+                "raise genai-prices' pin in pyproject.toml, reinstall, then "
+                "`llm-monitor pricing sync`",
+            )
+        )
+    return checks
+
+
 def database_checks(db_path: str | Path) -> list[Check]:
     """The database's health: there, migrated, writable, with tokens and prices, and
     nothing spooled. Never changes the database."""
@@ -151,6 +180,7 @@ def database_checks(db_path: str | Path) -> list[Check]:
             if prices
             else Check(False, "no prices: every cost is NULL", "run `llm-monitor init`")
         )
+        checks += _price_freshness(db)
         week = (dt.datetime.now(dt.UTC) - dt.timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%S")
         unpriced = db.execute(
             "select count(*), count(distinct provider || '/' || coalesce(model, '')) from usage "
