@@ -81,9 +81,13 @@ def test_metrics_count_requests_tokens_cost_and_rejections(
             openai_client(proxy.base_url, "mon_not-a-real-token").models.list()
         wait_for_rows(db_path, "1", count=4)
         deadline = time.monotonic() + 10
-        while True:  # the cost is counted once the recorder has written the rows
+        while True:  # the cost is counted once the recorder has written the rows, the
+            # requests within a second of their end
             text = scrape(port)
-            if metric(text, "llm_monitor_cost_usd_total") >= 0.00016 * 3 + 0.00014 - 1e-12:
+            if (
+                metric(text, "llm_monitor_cost_usd_total") >= 0.00016 * 3 + 0.00014 - 1e-12
+                and metric(text, "llm_monitor_requests_total") >= 4
+            ):
                 break
             assert time.monotonic() < deadline, text
             time.sleep(0.1)

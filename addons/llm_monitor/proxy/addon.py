@@ -485,8 +485,10 @@ class Monitor:
         self._sampler = asyncio.get_running_loop().create_task(self._sample_metrics())
 
     async def _sample_metrics(self) -> None:
-        """The recorder's gauges, once a second (never per request)."""
+        """The requests observed since, and the recorder's gauges, once a second (never
+        per request)."""
         while self.metrics is not None:
+            self.metrics.flush()
             recorder = self.recorder
             if recorder is not None:
                 self.metrics.sample(
@@ -928,6 +930,8 @@ class Monitor:
         self._close()
         if self._sampler is not None:
             self._sampler.cancel()
+        if self.metrics is not None:
+            self.metrics.flush()  # a worker's last second counts too (multiprocess files)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()  # type: ignore[attr-defined]
             self._metrics_server = None

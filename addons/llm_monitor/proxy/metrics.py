@@ -1,10 +1,12 @@
 """Prometheus metrics of the proxy (prometheus-client).
 
-Per request the addon calls `Metrics.observe` once when it queues a row and
-`Metrics.rejected` when it refuses one: counter and histogram updates only, in memory (a
-few microseconds). The cost is counted by the recorder thread once it has priced a row
-(`Metrics.written`); the recorder's queue depth, write lag and spool size are read once a
-second (`Metrics.sample`), never per request.
+Per request the addon calls `Metrics.observe` once when it queues a row (which only keeps
+the row) and `Metrics.rejected` when it refuses one. Once a second, on the event loop,
+`Metrics.flush` counts the rows kept since: one counter update per distinct set of labels
+rather than several per request (each takes a lock, and a file write in multiprocess
+mode), so a scrape is at most a second behind. The cost is counted by the recorder thread
+once it has priced a row (`Metrics.written`); the recorder's queue depth, write lag and
+spool size are read once a second (`Metrics.sample`), never per request.
 
 Labels stay few: provider, model family (at most `MAX_FAMILIES` distinct values per
 process, then "other"), organisation id, status class and outcome. No user, token or tag.
@@ -18,6 +20,7 @@ Two ways to serve them:
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -152,6 +155,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self._pending: list[UsageRow] = []  # observed, not yet counted (see `flush`)
         self._families: set[str] = set()
         self._family_of: dict[str | None, str] = {}
         self._requests = children(self.requests)
@@ -178,22 +182,37 @@ class Metrics:
         return family
 
     def observe(self, row: UsageRow) -> None:
-        """One queued usage row (a UsageRecord's fields): requests, tokens, latency, errors."""
-        provider = row["provider"]
-        family = self.family(billed_model(row))
-        org = str(row["org_id"])
-        status = row["status"]
-        status_class = f"{status // 100}xx" if status else "none"
-        self._requests(provider, family, org, status_class, row["outcome"]).inc()
-        for field, kind in TOKEN_KINDS:
-            count = row[field]
-            if count:
-                self._tokens(provider, family, org, kind).inc(count)
-        self._latency(provider, family).observe(row["latency_ms"] / 1000)
-        if row["ttft_ms"] is not None:
-            self._ttft(provider, family).observe(row["ttft_ms"] / 1000)
-        if row["outcome"] == "upstream_error":
-            self._upstream_errors(provider).inc()
+        """One queued usage row (a UsageRecord's fields), counted at the next `flush`."""
+        self._pending.append(row)
+
+    def flush(self) -> None:
+        """Count the rows observed since the last flush: requests, tokens, latency, errors.
+        Called on the event loop, as `observe` is: no lock between them."""
+        rows, self._pending = self._pending, []
+        requests: collections.Counter[tuple[str, str, str, str, str]] = collections.Counter()
+        tokens: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+        errors: collections.Counter[str] = collections.Counter()
+        for row in rows:
+            provider = row["provider"]
+            family = self.family(billed_model(row))
+            org = str(row["org_id"])
+            status = row["status"]
+            status_class = f"{status // 100}xx" if status else "none"
+            requests[provider, family, org, status_class, row["outcome"]] += 1
+            for field, kind in TOKEN_KINDS:
+                if count := row[field]:
+                    tokens[provider, family, org, kind] += count
+            self._latency(provider, family).observe(row["latency_ms"] / 1000)
+            if row["ttft_ms"] is not None:
+                self._ttft(provider, family).observe(row["ttft_ms"] / 1000)
+            if row["outcome"] == "upstream_error":
+                errors[provider] += 1
+        for labels, count in requests.items():
+            self._requests(*labels).inc(count)
+        for labels, count in tokens.items():
+            self._tokens(*labels).inc(count)
+        for provider, count in errors.items():
+            self._upstream_errors(provider).inc(count)
 
     def rejected(self, provider: str, reason: str) -> None:
         self._rejections(provider, reason).inc()
