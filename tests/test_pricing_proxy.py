@@ -406,6 +406,12 @@ def test_openrouter_reported_cost_is_the_cost(
     )
     assert row["cost_basis"].startswith(f"{LIBRARY}:openrouter/openai/gpt-4o@")
     assert row["cost_usd"] == cost("0.0035")
+    # Over 64 KB, with usage last, the tail alone is read: the stated cost still counts.
+    answer = chat("openai/gpt-4o", 1000, 100, usage={"cost": 0.00412})
+    answer["choices"][0]["message"]["content"] = "x" * 100_000
+    answer["usage"] = answer.pop("usage")
+    row = send_chat(pricing_proxy, upstream, pricing_token, "openrouter", answer)
+    assert priced(row) == (0.00412, 1, "provider_reported", None)
 
 
 def test_xai_reported_cost_is_the_cost(

@@ -188,8 +188,9 @@ _RESPONSE_OBJECT = re.compile(rb'"object"\s*:\s*"response"')
 _DECODER = json.JSONDecoder()
 
 
-def _usage_at_the_end(body: bytes) -> tuple[TokenUsage, str | None] | None:
-    """Usage (and model) when they are the body's last top-level keys, else None."""
+def _usage_at_the_end(body: bytes) -> tuple[dict[str, Any], str | None] | None:
+    """The usage object (and model) when they are the body's last top-level keys, else
+    None."""
     tail = body[-4096:].decode("utf-8", errors="replace")
     start = tail.rfind('"usage"')
     if start < 0:
@@ -210,7 +211,7 @@ def _usage_at_the_end(body: bytes) -> tuple[TokenUsage, str | None] | None:
             value, value_end = _DECODER.raw_decode(head, head.index('"', head.index(":", key)))
             if isinstance(value, str) and head[value_end:].strip() == ",":
                 model = value
-    return normalise_usage(usage), model
+    return usage, model
 
 
 def error_code_of(obj: Any) -> str | None:
@@ -335,7 +336,10 @@ class OpenAI:
             and not _RESPONSE_OBJECT.search(body[:512])  # its output items count too
             and (found := _usage_at_the_end(body)) is not None
         ):
-            usage, model = found
+            # The provider's own reading of it (OpenRouter's and xAI's stated cost), as for
+            # a body read whole; nothing else of the body is there to read.
+            usage = self.usage_as_requested(info, found[0], {})
+            model = found[1]
             if _SEARCH_MODEL.search(model or info.model or ""):
                 usage = dataclasses.replace(usage, web_search_requests=1)
             return usage, model
