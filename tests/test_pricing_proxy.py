@@ -392,6 +392,23 @@ def test_a_model_priced_only_in_units_the_proxy_does_not_count(
     assert "tts-1" not in {u["model"] for u in unpriced}
 
 
+def test_mistral_audio_in_a_chat_is_not_priced_on_tokens_alone(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
+) -> None:
+    """Voxtral bills audio per hour beside the tokens; Mistral's usage states the seconds.
+    With audio, no cost (not the tokens' alone); without, the tokens' price."""
+    audio = chat("voxtral-small-latest", 1000, 100, usage={"prompt_audio_seconds": 42})
+    row = send_chat(pricing_proxy, upstream, pricing_token, "mistral", audio)
+    assert priced(row) == (None, 0, None, "uncounted_unit:input_audio_hours")
+    assert row["uncounted_units"] == "input_audio_hours"
+    # A reprice leaves it so: the reason is kept with the row.
+    invoke(priced_db, "pricing", "reprice", "--since", row["ts"][:10])
+    assert priced(row_for(priced_db, row["request_id"])) == priced(row)
+    text = chat("voxtral-small-latest", 1000, 100, usage={"prompt_audio_seconds": 0})
+    row = send_chat(pricing_proxy, upstream, pricing_token, "mistral", text)
+    assert (row["priced"], row["uncounted_units"]) == (1, None)
+
+
 def test_openrouter_reported_cost_is_the_cost(
     pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
 ) -> None:

@@ -47,6 +47,9 @@ class TokenUsage:
     web_search_preview_calls: int | None = None
     service_tier: str | None = None  # as the response states it (default, flex, priority)
     reported_cost_usd: float | None = None  # the charge the provider states (OpenRouter)
+    # Units the response says were used that no price of ours counts (the library's names:
+    # `input_audio_hours` for Mistral's `prompt_audio_seconds`): the row stays unpriced.
+    uncounted_units: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -132,6 +135,7 @@ class UsageRecord(BaseModel):
     maps_grounded_prompts: int | None = None
     service_tier: str | None = None
     reported_cost_usd: float | None = None
+    uncounted_units: str | None = None  # see TokenUsage
     latency_ms: float | None = None
     ttft_ms: float | None = None
     request_id: str | None = None
@@ -184,6 +188,7 @@ class UsageRecord(BaseModel):
             "maps_grounded_prompts": usage.maps_grounded_prompts,
             "service_tier": usage.service_tier,
             "reported_cost_usd": usage.reported_cost_usd,
+            "uncounted_units": usage.uncounted_units,
             "raw_usage": compact_json(usage.raw) if usage.raw else None,
         }
 

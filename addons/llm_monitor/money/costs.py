@@ -466,6 +466,8 @@ def price_row(record: UsageRecord | UsageRow, book: PriceBook) -> UsageRow:
         try:
             if not model:
                 raise Unpriced("no_price")
+            if fields.get("uncounted_units"):
+                raise Unpriced(f"uncounted_unit:{fields['uncounted_units']}")
             quote = book.quote_at(
                 fields["provider"],
                 model,

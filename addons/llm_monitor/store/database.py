@@ -655,3 +655,11 @@ def m014_usage_hourly_users(db: Database) -> None:
     evaluation, each row about 120 times over its hour."""
     rollups.create(db, ["usage_hourly_users"])
     rollups.rebuild(db, names=["usage_hourly_users"])
+
+
+@migrations()
+def m016_uncounted_units(db: Database) -> None:
+    """Units a response states that no price of ours counts (Mistral's audio seconds in a
+    chat, billed per audio hour), kept with the row so that a reprice leaves it unpriced
+    for that reason too."""
+    db["usage"].add_column("uncounted_units", str)
