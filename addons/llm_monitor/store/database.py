@@ -658,7 +658,7 @@ def m014_usage_hourly_users(db: Database) -> None:
 
 
 @migrations()
-def m016_uncounted_units(db: Database) -> None:
+def m017_uncounted_units(db: Database) -> None:
     """Units a response states that no price of ours counts (Mistral's audio seconds in a
     chat, billed per audio hour), kept with the row so that a reprice leaves it unpriced
     for that reason too."""
