@@ -392,6 +392,44 @@ def test_a_model_priced_only_in_units_the_proxy_does_not_count(
     assert "tts-1" not in {u["model"] for u in unpriced}
 
 
+def test_transcriptions_find_their_model_in_the_form(
+    pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str
+) -> None:
+    """The openai SDK sends a transcription as a multipart form: the model is read from it,
+    audio tokens (`input_token_details`, as transcriptions spell it) at the audio rate;
+    whisper-1's answer counts seconds, which no price of ours counts."""
+    client = openai.OpenAI(
+        base_url=pricing_proxy.url("openai") + "/v1",
+        api_key=API_KEY,
+        default_headers={"X-Monitor-Token": pricing_token},
+        max_retries=0,
+    )
+    usage = {
+        "type": "tokens",
+        "input_tokens": 1000,
+        "input_token_details": {"text_tokens": 200, "audio_tokens": 800},
+        "output_tokens": 100,
+        "total_tokens": 1100,
+    }
+    reply = upstream.reply(Reply(200, json.dumps({"text": "Hi", "usage": usage}).encode()))
+    client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.wav", b"RIFF" * 64))
+    row = row_for(pricing_proxy.db_path, reply.request_id)
+    # 200 text x 2.5 + 800 audio x 6 + 100 x 10 per 1M = 500 + 4800 + 1000
+    assert (row["model"], row["input_audio_tokens"]) == ("gpt-4o-transcribe", 800)
+    assert priced(row) == (
+        cost("0.0063"),
+        1,
+        f"{LIBRARY}:openai/gpt-4o-transcribe@2000-01-01",
+        None,
+    )
+    answer = {"text": "Hi", "usage": {"type": "duration", "seconds": 12}}
+    reply = upstream.reply(Reply(200, json.dumps(answer).encode()))
+    client.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"RIFF" * 64))
+    row = row_for(pricing_proxy.db_path, reply.request_id)
+    assert row["model"] == "whisper-1"
+    assert priced(row) == (None, 0, None, "uncounted_unit:audio_hours,input_audio_hours")
+
+
 def test_mistral_audio_in_a_chat_is_not_priced_on_tokens_alone(
     pricing_proxy: Proxy, upstream: ReplayServer, pricing_token: str, priced_db: Path
 ) -> None:

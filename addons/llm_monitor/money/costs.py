@@ -480,9 +480,11 @@ def price_row(record: UsageRecord | UsageRow, book: PriceBook) -> UsageRow:
         except Unpriced as e:
             row["priced"], row["unpriced_reason"] = 0, e.reason
     elif fields["billable"] and model and _may_have_been_billed(fields):
-        # A model billed by units no response states (tts-1's characters) is unpriced for
-        # that reason, not because its usage went unseen.
+        # A model billed by units the proxy does not count (tts-1's characters, whisper-1's
+        # seconds) is unpriced for that reason, not because its usage went unseen.
         reason = book.no_price_reason(fields["provider"], model)
+        if fields.get("uncounted_units") and not reason.startswith("uncounted_unit:"):
+            reason = f"uncounted_unit:{fields['uncounted_units']}"
         row["priced"] = 0
         row["unpriced_reason"] = reason if reason != "no_price" else "usage_unseen"
     return row

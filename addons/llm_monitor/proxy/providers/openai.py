@@ -87,13 +87,18 @@ def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
             output_audio_tokens=_details(usage, "completion_tokens_details", "audio_tokens"),
             raw=usage,
         )
+    if usage.get("type") == "duration":  # whisper-1's transcriptions: seconds of audio
+        return TokenUsage(uncounted_units="input_audio_hours", raw=usage)
+    audio = _details(usage, "input_tokens_details", "audio_tokens")
+    if audio is None:  # transcriptions spell it `input_token_details`
+        audio = _details(usage, "input_token_details", "audio_tokens")
     return TokenUsage(
         input_tokens=as_count(usage.get("input_tokens")),
         cached_input_tokens=_details(usage, "input_tokens_details", "cached_tokens"),
         output_tokens=as_count(usage.get("output_tokens")),
         reasoning_tokens=_details(usage, "output_tokens_details", "reasoning_tokens"),
         total_tokens=as_count(usage.get("total_tokens")),
-        input_audio_tokens=_details(usage, "input_tokens_details", "audio_tokens"),
+        input_audio_tokens=audio,
         input_image_tokens=_details(usage, "input_tokens_details", "image_tokens"),
         output_image_tokens=_details(usage, "output_tokens_details", "image_tokens"),
         raw=usage,
@@ -112,6 +117,17 @@ _TOOL_CALLS = {
 # gpt-5-search-api and their snapshots) search the web before every answer: each request
 # is one search call, billed beside its tokens. The response says nothing more about it.
 _SEARCH_MODEL = re.compile(r"-search-(?:preview|api)(?:-\d{4}-\d{2}-\d{2})?$")
+
+
+# The `model` field of a multipart form (`/v1/audio/transcriptions`, `/translations`): its
+# part's headers, a blank line, the value. One bounded search over the body, no parsing.
+_FORM_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]{1,200}\r\n){0,4}\r\n([^\r\n]{1,200})\r\n')
+
+
+def form_model(body: bytes) -> str | None:
+    """The model a multipart form names, else None."""
+    found = _FORM_MODEL.search(body)
+    return found.group(1).decode("utf-8", errors="replace") if found else None
 
 
 def with_response_facts(usage: TokenUsage, holder: dict[str, Any]) -> TokenUsage:
@@ -301,7 +317,11 @@ class OpenAI:
         self, request: http.Request, headers: Mapping[str, str], *, inject_usage: bool
     ) -> RequestInfo:
         content_type = headers.get("content-type", "").lower()
-        if request.method != "POST" or "json" not in content_type:
+        if request.method != "POST":
+            return RequestInfo()
+        if content_type.startswith("multipart/form-data"):  # audio transcriptions
+            return RequestInfo(model=form_model(request.raw_content or b""))
+        if "json" not in content_type:
             return RequestInfo()
         body = load_json(request.raw_content or b"")
         if not isinstance(body, dict):
