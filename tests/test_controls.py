@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import random
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,10 @@ from click.testing import CliRunner
 from llm_monitor.cli import cli
 from llm_monitor.controls.budgets import NANOS
 from llm_monitor.controls.gate import Gate, Hold, Refusal
-from tests.conftest import invoke, new_org
+from llm_monitor.store.database import open_db
+from llm_monitor.store.recorder import write_rows
+from llm_monitor.usage import utc_timestamp
+from tests.conftest import invoke, new_org, usage_record
 
 
 class Clock:
@@ -338,3 +342,49 @@ def test_bad_limits_get_one_line_and_store_nothing(acme: Path) -> None:
         result = run(acme, "limits", "set", *args)
         assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
     assert sqlite3.connect(acme).execute("select count(*) from rate_limits").fetchone()[0] == 0
+
+
+def record_spend(db_path: Path, usd: float, ts: str, **fields: object) -> None:
+    """A usage row of `usd` recorded at `ts`, through the recorder's own write."""
+    db = open_db(db_path)
+    try:
+        write_rows(db, [{**usage_record(ts=ts, **fields).model_dump(), "cost_usd": usd}])
+    finally:
+        db.conn.close()
+
+
+def test_spend_recorded_before_a_budget_counts_against_it(acme: Path) -> None:
+    """$2.50 recorded this month, then a $3 hard monthly budget: only what is left of it
+    is granted, never $3 more; a row recorded late (its request was in flight when the
+    leases began) counts once the amount changes."""
+    clock = Clock(dt.datetime.now(dt.UTC))
+    this_month = clock.at.strftime("%Y-%m-01T00:00:00.000Z")
+    record_spend(acme, 2.5, this_month)
+    record_spend(acme, 7.0, "2020-01-01T00:00:00.000Z")  # another month: not counted
+    record_spend(acme, 9.0, this_month, token_id=None, org_id=None)  # no organisation
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "3")
+    gate = Gate(acme, clock=clock)
+    gate.refresh()
+    each = reservation(gate)
+
+    def spend_all() -> int:
+        admitted = 0
+        while isinstance(hold := admit(gate), Hold):
+            record_spend(acme, each / NANOS, utc_timestamp(time.time()))
+            gate.settle_cost(hold, each / NANOS)
+            gate.refresh()
+            admitted += 1
+        return admitted
+
+    first = spend_all()
+    assert first == (3 * NANOS - 2_500_000_000) // each
+    status = json.loads(invoke(acme, "budgets", "list", "--json"))[0]
+    assert 3 - each / NANOS < status["spent_usd"] <= 3
+    assert status["left_usd"] < each / NANOS
+    # A request that began before the leases and was recorded after them.
+    record_spend(acme, 0.5, this_month)
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "4", "--replace")
+    gate.refresh()
+    assert spend_all() == (4 * NANOS - 3 * NANOS - first * each) // each
+    status = json.loads(invoke(acme, "budgets", "list", "--json"))[0]
+    assert 4 - each / NANOS < status["spent_usd"] <= 4

@@ -82,7 +82,7 @@ def budget_drafts(db: Database, at: dt.datetime) -> list[Draft]:
         window = budget.window(at)
         if window is None:
             continue
-        spent, _ = spent_nanos(db, budget, window)
+        spent = spent_nanos(db, budget, window)
         limit = budget.limit
         for pct in budget.thresholds:
             if spent * 100 >= limit * pct:

@@ -13,7 +13,7 @@ import math
 import re
 import sqlite3
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from sqlite_utils import Database
@@ -29,6 +29,18 @@ LIMIT_SCOPES = ("org", "token")
 DEFAULT_THRESHOLDS = (50, 80, 100)
 MAX_USD = Decimal(10**9)
 _TAG = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")  # as X-Monitor-Tags keys
+
+
+@dataclass(frozen=True, slots=True)
+class SpendScope:
+    """Whose recorded spend, and between which `usage.ts` values (start included, end
+    not), counts against a budget's window: what the lease store starts the window from."""
+
+    org_id: int
+    scope: str
+    scope_value: str
+    start: str
+    end: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,9 @@ class Budget:
 
     def window(self, at: dt.datetime) -> Window | None:
         return window_of(self.period, at, self.starts_on, self.ends_on)
+
+    def spend_scope(self, window: Window) -> SpendScope:
+        return SpendScope(self.org_id, self.scope, self.scope_value, window.start_ts, window.end_ts)
 
     def describe(self, org: str | None = None) -> str:
         """`budget 3 (org Acme, month)`: how a 429 and an alert name it."""
@@ -266,7 +281,8 @@ def remove_budget(db: Database, budget_id: int, org_id: int | None = None) -> No
             [budget_id, org_id, org_id],
         ).rowcount:
             raise NotFound(f"no budget {budget_id} (see `llm-monitor budgets list`)")
-        db.execute("delete from control_leases where meter = ?", [f"budget:{budget_id}"])
+        for table in ("control_leases", "control_baselines"):
+            db.execute(f"delete from {table} where meter = ?", [f"budget:{budget_id}"])
 
 
 def load_budgets(db: Database | sqlite3.Connection) -> list[Budget]:
@@ -294,33 +310,59 @@ def load_limits(db: Database | sqlite3.Connection) -> list[RateLimit]:
     return [RateLimit(*row) for row in rows]
 
 
-def spent_nanos(db: Database, budget: Budget, window: Window) -> tuple[int, int]:
-    """(recorded cost in the window, in nanos; requests in it without a cost)."""
-    where, params = "org_id = ? and ts >= ? and ts < ?", [budget.org_id, window.start_ts]
-    params.append(window.end_ts)
-    if budget.scope == "token":
-        where += " and token_id = ?"
-        params.append(int(budget.scope_value))
-    elif budget.scope == "user":
-        where += " and user = ?"
-        params.append(budget.scope_value)
-    elif budget.scope == "tag":
-        key, _, value = budget.scope_value.partition("=")
-        where += " and json_extract(tags, ?) = ?"
-        params += [f'$."{key}"', value]
-    row = db.execute(
-        f"select sum(cost_usd), sum(cost_usd is null and billable = 1 and status < 400) "
-        f"from usage where {where}",
-        params,
+def _scope_filter(scope: SpendScope) -> tuple[str, list[Any]]:
+    """The condition on `usage` rows of a scope (after `org_id = ? and ts ...`)."""
+    if scope.scope == "token":
+        return " and token_id = ?", [int(scope.scope_value)]
+    if scope.scope == "user":
+        return " and user = ?", [scope.scope_value]
+    if scope.scope == "tag":
+        key, _, value = scope.scope_value.partition("=")
+        return " and json_extract(tags, ?) = ?", [f'$."{key}"', value]
+    return "", []
+
+
+def sum_nanos(usd: float | None) -> int:
+    """A sum of recorded costs (floats) in whole nano-dollars, to the nearest: sums of the
+    same rows added in another order (the rollups') differ far below half a nano."""
+    return int(Decimal(repr(usd or 0.0)).scaleb(9).quantize(Decimal(1), ROUND_HALF_UP))
+
+
+def recorded_nanos(conn: sqlite3.Connection, scope: SpendScope) -> int:
+    """The cost of the scope's `usage` rows with start <= ts < end, in nanos."""
+    where, params = _scope_filter(scope)
+    row = conn.execute(
+        f"select sum(cost_usd) from usage where org_id = ? and ts >= ? and ts < ?{where}",
+        [scope.org_id, scope.start, scope.end, *params],
     ).fetchone()
-    return usd_nanos(row[0] or 0), int(row[1] or 0)
+    return sum_nanos(row[0])
+
+
+def unpriced_requests(conn: sqlite3.Connection, scope: SpendScope) -> int:
+    """Billable requests of the scope that succeeded without a cost (the list shows them:
+    what a budget could not count)."""
+    where, params = _scope_filter(scope)
+    row = conn.execute(
+        "select count(*) from usage where org_id = ? and ts >= ? and ts < ? and cost_usd is null "
+        f"and billable = 1 and status < 400{where}",
+        [scope.org_id, scope.start, scope.end, *params],
+    ).fetchone()
+    return int(row[0])
+
+
+def spent_nanos(db: Database, budget: Budget, window: Window) -> int:
+    """Recorded cost in the budget's window, in nanos."""
+    return recorded_nanos(db.conn, budget.spend_scope(window))
 
 
 def committed(db: Database, meter: str, window: str) -> int:
-    """What every worker has taken of a meter's window: spent, reserved or held."""
+    """What every worker has taken of a meter's window (spent, reserved or held), and
+    what was recorded before the first of them (`control_baselines`)."""
     row = db.execute(
-        "select coalesce(sum(granted), 0) from control_leases where meter = ? and window = ?",
-        [meter, window],
+        "select (select coalesce(sum(granted), 0) from control_leases where meter = ? "
+        "and window = ?) + (select coalesce(sum(spent), 0) from control_baselines "
+        "where meter = ? and window = ?)",
+        [meter, window, meter, window],
     ).fetchone()
     return int(row[0])
 
@@ -338,7 +380,8 @@ def budget_status(db: Database, org_id: int | None = None) -> list[dict[str, Any
         limit = budget.limit
         spent = taken = unpriced = 0
         if window is not None:
-            spent, unpriced = spent_nanos(db, budget, window)
+            spent = spent_nanos(db, budget, window)
+            unpriced = unpriced_requests(db.conn, budget.spend_scope(window))
             taken = committed(db, budget.meter, window.key)
         reserved = max(taken - spent, 0)
         result.append(

@@ -30,6 +30,7 @@ from llm_monitor.controls import periods
 from llm_monitor.controls.budgets import (
     Budget,
     RateLimit,
+    SpendScope,
     load_budgets,
     load_limits,
     nanos_usd,
@@ -59,6 +60,7 @@ class Meter:
     peak: int = 0  # the largest single reservation seen: slices are sized by it
     committed: int = 0  # every worker's slices, as of the last sync
     synced: bool = False
+    recorded: SpendScope | None = None  # a budget's: whose recorded spend counts in it
 
     @property
     def free(self) -> int:
@@ -391,6 +393,7 @@ class Gate:
             windows = {w.key: w for w in map(budget.window, moments) if w is not None}
             for window in windows.values():
                 meter = self._meter(budget.meter, window, budget.limit, budget.describe(), "usd")
+                meter.recorded = budget.spend_scope(window)
                 meters[meter.key, window.key] = meter
             if windows:  # else a date range not yet begun, or over: nothing to hold
                 old = rules.get(budget.org_id, Rules())
@@ -444,7 +447,13 @@ class Gate:
                     meter.granted = meter.used + (0 if meter.committed > meter.limit else want)
                 requests.append(
                     LeaseRequest(
-                        meter.key, meter.window.key, meter.limit, meter.used, meter.granted, want
+                        meter.key,
+                        meter.window.key,
+                        meter.limit,
+                        meter.used,
+                        meter.granted,
+                        want,
+                        meter.recorded,
                     )
                 )
         leases = self.store.sync(self.holder, requests)

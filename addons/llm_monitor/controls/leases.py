@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
+
+from llm_monitor.controls.budgets import SpendScope, recorded_nanos
+from llm_monitor.usage import utc_timestamp
 
 # A holder not heard of for this long is not counted among the active ones (its slice
 # stays taken: what it spent is not known, and the guarantee comes first).
@@ -34,6 +37,8 @@ class LeaseRequest:
     used: int
     holding: int
     want_free: int
+    # A budget's: whose spend recorded before the window's first lease counts in it.
+    recorded: SpendScope | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +56,11 @@ class LeaseStore(Protocol):
         back by keeping less, never by being taken from; a holder that stops keeps only
         what it used), then top its free part up to
         `want_free` from what no holder has taken of `limit`, all at once; returns the
-        holder's leases in the same order."""
+        holder's leases in the same order.
+
+        A request with `recorded` counts, in what is taken, the spend recorded in that
+        scope and window before the window's first lease (read then, and again when the
+        limit changes: a budget set mid-month starts from the month's spend)."""
         ...
 
 
@@ -89,12 +98,14 @@ class SqliteLeaseStore:
         try:
             for r in requests:
                 granted = max(r.holding, r.used)
+                before = 0 if r.recorded is None else self._baseline(conn, r, seen)
                 total, holders = conn.execute(
                     "select coalesce(sum(granted), 0), "
                     "count(case when seen_at > ? then 1 end) from control_leases "
                     "where meter = ? and window = ? and holder != ?",
                     (seen - ACTIVE_SECONDS, r.meter, r.window, holder),
                 ).fetchone()
+                total += before
                 free = granted - r.used
                 if free < r.want_free:
                     granted += max(min(r.want_free - free, r.limit - total - granted), 0)
@@ -116,6 +127,30 @@ class SqliteLeaseStore:
             conn.execute("rollback")
             raise
         return leases
+
+    @staticmethod
+    def _baseline(conn: sqlite3.Connection, r: LeaseRequest, seen: float) -> int:
+        """The spend recorded before the window's leases began (`control_baselines`): read
+        from `usage` at the window's first lease, and again (up to the same moment) when
+        the limit changes, which also counts rows of requests that were in flight then."""
+        assert r.recorded is not None
+        row = conn.execute(
+            "select since, limit_value, spent from control_baselines "
+            "where meter = ? and window = ?",
+            (r.meter, r.window),
+        ).fetchone()
+        if row is not None and row[1] == r.limit:
+            return int(row[2])
+        since = row[0] if row is not None else seen
+        until = min(r.recorded.end, utc_timestamp(since))
+        spent = recorded_nanos(conn, replace(r.recorded, end=until))
+        conn.execute(
+            "insert into control_baselines (meter, window, since, limit_value, spent) "
+            "values (?, ?, ?, ?, ?) on conflict (meter, window) do update "
+            "set limit_value = excluded.limit_value, spent = excluded.spent",
+            (r.meter, r.window, since, r.limit, spent),
+        )
+        return spent
 
     def close(self) -> None:
         if self._conn is not None:

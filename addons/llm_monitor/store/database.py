@@ -655,3 +655,16 @@ def m014_usage_hourly_users(db: Database) -> None:
     evaluation, each row about 120 times over its hour."""
     rollups.create(db, ["usage_hourly_users"])
     rollups.rebuild(db, names=["usage_hourly_users"])
+
+
+@migrations()
+def m015_control_baselines(db: Database) -> None:
+    """What was recorded against a budget's window before its leases began (and up to
+    when), read once by the lease store when the window's first lease is taken and again
+    when the budget's amount changes: a budget set mid-month counts the month's spend."""
+    db.execute("""
+        create table control_baselines (
+          meter text not null, window text not null, since real not null,
+          limit_value integer not null, spent integer not null,
+          primary key (meter, window)
+        )""")
