@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from llm_monitor.cli import cli
 from llm_monitor.controls.budgets import NANOS
 from llm_monitor.controls.gate import Gate, Hold, Refusal
+from llm_monitor.controls.leases import SqliteLeaseStore
 from llm_monitor.store.database import open_db
 from llm_monitor.store.recorder import write_rows
 from llm_monitor.usage import utc_timestamp
@@ -388,3 +389,82 @@ def test_spend_recorded_before_a_budget_counts_against_it(acme: Path) -> None:
     assert spend_all() == (4 * NANOS - 3 * NANOS - first * each) // each
     status = json.loads(invoke(acme, "budgets", "list", "--json"))[0]
     assert 4 - each / NANOS < status["spent_usd"] <= 4
+
+
+class Ticker:
+    """A clock of seconds (time.time's or time.monotonic's kind), moved by the test."""
+
+    def __init__(self, at: float = 1_000_000.0) -> None:
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.at
+
+
+def test_a_silent_holders_unused_slice_is_reclaimed(acme: Path) -> None:
+    """Worker A takes a slice and is killed (it never gives it back). Once A has been
+    silent longer than the reclaim time, B gets the part A had not used, never what A had
+    spent or reserved; and A, were it only stalled, may not spend what was reclaimed."""
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "1")
+    ticks = Ticker()
+    gates = {
+        name: Gate(
+            acme,
+            store=SqliteLeaseStore(acme, reclaim_seconds=60, clock=ticks),
+            reclaim_seconds=60,
+            monotonic=ticks,
+        )
+        for name in "ab"
+    }
+    a, b = gates["a"], gates["b"]
+    a.refresh()
+    each = reservation(a)
+    limit = 40 * each
+    invoke(
+        acme,
+        "budgets",
+        "set",
+        "--org",
+        "Acme",
+        "--period",
+        "month",
+        "--usd",
+        usd(limit),
+        "--replace",
+    )
+    for gate in (a, b, a, b):
+        gate.refresh()
+    a_hold = admit(a)
+    assert isinstance(a_hold, Hold)
+    a.refresh()  # A's last word: one request reserved, the rest of its slice free
+    conn = sqlite3.connect(acme)
+    a_granted, a_used = conn.execute(
+        "select granted, used from control_leases where holder = ?", (a.holder,)
+    ).fetchone()
+    assert a_used == each and a_granted > 4 * each  # A sits on a share of the budget
+
+    def spend(gate: Gate) -> int:
+        admitted = 0
+        while isinstance(hold := admit(gate), Hold):
+            gate.settle_cost(hold, each / NANOS)
+            gate.refresh()
+            admitted += 1
+        return admitted
+
+    before = spend(b)
+    assert before == (limit - a_granted) // each  # B alone: A's slice stays taken
+    ticks.at += 21  # A is silent past its lease: it may no longer spend from its slice
+    refused = admit(a)
+    assert isinstance(refused, Refusal) and refused.code == "budget_not_ready"
+    ticks.at += 40  # and past the reclaim time
+    b.refresh()
+    assert conn.execute(
+        "select granted, used from control_leases where holder = ?", (a.holder,)
+    ).fetchone() == (each, each)
+    after = spend(b)
+    assert before + after == 39  # all of it, but for what A reserved
+    taken = conn.execute("select sum(granted) from control_leases").fetchone()[0]
+    assert taken <= limit
+    a.refresh()  # A wakes up: it cannot take back what was reclaimed
+    assert isinstance(admit(a), Refusal)
+    assert conn.execute("select sum(granted) from control_leases").fetchone()[0] <= limit

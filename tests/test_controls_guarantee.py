@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import queue
 import shutil
+import signal
 import sqlite3
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -23,7 +26,7 @@ from llm_monitor.money.costs import load_price_book
 from llm_monitor.store.database import open_db
 from tests.conftest import API_KEY, invoke
 from tests.replay import ReplayServer, Reply, load_recording
-from tests.test_up import start_up
+from tests.test_up import launch_up, start_up
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 pytestmark = [
@@ -175,3 +178,88 @@ def test_a_rate_limit_holds_across_two_workers(tmp_path: Path, upstream: ReplayS
         assert 1 <= int(refused.headers["retry-after"]) <= 60
     finally:
         assert up.stop() == 0
+
+
+def worker_pids(up_process_pid: int) -> list[int]:
+    children = subprocess.run(
+        ["pgrep", "-P", str(up_process_pid), "-a"], capture_output=True, text=True
+    ).stdout
+    return [int(line.split()[0]) for line in children.splitlines() if " proxy --mode " in line]
+
+
+def test_a_killed_workers_slice_comes_back_after_the_reclaim_time(
+    tmp_path: Path, upstream: ReplayServer
+) -> None:
+    """A worker is SIGKILLed holding a share of the budget (`up` then stops the rest, which
+    give theirs back); `up` starts again on the same database, and once the dead worker
+    has been silent past `monitor_reclaim_seconds` the new workers spend all of the budget
+    but what the dead one had spent or reserved. Spend never exceeds the budget."""
+    recording = load_recording(JSON_RECORDING)
+    body = request_body(recording)
+    options = ("--", "--set", "monitor_flush_ms=20", "--set", "monitor_reclaim_seconds=6")
+    up = start_up(tmp_path, upstream, "--workers", "2", *options, workers=2)
+    reservation = worst_case_nanos(up.db_path, body)
+    budget_usd = Decimal(20 * reservation) / NANOS
+    try:
+        invoke(
+            up.db_path,
+            "budgets",
+            "set",
+            "--org",
+            "Acme",
+            "--period",
+            "month",
+            "--usd",
+            str(budget_usd),
+        )
+        time.sleep(1.5)  # both workers hold a share
+        conn = sqlite3.connect(up.db_path)
+        holders = conn.execute("select holder, granted - used from control_leases").fetchall()
+        assert len(holders) == 2 and all(free > reservation for _, free in holders), holders
+        victim = worker_pids(up.process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert up.process.wait(30) != 0  # `up` stops when a worker dies
+    finally:
+        if up.process.poll() is None:
+            up.stop()
+    locked = conn.execute(
+        "select granted - used from control_leases where holder like ?", (f"%:{victim}:%",)
+    ).fetchone()[0]
+    assert locked > reservation  # the dead worker's slice, never given back
+    again = launch_up(
+        tmp_path,
+        upstream,
+        up.db_path,
+        up.token,
+        "--workers",
+        "2",
+        *options,
+        workers=2,
+        log_name="up-again.log",
+    )
+    try:
+        started = time.monotonic()
+        for _ in range(60):
+            upstream.reply(Reply.from_recording(recording))
+        admitted = 0
+        while time.monotonic() - started < 15:
+            response = post(again.port, again.token, body)
+            if response.status_code == 200:
+                admitted += 1
+            elif response.json()["error"]["code"] == "budget_exceeded":
+                if time.monotonic() - started > 8:  # past the reclaim time: nothing is left
+                    break
+                time.sleep(0.5)
+        rows = wait_for_settled(again.db_path, admitted)
+        spent = sum(Decimal(repr(row["cost_usd"])) for row in rows)
+        assert spent <= budget_usd
+        # All of it was there to spend: what is left could not pay for one more request.
+        assert budget_usd - spent < 2 * Decimal(reservation) / NANOS, (spent, budget_usd)
+        assert (
+            conn.execute(
+                "select granted - used from control_leases where holder like ?", (f"%:{victim}:%",)
+            ).fetchone()[0]
+            == 0
+        )
+    finally:
+        assert again.stop() == 0

@@ -20,6 +20,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -36,7 +37,13 @@ from llm_monitor.controls.budgets import (
     nanos_usd,
     tags_of,
 )
-from llm_monitor.controls.leases import LeaseRequest, LeaseStore, SqliteLeaseStore
+from llm_monitor.controls.leases import (
+    RECLAIM_SECONDS,
+    LeaseRequest,
+    LeaseStore,
+    SqliteLeaseStore,
+    lease_seconds,
+)
 from llm_monitor.controls.periods import Window, window_of
 
 logger = logging.getLogger(__name__)
@@ -117,9 +124,16 @@ class Gate:
         refresh_seconds: float = 0.25,
         default_max_output: int = 32_768,
         clock: Callable[[], dt.datetime] = periods.now,
+        reclaim_seconds: float = RECLAIM_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db_path = str(db_path)
-        self.store: LeaseStore = store or SqliteLeaseStore(db_path)
+        self.store: LeaseStore = store or SqliteLeaseStore(db_path, reclaim_seconds=reclaim_seconds)
+        # Slices are spent from only this long after the last sync: past it, the store may
+        # hand what this worker did not use to the others (see `leases.RECLAIM_SECONDS`).
+        self.lease_seconds = lease_seconds(reclaim_seconds)
+        self.monotonic = monotonic
+        self._synced_at = -math.inf  # time.monotonic() of the last sync
         self.holder = holder_name()
         self.refresh_seconds = refresh_seconds
         self.default_max_output = default_max_output
@@ -217,6 +231,14 @@ class Gate:
                         "rate_limit_not_ready",
                     )
                 wanted.append((meter, amount, kind))
+        if wanted and self.monotonic() - self._synced_at > self.lease_seconds:
+            budget = wanted[0][2] == "cost"
+            return Refusal(
+                "LLM Monitor could not renew this worker's share of "
+                f"{'its budgets' if budget else 'its rate limits'} in time; retry.",
+                1,
+                "budget_not_ready" if budget else "rate_limit_not_ready",
+            )
         with self._lock:
             for meter, amount, _ in wanted:
                 if amount > meter.free:
@@ -456,12 +478,15 @@ class Gate:
                         meter.recorded,
                     )
                 )
+        started = self.monotonic()  # what the store grants holds from before it answers
         leases = self.store.sync(self.holder, requests)
         with self._lock:
             holders = 1
             for meter, lease in zip(meters, leases, strict=True):
-                meter.granted = max(lease.granted, meter.granted)
+                meter.granted = lease.granted  # less than held only if it was reclaimed
                 meter.committed = lease.committed
                 meter.synced = True
                 holders = max(holders, lease.holders)
             self._holders = holders
+            if not final:
+                self._synced_at = started

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -20,9 +21,20 @@ from typing import Protocol
 from llm_monitor.controls.budgets import SpendScope, recorded_nanos
 from llm_monitor.usage import utc_timestamp
 
-# A holder not heard of for this long is not counted among the active ones (its slice
-# stays taken: what it spent is not known, and the guarantee comes first).
+# A holder not heard of for this long is not counted among the active ones.
 ACTIVE_SECONDS = 10.0
+# A holder not heard of for this long (a worker killed, or stalled) loses the free part of
+# its slices: what it had not used when it last synced. A holder spends from a slice only
+# while its last sync is younger than `lease_seconds(reclaim)` (see `Gate`), so what it
+# reserved after that sync has had the rest of this time to be recorded; what it had
+# reserved before is in its `used` and stays taken.
+RECLAIM_SECONDS = 900.0
+
+
+def lease_seconds(reclaim_seconds: float) -> float:
+    """How long a holder may spend from its slices after its last sync: a third of the
+    reclaim time (at most a minute), the rest left for the requests it admitted to end."""
+    return min(60.0, reclaim_seconds / 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +79,18 @@ class LeaseStore(Protocol):
 class SqliteLeaseStore:
     """Leases in the usage database's `control_leases` table. Used from one thread."""
 
-    def __init__(self, db_path: str | Path, busy_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self,
+        db_path: str | Path,
+        busy_timeout_ms: int = 2000,
+        *,
+        reclaim_seconds: float = RECLAIM_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.db_path = str(db_path)
         self.busy_timeout_ms = busy_timeout_ms
+        self.reclaim_seconds = reclaim_seconds
+        self.clock = clock
         self._conn: sqlite3.Connection | None = None
 
     def _connection(self) -> sqlite3.Connection:
@@ -90,14 +111,27 @@ class SqliteLeaseStore:
         if not requests:
             return []
         conn = self._connection()
-        seen = time.time()
+        seen = self.clock()
         leases = []
         # BEGIN IMMEDIATE: the write lock first, so that two holders never both read the
         # same remainder and both take it.
         conn.execute("begin immediate")
         try:
             for r in requests:
-                granted = max(r.holding, r.used)
+                # Silent holders give back what they had not used.
+                conn.execute(
+                    "update control_leases set granted = used where meter = ? and window = ? "
+                    "and holder != ? and seen_at < ? and granted > used",
+                    (r.meter, r.window, holder, seen - self.reclaim_seconds),
+                )
+                row = conn.execute(
+                    "select granted from control_leases where meter = ? and window = ? "
+                    "and holder = ?",
+                    (r.meter, r.window, holder),
+                ).fetchone()
+                # What it keeps: never more than the store says it has (less, if it was
+                # reclaimed while it was silent), and at least what it used.
+                granted = max(min(r.holding, row[0] if row else 0), r.used)
                 before = 0 if r.recorded is None else self._baseline(conn, r, seen)
                 total, holders = conn.execute(
                     "select coalesce(sum(granted), 0), "

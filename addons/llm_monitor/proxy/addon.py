@@ -385,6 +385,15 @@ class Monitor:
             "Output tokens a hard budget reserves for a request that sets no max_tokens.",
         )
         loader.add_option(
+            "monitor_reclaim_seconds",
+            int,
+            900,
+            "Seconds after which a worker not heard of (killed, or stalled) loses the unused "
+            "part of its budget and rate-limit slices to the others; longer than the longest "
+            "request. A worker spends from a slice for a third of it (at most 60 s) after "
+            "its last renewal. Give every worker sharing a database the same value.",
+        )
+        loader.add_option(
             "monitor_alerts_seconds",
             int,
             15,
@@ -422,6 +431,7 @@ class Monitor:
             ("monitor_metrics_port", 0, 65535),
             ("monitor_drain_seconds", 0, 3600),
             ("monitor_default_max_output", 1, 10_000_000),
+            ("monitor_reclaim_seconds", 3, 86_400),
             ("monitor_alerts_seconds", 0, 3600),
         ):
             if name in updated and not low <= getattr(ctx.options, name) <= high:
@@ -444,6 +454,7 @@ class Monitor:
             "monitor_token_refresh_ms",
             "monitor_flush_ms",
             "monitor_default_max_output",
+            "monitor_reclaim_seconds",
         } & (updated):
             self._open()
 
@@ -510,7 +521,11 @@ class Monitor:
         self.recorder.start()
         self.tokens = TokenIndex(db_path, refresh_seconds=refresh)
         self.tokens.start()
-        self.gate = Gate(db_path, default_max_output=ctx.options.monitor_default_max_output)
+        self.gate = Gate(
+            db_path,
+            default_max_output=ctx.options.monitor_default_max_output,
+            reclaim_seconds=ctx.options.monitor_reclaim_seconds,
+        )
         self.gate.start()
         if ctx.options.monitor_alerts_seconds:
             self.watcher = Watcher(db_path, interval=ctx.options.monitor_alerts_seconds)
