@@ -32,6 +32,7 @@ from llm_monitor.controls.alerts import (
     loop_drafts,
     unpriced_drafts,
 )
+from llm_monitor.controls.gate import Gate, Hold
 from llm_monitor.controls.loops import LoopRule, body_digest
 from llm_monitor.controls.notify import NotifyFile, notify_path
 from llm_monitor.money.costs import load_price_book, price_row
@@ -414,3 +415,41 @@ def test_every_read_of_usage_is_a_range_of_the_index_on_ts(acme: Path) -> None:
     for sql in reads:
         plan = " ".join(row[3] for row in db.execute(f"explain query plan {sql}"))
         assert "USING INDEX idx_usage_ts (ts>? AND ts<?)" in plan, (sql, plan)
+
+
+def test_a_hard_budget_raises_its_100_percent_alert_when_it_starts_refusing(
+    acme: Path, receiver: Receiver
+) -> None:
+    """A hard budget's recorded spend never reaches its limit, so its 100% is raised by
+    the first request it refuses for want of budget: once per window, whichever of two
+    workers refuses, and delivered once."""
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "0.05")
+    invoke(acme, "notify", "add", "--org", "Acme", receiver.url)
+    gates = [Gate(acme), Gate(acme)]
+    for gate in gates:
+        gate.refresh()
+    kw = dict(org_id=1, token_id=1, user=None, tags=None, provider="openai", model="gpt-4o")
+    db = open_db(acme)
+    refused = 0
+    for i in range(200):
+        gate = gates[i % 2]
+        verdict = gate.admit(**kw, billable=True, prompt_bytes=1000, max_output=100)
+        if isinstance(verdict, Hold):
+            gate.settle_cost(verdict, 0.0015)
+        elif verdict.code == "budget_exceeded":
+            refused += 1
+        gate.refresh()
+        if refused == 0:
+            # Before refusing, nothing: the evaluator never sees 100% recorded.
+            assert db.execute("select count(*) from alerts").fetchone()[0] == 0
+            assert evaluate(db, dt.datetime.now(dt.UTC)) == []
+    assert refused > 50
+    rows = db.execute("select kind, scope, threshold, message from alerts").fetchall()
+    assert len(rows) == 1, rows
+    kind, scope, threshold, message = rows[0]
+    assert (kind, scope, threshold) == ("budget", "budget:1", "100%")
+    assert "Acme: hard budget 1 (org, month) reached 100% and is refusing requests" in message
+    assert "of $0.05 spent or reserved" in message
+    assert evaluate(db, dt.datetime.now(dt.UTC)) == []
+    assert deliver_due(db, NotifyFile(notify_path(acme))) == 1
+    assert [r["message"] for r in receiver.received] == [message]

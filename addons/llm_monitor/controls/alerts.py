@@ -26,9 +26,10 @@ from typing import Any
 from sqlite_utils import Database
 
 from llm_monitor.controls import periods
-from llm_monitor.controls.budgets import load_budgets, nanos_usd, spent_nanos
+from llm_monitor.controls.budgets import Budget, load_budgets, nanos_usd, spent_nanos
 from llm_monitor.controls.loops import LoopRule, digest_hex
 from llm_monitor.controls.notify import NotifyFile, Target, notify_path, send
+from llm_monitor.controls.periods import Window
 from llm_monitor.inert import printable
 from llm_monitor.store.database import open_db
 from llm_monitor.usage import utc_timestamp
@@ -102,6 +103,25 @@ def budget_drafts(db: Database, at: dt.datetime) -> list[Draft]:
                     )
                 )
     return drafts
+
+
+def refusing_draft(db: Database, budget: Budget, window: Window, taken: int) -> Draft:
+    """A hard budget's 100% alert, raised when it first refuses a request in its window:
+    its recorded spend never reaches 100% (that is what it holds), so the evaluator's
+    threshold alone would never fire. The same key as the evaluator's 100%: one alert."""
+    row = db.execute("select name from orgs where id = ?", [budget.org_id]).fetchone()
+    return Draft(
+        budget.org_id,
+        "budget",
+        budget.meter,
+        window.key,
+        "100%",
+        f"{row[0] if row else '?'}: hard {budget.describe()} reached 100% and is refusing "
+        f"requests: ${nanos_usd(taken):.2f} of ${nanos_usd(budget.limit):.2f} spent or "
+        f"reserved (resets {window.end_ts})",
+        nanos_usd(taken),
+        nanos_usd(budget.limit),
+    )
 
 
 # Per dimension: what the alert calls it, the hourly rollup that has it and its key there,
@@ -356,6 +376,12 @@ def evaluate(
         *unpriced_drafts(db, at),
         *(loop_drafts(db, at, loops) if look_for_loops else ()),
     ]
+    return record(db, drafts, at)
+
+
+def record(db: Database, drafts: list[Draft], at: dt.datetime) -> list[int]:
+    """Insert the drafts not raised before (the unique key drops repeats, from this
+    worker or another); returns the ids of the new ones."""
     raised = utc_timestamp(at.timestamp())
     new = []
     with db.atomic():

@@ -68,6 +68,9 @@ class Meter:
     committed: int = 0  # every worker's slices, as of the last sync
     synced: bool = False
     recorded: SpendScope | None = None  # a budget's: whose recorded spend counts in it
+    budget: Budget | None = None  # a budget's, with its thresholds
+    refusing: int | None = None  # spent or reserved when it first refused, until alerted
+    alerted: bool = False  # its 100% alert is recorded (by this worker or another)
 
     @property
     def free(self) -> int:
@@ -292,6 +295,9 @@ class Gate:
             code = "rate_limit_exceeded"
         if not exhausted:  # another worker holds the rest: its slice comes back soon
             return Refusal(f"{text}; retry in a second (LLM Monitor).", 1, code)
+        if meter.unit == "usd" and not meter.alerted and meter.refusing is None:
+            meter.refusing = meter.committed - meter.free  # its 100% alert, off the loop
+            self._wake.set()
         return Refusal(f"{text} (LLM Monitor).", until_reset, code)
 
     def settle_tokens(self, hold: Hold, tokens: int | None) -> None:
@@ -395,6 +401,7 @@ class Gate:
         try:
             self._reload()
             self._sync()
+            self._raise_refusing()
             self.ready = True
         except sqlite3.Error as e:
             logger.warning("llm-monitor: could not refresh budgets and rate limits (%s)", e)
@@ -416,6 +423,7 @@ class Gate:
             for window in windows.values():
                 meter = self._meter(budget.meter, window, budget.limit, budget.describe(), "usd")
                 meter.recorded = budget.spend_scope(window)
+                meter.budget = budget
                 meters[meter.key, window.key] = meter
             if windows:  # else a date range not yet begun, or over: nothing to hold
                 old = rules.get(budget.org_id, Rules())
@@ -443,6 +451,28 @@ class Gate:
         with self._lock:
             self._meters = meters
             self._rules = rules
+
+    def _raise_refusing(self) -> None:
+        """Record the 100% alert of each hard budget that began refusing requests (once
+        per window: the alerts' unique key keeps other workers from raising it again)."""
+        due = [m for m in self._meters.values() if m.refusing is not None and not m.alerted]
+        if not due:
+            return
+        from llm_monitor.controls.alerts import record, refusing_draft
+        from llm_monitor.store.database import open_db
+
+        db = open_db(self.db_path, migrate=False, busy_timeout_ms=2000)
+        try:
+            drafts = [
+                refusing_draft(db, m.budget, m.window, m.refusing)
+                for m in due
+                if m.budget is not None and m.refusing is not None and 100 in m.budget.thresholds
+            ]
+            record(db, drafts, self.clock())
+        finally:
+            db.conn.close()
+        for meter in due:
+            meter.alerted = True
 
     def _meter(self, key: str, window: Window, limit: int, label: str, unit: str) -> Meter:
         """The meter of this window: the one held so far (its slice and use kept), with
