@@ -16,8 +16,10 @@ from click.testing import CliRunner
 
 from llm_monitor.cli import cli
 from llm_monitor.controls.budgets import NANOS
-from llm_monitor.controls.gate import Gate, Hold, Refusal
+from llm_monitor.controls.gate import NANOS_PER_RATE, Gate, Hold, Refusal
 from llm_monitor.controls.leases import SqliteLeaseStore
+from llm_monitor.money.output_limits import shipped_output_limits
+from llm_monitor.money.prices import OUTPUT_LIMITS_FILE, SHIPPED_PRICES, shipped_prices
 from llm_monitor.store.database import open_db
 from llm_monitor.store.recorder import write_rows
 from llm_monitor.usage import utc_timestamp
@@ -468,3 +470,41 @@ def test_a_silent_holders_unused_slice_is_reclaimed(acme: Path) -> None:
     a.refresh()  # A wakes up: it cannot take back what was reclaimed
     assert isinstance(admit(a), Refusal)
     assert conn.execute("select sum(granted) from control_leases").fetchone()[0] <= limit
+
+
+def test_without_max_tokens_the_models_output_limit_is_reserved(acme: Path) -> None:
+    """No max_tokens: the model's documented output limit (pricing/output_limits.json),
+    else the price library's context window, else monitor_default_max_output."""
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "100")
+    gate = Gate(acme, default_max_output=1000)
+    gate.refresh()
+
+    def reserved(provider: str, model: str) -> int:
+        hold = admit(gate, prompt_bytes=0, max_output=None, provider=provider, model=model)
+        assert isinstance(hold, Hold), hold
+        gate.release(hold)
+        return hold.cost_parts[0][1]
+
+    # claude-opus-4-6: 128K output tokens (platform.claude.com), at its $25 per 1M.
+    opus = gate._rates_for("anthropic", "claude-opus-4-6")
+    assert opus is not None and opus[1] == 25 * NANOS_PER_RATE
+    assert reserved("anthropic", "claude-opus-4-6-20260205") == 128_000 * opus[1]
+    # gemini-2.5-pro: 65,535 (Google's documentation).
+    pro = gate._rates_for("gemini", "gemini-2.5-pro")
+    assert pro is not None
+    assert reserved("gemini", "gemini-2.5-pro") == 65_535 * pro[1]
+    # gpt-5 is not in the file: the library's 400,000-token context window bounds it.
+    gpt5 = gate._rates_for("openai", "gpt-5")
+    assert gpt5 is not None
+    assert reserved("openai", "gpt-5") == 400_000 * gpt5[1]
+    # A request with max_tokens reserves that, whatever the model's limit.
+    hold = admit(gate, prompt_bytes=0, max_output=10, provider="openai", model="gpt-5")
+    assert isinstance(hold, Hold) and hold.cost_parts[0][1] == 10 * gpt5[1]
+
+
+def test_the_shipped_output_limits_are_sourced_and_not_prices() -> None:
+    limits = shipped_output_limits()
+    assert limits[("anthropic", "claude-opus-4-6")] == 128_000
+    document = json.loads((SHIPPED_PRICES / OUTPUT_LIMITS_FILE).read_text())
+    assert all(e["source"].startswith("https://") and e["as_of"] for e in document["limits"])
+    assert all(e.origin != OUTPUT_LIMITS_FILE for e in shipped_prices())

@@ -148,6 +148,7 @@ class Gate:
         self._book: Any = None
         self._prices_seen: int | None = None
         self._rates: dict[tuple[str, str], tuple[int, int] | None] = {}
+        self._output_limits: dict[tuple[str, str], int] = {}
         self._holders = 1
         # The window each period is in, while the clock stays inside it (see `_window`).
         self._windows: dict[tuple[str, str | None, str | None], Window] = {}
@@ -188,7 +189,9 @@ class Gate:
         limits = [lim for lim in rules.limits if lim.matches(token_id)]
         if not budgets and not limits:
             return None
-        output = max_output if max_output is not None else self.default_max_output
+        output = max_output
+        if output is None:
+            output = self._output_limit(provider, model)
         tokens = prompt_bytes + output  # a token is at least a byte of what is sent
         cost: int | None = 0
         if budgets and billable and model is not None:
@@ -336,7 +339,22 @@ class Gate:
                 meter.used -= 1
         hold.settled_cost = hold.settled_tokens = True
 
-    # Prices, for the worst case.
+    # Prices and output limits, for the worst case.
+
+    def _output_limit(self, provider: str, model: str | None) -> int:
+        """The model's output limit (`money.output_limits`), for a request without one."""
+        if model is None:
+            return self.default_max_output
+        key = (provider, model)
+        limit = self._output_limits.get(key)
+        if limit is None:
+            from llm_monitor.money.output_limits import output_limit
+
+            limit = output_limit(provider, model, self.default_max_output).tokens
+            if len(self._output_limits) > 10_000:
+                self._output_limits.clear()
+            self._output_limits[key] = limit
+        return limit
 
     def _rates_for(self, provider: str, model: str) -> tuple[int, int] | None:
         key = (provider, model)

@@ -382,7 +382,9 @@ class Monitor:
             "monitor_default_max_output",
             int,
             32768,
-            "Output tokens a hard budget reserves for a request that sets no max_tokens.",
+            "Output tokens a hard budget reserves for a request that sets no max_tokens, "
+            "when its model's output limit is not known (pricing/output_limits.json, then "
+            "the price library's context window).",
         )
         loader.add_option(
             "monitor_reclaim_seconds",
