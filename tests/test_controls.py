@@ -15,7 +15,14 @@ import pytest
 from click.testing import CliRunner
 
 from llm_monitor.cli import cli
-from llm_monitor.controls.budgets import NANOS
+from llm_monitor.controls.budgets import (
+    NANOS,
+    SpendScope,
+    raw_recorded_nanos,
+    raw_unpriced_requests,
+    recorded_nanos,
+    unpriced_requests,
+)
 from llm_monitor.controls.gate import NANOS_PER_RATE, Gate, Hold, Refusal
 from llm_monitor.controls.leases import SqliteLeaseStore
 from llm_monitor.money.output_limits import shipped_output_limits
@@ -508,3 +515,69 @@ def test_the_shipped_output_limits_are_sourced_and_not_prices() -> None:
     document = json.loads((SHIPPED_PRICES / OUTPUT_LIMITS_FILE).read_text())
     assert all(e["source"].startswith("https://") and e["as_of"] for e in document["limits"])
     assert all(e.origin != OUTPUT_LIMITS_FILE for e in shipped_prices())
+
+
+def test_spend_from_the_rollups_equals_the_sum_of_the_rows(acme: Path) -> None:
+    """A budget's spend is read from the daily and hourly rollups plus the rows of the
+    hour (or, by tag, the day) not whole in its range; it equals the rows' own sum, for
+    every scope and for ranges whole and cut anywhere."""
+    invoke(acme, "orgs", "create", "Other", "--email", "o@x.example")
+    rng = random.Random(13)
+    start = dt.datetime(2026, 5, 25, tzinfo=dt.UTC)
+    rows = []
+    for _ in range(3000):
+        at = start + dt.timedelta(seconds=rng.randrange(40 * 86400))
+        tags = {"team": rng.choice(["search", "ads"])}
+        unpriced = rng.random() < 0.05
+        if rng.random() < 0.3:
+            tags["env"] = rng.choice(["prod", "dev"])
+        rows.append(
+            {
+                **usage_record(
+                    ts=utc_timestamp(at.timestamp() + rng.random()),
+                    org_id=rng.choice([1, 1, 1, 2]),
+                    token_id=rng.choice([1, 1, 2]),
+                    user=rng.choice(["alice", "bob", None]),
+                    tags=json.dumps(tags, sort_keys=True),
+                ).model_dump(),
+                # Prices as they come: many digits, some rows unpriced.
+                "cost_usd": None if unpriced else rng.randrange(1, 10**7) * 7.3e-9,
+                "priced": 0 if unpriced else 1,
+            }
+        )
+    db = open_db(acme)
+    for i in range(0, len(rows), 100):
+        write_rows(db, rows[i : i + 100])  # in batches, as the recorder adds to the rollups
+    conn = db.conn
+    scopes = [
+        ("org", ""),
+        ("token", "1"),
+        ("token", "2"),
+        ("user", "alice"),
+        ("tag", "team=search"),
+        ("tag", "env=prod"),
+    ]
+    edges = [
+        "2026-06-01T00:00:00.000Z",
+        "2026-07-01T00:00:00.000Z",
+        "2026-06-08T00:00:00.000Z",
+        "2026-06-15T13:00:00.000Z",
+        "2026-06-15T13:27:41.512Z",
+        "2026-06-15T14:02:00.000Z",
+        "2026-05-25T00:00:00.001Z",
+        "2026-07-04T23:59:59.999Z",
+    ]
+    checked = 0
+    for scope, value in scopes:
+        for first in edges:
+            for last in edges:
+                if first >= last:
+                    continue
+                spend = SpendScope(1, scope, value, first, last)
+                raw = raw_recorded_nanos(conn, spend)
+                assert recorded_nanos(conn, spend) == raw, (spend, raw)
+                count = raw_unpriced_requests(conn, spend)
+                assert unpriced_requests(conn, spend) == count, (spend, count)
+                checked += raw > 0 and count > 0
+    assert checked > 100
+    db.conn.close()

@@ -13,7 +13,7 @@ import math
 import re
 import sqlite3
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlite_utils import Database
@@ -21,6 +21,7 @@ from sqlite_utils import Database
 from llm_monitor.controls.periods import PERIODS, Window, now, parse_range, window_of
 from llm_monitor.errors import Conflict, Invalid, NotFound
 from llm_monitor.inert import printable
+from llm_monitor.store.rollups import COST_NANOS_SQL
 from llm_monitor.usage import utc_timestamp
 
 NANOS = 10**9
@@ -322,32 +323,144 @@ def _scope_filter(scope: SpendScope) -> tuple[str, list[Any]]:
     return "", []
 
 
-def sum_nanos(usd: float | None) -> int:
-    """A sum of recorded costs (floats) in whole nano-dollars, to the nearest: sums of the
-    same rows added in another order (the rollups') differ far below half a nano."""
-    return int(Decimal(repr(usd or 0.0)).scaleb(9).quantize(Decimal(1), ROUND_HALF_UP))
+def raw_recorded_nanos(conn: sqlite3.Connection, scope: SpendScope) -> int:
+    """The cost of the scope's `usage` rows with start <= ts < end, in nanos (each row's
+    rounded, as the rollups' `cost_nanos`), summed from the rows themselves: what
+    `recorded_nanos` equals, read from the rollups."""
+    return _raw(conn, scope, _NANOS_SQL, scope.start, scope.end)
+
+
+def raw_unpriced_requests(conn: sqlite3.Connection, scope: SpendScope) -> int:
+    """What `unpriced_requests` counts, from the rows themselves."""
+    return _raw(conn, scope, _UNPRICED_SQL, scope.start, scope.end)
+
+
+_NANOS_SQL = f"sum({COST_NANOS_SQL})"
+_UNPRICED_SQL = "count(case when priced = 0 then 1 end)"
+
+
+def _raw(conn: sqlite3.Connection, scope: SpendScope, total: str, start: str, end: str) -> int:
+    """`total` (an aggregate) over the scope's `usage` rows with start <= ts < end."""
+    if start >= end:
+        return 0
+    where, params = _scope_filter(scope)
+    row = conn.execute(
+        f"select {total} from usage where org_id = ? and ts >= ? and ts < ?{where}",
+        [scope.org_id, start, end, *params],
+    ).fetchone()
+    return int(row[0] or 0)
+
+
+# Per scope: the daily rollup with the condition that picks the scope's rows (after
+# `org_id = ?`), and the hourly one (none by tag: its partial days are read from `usage`).
+_DAILY = {
+    "org": ("usage_daily", ""),
+    "token": ("usage_daily_labels", " and kind = 'token' and label = ?"),
+    "user": ("usage_daily_labels", " and kind = 'user' and label = ?"),
+    "tag": ("usage_daily_labels", " and kind = 'tag' and label = ?"),
+}
+_HOURLY = {
+    "org": ("usage_hourly", ""),
+    "token": ("usage_hourly", " and token_id = ?"),
+    "user": ("usage_hourly_users", " and user = ?"),
+}
+_TS = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def _parse_ts(ts: str) -> dt.datetime:
+    return dt.datetime.strptime(ts, _TS)
+
+
+def _whole(
+    start: dt.datetime, end: dt.datetime, step: dt.timedelta
+) -> tuple[dt.datetime, dt.datetime]:
+    """The whole `step`s (days or hours, from midnight) inside [start, end)."""
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    first = midnight + -((midnight - start) // step) * step
+    last = midnight + ((end - midnight) // step) * step
+    return first, last
 
 
 def recorded_nanos(conn: sqlite3.Connection, scope: SpendScope) -> int:
-    """The cost of the scope's `usage` rows with start <= ts < end, in nanos."""
-    where, params = _scope_filter(scope)
+    """The cost of the scope's `usage` rows with start <= ts < end, in nanos (see
+    `_split_sum`): what `raw_recorded_nanos` sums from the rows."""
+    return _split_sum(conn, scope, "cost_nanos", _NANOS_SQL)
+
+
+def _split_sum(conn: sqlite3.Connection, scope: SpendScope, column: str, raw: str) -> int:
+    """A rollup `column` summed over the scope's rows with start <= ts < end: whole days
+    from the daily rollups, whole hours of the rest from the hourly ones, and only what
+    is left (less than an hour; less than a day by tag) from `usage` itself, by `raw`.
+    The recorder adds every batch to the rollups in the transaction that writes its
+    rows, so the sum is that of the rows, but a month of a busy organisation is read in a
+    few hundred rollup rows instead of millions of rows (3.7 s of CPU at 2M rows)."""
+    start, end = _parse_ts(scope.start), _parse_ts(scope.end)
+    value = "" if scope.scope == "org" else scope.scope_value
+    total = 0
+    day0, day1 = _whole(start, end, dt.timedelta(days=1))
+    if day0 < day1:
+        table, where = _DAILY[scope.scope]
+        total += _rollup_sum(conn, table, column, "day", where, scope, value, day0, day1, 10)
+        parts = [(start, day0), (day1, end)]
+    else:
+        parts = [(start, end)]
+    for a, b in parts:
+        if a >= b:
+            continue
+        hour0, hour1 = _whole(a, b, dt.timedelta(hours=1))
+        if scope.scope in _HOURLY and hour0 < hour1:
+            table, where = _HOURLY[scope.scope]
+            hourly_value: Any = int(value) if scope.scope == "token" else value
+            total += _rollup_sum(
+                conn, table, column, "hour", where, scope, hourly_value, hour0, hour1, 13
+            )
+            total += _raw(conn, scope, raw, scope_ts(a), scope_ts(hour0))
+            total += _raw(conn, scope, raw, scope_ts(hour1), scope_ts(b))
+        else:
+            total += _raw(conn, scope, raw, scope_ts(a), scope_ts(b))
+    return total
+
+
+def scope_ts(when: dt.datetime) -> str:
+    """`when` (naive UTC) in the form of `usage.ts`."""
+    return (
+        when.strftime(_TS)[:-4] + "Z"
+        if when.microsecond
+        else when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    )
+
+
+def _rollup_sum(
+    conn: sqlite3.Connection,
+    table: str,
+    column: str,
+    bucket: str,
+    where: str,
+    scope: SpendScope,
+    value: Any,
+    first: dt.datetime,
+    last: dt.datetime,
+    length: int,
+) -> int:
+    params: list[Any] = [scope.org_id, _bucket(first, length), _bucket(last, length)]
+    if where:
+        params.append(value)
     row = conn.execute(
-        f"select sum(cost_usd) from usage where org_id = ? and ts >= ? and ts < ?{where}",
-        [scope.org_id, scope.start, scope.end, *params],
+        f"select sum({column}) from {table} where org_id = ? and {bucket} >= ? "
+        f"and {bucket} < ?{where}",
+        params,
     ).fetchone()
-    return sum_nanos(row[0])
+    return int(row[0] or 0)
+
+
+def _bucket(when: dt.datetime, length: int) -> str:
+    return when.strftime("%Y-%m-%dT%H")[:length]
 
 
 def unpriced_requests(conn: sqlite3.Connection, scope: SpendScope) -> int:
-    """Billable requests of the scope that succeeded without a cost (the list shows them:
-    what a budget could not count)."""
-    where, params = _scope_filter(scope)
-    row = conn.execute(
-        "select count(*) from usage where org_id = ? and ts >= ? and ts < ? and cost_usd is null "
-        f"and billable = 1 and status < 400{where}",
-        [scope.org_id, scope.start, scope.end, *params],
-    ).fetchone()
-    return int(row[0])
+    """Billable requests of the scope without a cost (`priced` = 0), which a budget could
+    not count: the list shows them. Read as `recorded_nanos` is."""
+    return _split_sum(conn, scope, "unpriced", _UNPRICED_SQL)
 
 
 def spent_nanos(db: Database, budget: Budget, window: Window) -> int:

@@ -668,3 +668,17 @@ def m015_control_baselines(db: Database) -> None:
           limit_value integer not null, spent integer not null,
           primary key (meter, window)
         )""")
+
+
+@migrations()
+def m016_rollup_cost_nanos(db: Database) -> None:
+    """Each spend rollup's cost also in whole nano-dollars (`cost_nanos`, each row rounded
+    on its own), so that a budget's spend read from the rollups equals, to the nano, the
+    sum of its rows: float sums of the same rows in another order can differ in the last
+    digit. Buckets whose rows were pruned get their float sum in nanos; the rest are
+    rebuilt from `usage`."""
+    for table in rollups.SPEND_ROLLUPS:
+        if "cost_nanos" not in db[table].columns_dict:
+            db[table].add_column("cost_nanos", int)
+        db.execute(f"update {table} set cost_nanos = cast(round(cost_usd * 1e9) as integer)")
+    rollups.rebuild(db, names=rollups.SPEND_ROLLUPS)
