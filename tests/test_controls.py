@@ -581,3 +581,33 @@ def test_spend_from_the_rollups_equals_the_sum_of_the_rows(acme: Path) -> None:
                 checked += raw > 0 and count > 0
     assert checked > 100
     db.conn.close()
+
+
+def test_date_range_budgets_of_one_scope_differ_by_their_dates(acme: Path) -> None:
+    """A hard Q2 budget beside a hard Q1 one; a second Q1 one is refused in one line and
+    nothing is stored; the index holds even against a writer that skips the check."""
+    q1, q2 = "2026-01-01..2026-03-31", "2026-04-01..2026-06-30"
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", q1, "--usd", "300")
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", q2, "--usd", "400")
+    again = run(acme, "budgets", "set", "--org", "Acme", "--period", q1, "--usd", "500")
+    assert again.exit_code == 1
+    assert again.output.strip() == (
+        f"Error: a hard {q1} budget for this scope exists already (budget 1); change it "
+        "with --replace or remove it first"
+    )
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", q1, "--usd", "350", "--replace")
+    rows = json.loads(invoke(acme, "budgets", "list", "--json"))
+    assert [(r["period"], r["limit_usd"]) for r in rows] == [(q1, 350.0), (q2, 400.0)]
+    conn = sqlite3.connect(acme)
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "insert into budgets (org_id, scope, scope_value, period, starts_on, ends_on, "
+            "amount_usd, hard, thresholds, created_at) "
+            "values (1, 'org', '', 'range', '2026-04-01', '2026-06-30', '1', 1, '100', '')"
+        )
+    with pytest.raises(sqlite3.IntegrityError):  # calendar periods: NULL dates, one key
+        for _ in range(2):
+            conn.execute(
+                "insert into budgets (org_id, scope, scope_value, period, amount_usd, hard, "
+                "thresholds, created_at) values (1, 'org', '', 'month', '1', 1, '100', '')"
+            )

@@ -221,11 +221,12 @@ def set_budget(
         "on_unpriced": on_unpriced,
         "created_at": utc_timestamp(now().timestamp()),
     }
-    key = [org_id, scope, stored_value, period, int(hard)]
+    # A date range is part of the key: a Q2 budget is not a second Q1 one.
+    key = [org_id, scope, stored_value, period, starts_on, ends_on, int(hard)]
     existing = next(
         db.query(
             "select id from budgets where org_id = ? and scope = ? and scope_value = ? "
-            "and period = ? and hard = ?",
+            "and period = ? and starts_on is ? and ends_on is ? and hard = ?",
             key,
         ),
         None,
@@ -234,8 +235,9 @@ def set_budget(
         if existing is not None:
             if not replace:
                 kind = "hard" if hard else "soft"
+                named = period if period != "range" else f"{starts_on}..{ends_on}"
                 raise Conflict(
-                    f"a {kind} {period} budget for this scope exists already (budget "
+                    f"a {kind} {named} budget for this scope exists already (budget "
                     f"{existing['id']}); change it with --replace or remove it first"
                 )
             db["budgets"].update(existing["id"], row)
@@ -243,7 +245,9 @@ def set_budget(
         try:
             return db["budgets"].insert(row).last_pk
         except sqlite3.IntegrityError:  # another writer won the race
-            raise Conflict("a budget of this scope, period and kind exists already") from None
+            raise Conflict(
+                "a budget of this scope, period (or date range) and kind exists already"
+            ) from None
 
 
 def change_budget(

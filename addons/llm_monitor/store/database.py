@@ -682,3 +682,15 @@ def m016_rollup_cost_nanos(db: Database) -> None:
             db[table].add_column("cost_nanos", int)
         db.execute(f"update {table} set cost_nanos = cast(round(cost_usd * 1e9) as integer)")
     rollups.rebuild(db, names=rollups.SPEND_ROLLUPS)
+
+
+@migrations()
+def m017_budget_ranges_in_the_key(db: Database) -> None:
+    """One budget of a kind per scope and period, where a date range's dates are part of
+    the period: a hard Q2 budget beside a hard Q1 one. NULL dates (calendar periods)
+    compare equal through coalesce, which a plain unique index would not do."""
+    db.execute("drop index if exists idx_budgets_scope")
+    db.execute(
+        "create unique index idx_budgets_scope on budgets (org_id, scope, scope_value, period, "
+        "coalesce(starts_on, ''), coalesce(ends_on, ''), hard)"
+    )
