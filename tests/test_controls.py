@@ -348,9 +348,14 @@ def test_bad_limits_get_one_line_and_store_nothing(acme: Path) -> None:
         ["--org", "Acme"],
         ["--org", "Acme", "--rpm", "0"],
         ["--token", "x", "--rpm", "5"],
+        ["--org", "Acme", "--rpm", "lots"],
+        ["--org", "Acme", "--tpm", "1.5"],
+        ["--org", "Acme", "--rpm", "10", "--tpm", "-3"],
     ):
         result = run(acme, "limits", "set", *args)
-        assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert result.exit_code != 0 and len(lines) == 1, result.output
+        assert lines[0].startswith("Error:"), result.output
     assert sqlite3.connect(acme).execute("select count(*) from rate_limits").fetchone()[0] == 0
 
 

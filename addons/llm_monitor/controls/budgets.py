@@ -528,16 +528,14 @@ def set_limit(
     *,
     scope: str,
     scope_value: str | None,
-    rpm: int | None,
-    tpm: int | None,
+    rpm: int | str | None,
+    tpm: int | str | None,
 ) -> int:
     """Set (or change) the requests and tokens per minute of an organisation or a token."""
     stored_value = check_scope(db, org_id, scope, scope_value, LIMIT_SCOPES)
     if rpm is None and tpm is None:
         raise Invalid("give --rpm, --tpm or both")
-    for name, value in (("--rpm", rpm), ("--tpm", tpm)):
-        if value is not None and not 1 <= value <= 10**9:
-            raise Invalid(f"{name} must be from 1 to 1000000000; got {value}")
+    rpm, tpm = parse_per_minute("--rpm", rpm), parse_per_minute("--tpm", tpm)
     row = {
         "org_id": org_id,
         "scope": scope,
@@ -558,6 +556,16 @@ def set_limit(
             db["rate_limits"].update(existing["id"], row)
             return existing["id"]
         return db["rate_limits"].insert(row).last_pk
+
+
+def parse_per_minute(name: str, value: int | str | None) -> int | None:
+    """A count per minute from 1 to 10**9 (given as a number or as text), or Invalid."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 10**9:
+        raise Invalid(f"{name} must be a whole number from 1 to 1000000000; got {value!r}")
+    return int(text)
 
 
 def remove_limit(db: Database, limit_id: int, org_id: int | None = None) -> None:
