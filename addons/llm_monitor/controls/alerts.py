@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import sqlite3
 import statistics
 import threading
@@ -503,10 +504,12 @@ class Watcher:
         db_path: str | Path,
         interval: float = 15.0,
         clock: Callable[[], dt.datetime] = periods.now,
+        k: float = DEFAULT_K,
     ) -> None:
         self.db_path = Path(db_path)
         self.interval = interval
         self.clock = clock
+        self.k = k  # anomalies: how many times its usual an hour or a minute must be
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._evaluations = 0
@@ -526,7 +529,7 @@ class Watcher:
         loops = self._evaluations % LOOPS_EVERY == 0
         self._evaluations += 1
         try:
-            evaluate(db, self.clock(), look_for_loops=loops)
+            evaluate(db, self.clock(), self.k, look_for_loops=loops)
             deliver_due(db, NotifyFile(notify_path(self.db_path)), self.clock())
         finally:
             db.conn.close()
@@ -537,3 +540,16 @@ class Watcher:
                 self.run_once()
             except (sqlite3.Error, OSError, ValueError) as e:
                 logger.warning("llm-monitor: alert evaluation failed (%s); retrying", e)
+
+
+def parse_k(value: str) -> float:
+    """The anomaly factor k: a number above 1 and at most 1000 (`monitor_anomaly_factor`)."""
+    try:
+        k = float(value)
+    except ValueError:
+        k = math.nan
+    if not (1 < k <= 1000):
+        raise ValueError(
+            f"monitor_anomaly_factor must be a number above 1 and at most 1000; got {value!r}"
+        )
+    return k

@@ -21,7 +21,7 @@ from mitmproxy import addonmanager, connection, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from llm_monitor.accounts.tokens import TokenIndex, TokenOwner, display_prefix
-from llm_monitor.controls.alerts import Watcher
+from llm_monitor.controls.alerts import DEFAULT_K, Watcher, parse_k
 from llm_monitor.controls.gate import Gate, Hold, Refusal
 from llm_monitor.controls.loops import body_digest
 from llm_monitor.inert import (
@@ -271,6 +271,7 @@ class Monitor:
         self.tokens: TokenIndex | None = None
         self.gate: Gate | None = None
         self.watcher: Watcher | None = None
+        self.anomaly_factor = DEFAULT_K  # monitor_anomaly_factor
         self.listeners: dict[int, Listener] = {}
         self._inflight: dict[str, http.HTTPFlow] = {}
         self._running = False
@@ -396,6 +397,14 @@ class Monitor:
             "its last renewal. Give every worker sharing a database the same value.",
         )
         loader.add_option(
+            "monitor_anomaly_factor",
+            str,
+            "5",
+            "Anomaly alerts: an hour's spend, or a minute's requests, of a token, user or "
+            "model above this many times its median for the same hour of the week (a number "
+            "above 1, e.g. 5 or 7.5).",
+        )
+        loader.add_option(
             "monitor_alerts_seconds",
             int,
             15,
@@ -447,6 +456,11 @@ class Monitor:
         limits.settings.timeout_response = self._timeout_response
         if "monitor_log_json" in updated:
             logs.use_json(ctx.options.monitor_log_json)
+        if "monitor_anomaly_factor" in updated:
+            try:
+                self.anomaly_factor = parse_k(ctx.options.monitor_anomaly_factor)
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from None
         if self._running and "monitor_listen_backlog" in updated:
             self._raise_backlog()
         # mitmproxy applies a script's --set options after its first configure: opening the
@@ -457,6 +471,7 @@ class Monitor:
             "monitor_flush_ms",
             "monitor_default_max_output",
             "monitor_reclaim_seconds",
+            "monitor_anomaly_factor",
         } & (updated):
             self._open()
 
@@ -530,7 +545,9 @@ class Monitor:
         )
         self.gate.start()
         if ctx.options.monitor_alerts_seconds:
-            self.watcher = Watcher(db_path, interval=ctx.options.monitor_alerts_seconds)
+            self.watcher = Watcher(
+                db_path, interval=ctx.options.monitor_alerts_seconds, k=self.anomaly_factor
+            )
             self.watcher.start()
         if not len(self.tokens):
             logger.warning(
