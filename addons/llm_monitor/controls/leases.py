@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from llm_monitor.controls.budgets import SpendScope, recorded_nanos
+from llm_monitor.controls.budgets import SpendScope, bucket_start, recorded_nanos
 from llm_monitor.usage import utc_timestamp
 
 # A holder not heard of for this long is not counted among the active ones.
@@ -164,25 +164,36 @@ class SqliteLeaseStore:
 
     @staticmethod
     def _baseline(conn: sqlite3.Connection, r: LeaseRequest, seen: float) -> int:
-        """The spend recorded before the window's leases began (`control_baselines`): read
-        from `usage` at the window's first lease, and again (up to the same moment) when
-        the limit changes, which also counts rows of requests that were in flight then."""
+        """The spend recorded in the window before its leases began (`control_baselines`),
+        read from the rollups only (a few hundred rows, inside this write transaction).
+
+        At the window's first lease nothing has been admitted under it yet, so all that is
+        recorded counts. When the limit changes it is read again, to count rows recorded
+        late (requests in flight when the leases began): the part before the rollup
+        bucket (hour; day by tag) holding that first moment is read anew, the rest kept,
+        since rows admitted under the leases are in it by now."""
         assert r.recorded is not None
         row = conn.execute(
-            "select since, limit_value, spent from control_baselines "
+            "select since, limit_value, spent, before_bucket from control_baselines "
             "where meter = ? and window = ?",
             (r.meter, r.window),
         ).fetchone()
         if row is not None and row[1] == r.limit:
             return int(row[2])
+        scope = r.recorded
         since = row[0] if row is not None else seen
-        until = min(r.recorded.end, utc_timestamp(since))
-        spent = recorded_nanos(conn, replace(r.recorded, end=until))
+        cut = min(max(bucket_start(scope.scope, utc_timestamp(since)), scope.start), scope.end)
+        before = recorded_nanos(conn, replace(scope, end=cut))
+        if row is None:
+            spent = before + recorded_nanos(conn, replace(scope, start=cut))
+        else:
+            spent = int(row[2]) - int(row[3]) + before
         conn.execute(
-            "insert into control_baselines (meter, window, since, limit_value, spent) "
-            "values (?, ?, ?, ?, ?) on conflict (meter, window) do update "
-            "set limit_value = excluded.limit_value, spent = excluded.spent",
-            (r.meter, r.window, since, r.limit, spent),
+            "insert into control_baselines (meter, window, since, limit_value, spent, "
+            "before_bucket) values (?, ?, ?, ?, ?, ?) on conflict (meter, window) do update "
+            "set limit_value = excluded.limit_value, spent = excluded.spent, "
+            "before_bucket = excluded.before_bucket",
+            (r.meter, r.window, since, r.limit, spent, before),
         )
         return spent
 

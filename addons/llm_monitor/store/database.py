@@ -659,13 +659,15 @@ def m014_usage_hourly_users(db: Database) -> None:
 
 @migrations()
 def m015_control_baselines(db: Database) -> None:
-    """What was recorded against a budget's window before its leases began (and up to
-    when), read once by the lease store when the window's first lease is taken and again
-    when the budget's amount changes: a budget set mid-month counts the month's spend."""
+    """What was recorded against a budget's window before its leases began (`since`),
+    read by the lease store when the window's first lease is taken and again when the
+    budget's amount changes: a budget set mid-month counts the month's spend.
+    `before_bucket` is the part of `spent` before the rollup bucket holding `since`: the
+    part read again."""
     db.execute("""
         create table control_baselines (
           meter text not null, window text not null, since real not null,
-          limit_value integer not null, spent integer not null,
+          limit_value integer not null, spent integer not null, before_bucket integer not null,
           primary key (meter, window)
         )""")
 
