@@ -687,7 +687,7 @@ def m016_rollup_cost_nanos(db: Database) -> None:
 
 
 @migrations()
-def m017_budget_ranges_in_the_key(db: Database) -> None:
+def m018_budget_ranges_in_the_key(db: Database) -> None:
     """One budget of a kind per scope and period, where a date range's dates are part of
     the period: a hard Q2 budget beside a hard Q1 one. NULL dates (calendar periods)
     compare equal through coalesce, which a plain unique index would not do."""
