@@ -30,8 +30,10 @@ from llm_monitor.controls.alerts import (
     error_drafts,
     evaluate,
     loop_drafts,
+    parse_k,
     unpriced_drafts,
 )
+from llm_monitor.controls.gate import Gate, Hold
 from llm_monitor.controls.loops import LoopRule, body_digest
 from llm_monitor.controls.notify import NotifyFile, notify_path
 from llm_monitor.money.costs import load_price_book, price_row
@@ -189,10 +191,12 @@ def hourly_history(db_path: Path, end: dt.datetime, weeks: int, seed: int = 3) -
 
 def test_anomalies_fire_on_a_spike_and_not_on_seasonality(acme: Path) -> None:
     end = dt.datetime(2026, 6, 29, tzinfo=dt.UTC)  # a Monday
-    hourly_history(acme, end, weeks=5)
+    hourly_history(acme, end, weeks=8)
     db = open_db(acme)
     quiet = []
-    for h in range(7 * 24):  # every hour of the last week, each judged when complete
+    # Every hour of the last four weeks (each with four weeks behind it), judged when
+    # complete and in its middle.
+    for h in range(4 * 7 * 24):
         at = end - dt.timedelta(hours=h) - dt.timedelta(seconds=1)
         quiet += anomaly_drafts(db, at) + error_drafts(db, at)
         quiet += anomaly_drafts(db, at - dt.timedelta(minutes=29))  # and in its middle
@@ -203,6 +207,7 @@ def test_anomalies_fire_on_a_spike_and_not_on_seasonality(acme: Path) -> None:
         "select sum(cost_usd) from usage_hourly where hour = '2026-06-23T14'"
     ).fetchone()[0]
     spend(acme, "2026-06-30T14:30:00.000Z", usual / 60, count=600, user="alice@acme.example")
+    assert anomaly_drafts(db, at, k=12) == []  # k is a setting: ten times is not twelve
     drafts = anomaly_drafts(db, at)
     assert {(d.kind, d.scope) for d in drafts} == {
         ("anomaly_spend", "org:1:token:1"),
@@ -210,7 +215,12 @@ def test_anomalies_fire_on_a_spike_and_not_on_seasonality(acme: Path) -> None:
         ("anomaly_spend", "org:1:user:alice@acme.example"),
     }
     assert all(d.value > 5 * d.limit_value for d in drafts)
-    assert len(evaluate(db, at)) == 3
+    # The watcher judges by its k (the proxy's monitor_anomaly_factor).
+    Watcher(acme, clock=lambda: at, k=12).run_once()
+    assert db.execute("select count(*) from alerts where kind like 'anomaly%'").fetchone()[0] == 0
+    Watcher(acme, clock=lambda: at).run_once()
+    thresholds = db.execute("select threshold from alerts where kind like 'anomaly%'").fetchall()
+    assert thresholds == [("5x",)] * 3
     assert evaluate(db, at) == []
     # A minute with ten times the usual requests (about one a minute at 15:00), as a
     # second user: not a spend anomaly (the hour's spend is ordinary), a requests one.
@@ -231,6 +241,13 @@ def test_anomalies_fire_on_a_spike_and_not_on_seasonality(acme: Path) -> None:
 
 def run(db: Path, *args: str):
     return CliRunner().invoke(cli, ["--db", str(db), *args])
+
+
+def test_the_anomaly_factor_is_a_number_above_one() -> None:
+    assert parse_k("7.5") == 7.5 and parse_k(" 5 ") == 5
+    for bad in ("1", "0.5", "-3", "lots", "nan", "inf", "1001"):
+        with pytest.raises(ValueError, match="monitor_anomaly_factor must be a number above 1"):
+            parse_k(bad)
 
 
 def test_notification_urls_are_checked_private_and_redacted(acme: Path, receiver: Receiver) -> None:
@@ -414,3 +431,41 @@ def test_every_read_of_usage_is_a_range_of_the_index_on_ts(acme: Path) -> None:
     for sql in reads:
         plan = " ".join(row[3] for row in db.execute(f"explain query plan {sql}"))
         assert "USING INDEX idx_usage_ts (ts>? AND ts<?)" in plan, (sql, plan)
+
+
+def test_a_hard_budget_raises_its_100_percent_alert_when_it_starts_refusing(
+    acme: Path, receiver: Receiver
+) -> None:
+    """A hard budget's recorded spend never reaches its limit, so its 100% is raised by
+    the first request it refuses for want of budget: once per window, whichever of two
+    workers refuses, and delivered once."""
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "0.05")
+    invoke(acme, "notify", "add", "--org", "Acme", receiver.url)
+    gates = [Gate(acme), Gate(acme)]
+    for gate in gates:
+        gate.refresh()
+    kw = dict(org_id=1, token_id=1, user=None, tags=None, provider="openai", model="gpt-4o")
+    db = open_db(acme)
+    refused = 0
+    for i in range(200):
+        gate = gates[i % 2]
+        verdict = gate.admit(**kw, billable=True, prompt_bytes=1000, max_output=100)
+        if isinstance(verdict, Hold):
+            gate.settle_cost(verdict, 0.0015)
+        elif verdict.code == "budget_exceeded":
+            refused += 1
+        gate.refresh()
+        if refused == 0:
+            # Before refusing, nothing: the evaluator never sees 100% recorded.
+            assert db.execute("select count(*) from alerts").fetchone()[0] == 0
+            assert evaluate(db, dt.datetime.now(dt.UTC)) == []
+    assert refused > 50
+    rows = db.execute("select kind, scope, threshold, message from alerts").fetchall()
+    assert len(rows) == 1, rows
+    kind, scope, threshold, message = rows[0]
+    assert (kind, scope, threshold) == ("budget", "budget:1", "100%")
+    assert "Acme: hard budget 1 (org, month) reached 100% and is refusing requests" in message
+    assert "of $0.05 spent or reserved" in message
+    assert evaluate(db, dt.datetime.now(dt.UTC)) == []
+    assert deliver_due(db, NotifyFile(notify_path(acme))) == 1
+    assert [r["message"] for r in receiver.received] == [message]

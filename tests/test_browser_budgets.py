@@ -24,6 +24,7 @@ from llm_monitor.store.recorder import write_rows
 from llm_monitor.usage import utc_timestamp
 from tests.conftest import invoke, invoke_with_password, usage_record
 from tests.proxy import running_dashboard
+from tests.test_alerts import Receiver, receiver  # noqa: F401 (a fixture)
 from tests.test_browser import cells, driver, screenshot  # noqa: F401 (a fixture)
 from tests.test_browser_accounts import fill, wait_for
 
@@ -236,3 +237,112 @@ def test_admins_manage_budgets_viewers_read_them_others_never_see_them(
         .fetchall()
     )
     assert [a for (a,) in audit] == ["budget.set", "budget.change", "limit.set", "budget.remove"]
+
+
+@pytest.mark.slow
+def test_admins_manage_notification_urls_which_are_never_shown_in_full(
+    tmp_path: Path,
+    driver: WebDriver,  # noqa: F811
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """An admin adds an organisation's notification URL from the budgets page (an invalid
+    one is refused in one line beside the field, nothing stored, and not drawn again),
+    sends a test to it and removes it; the URL is shown redacted only, to viewers too, and
+    never reaches the page, the dashboard's log, the audit log or the database. Another
+    organisation's admin neither sees nor removes it."""
+    db = tmp_path / "llm-monitor.db"
+    invoke(db, "init")
+    acme = create_org(db, "Acme", ADMIN)
+    create_org(db, "Globex", OTHER)
+    store = open_db(db)
+    add_member(
+        store, acme["org_id"], create_person(store, VIEWER, hash_password(PASSWORD)), "viewer"
+    )
+    store.conn.close()
+    port = receiver.server_address[1]
+    secret_url = f"json://127.0.0.1:{port}/hook-s3cr3t-path"
+    shown = f"json://127.0.0.1:{port}/…"
+    log = tmp_path / "dashboard.log"
+
+    def listed() -> list[dict]:
+        return json.loads(invoke(db, "notify", "list", "--json"))
+
+    with running_dashboard(db, log) as base:
+        log_in(driver, base, ADMIN)
+        driver.get(f"{base}/-/account/budgets")
+        assert cells(driver, "#lm-notify tbody td")[0].startswith("No notification URLs")
+
+        # Invalid: one line beside the field, the field empty again, nothing stored.
+        fill(driver, {"notify_url": "nonsense://what-s3cr3t"})
+        driver.find_element(By.ID, "notify-add").click()
+        error = wait_for(driver, "#notify_url-error")
+        assert error.text == "Not a notification URL Apprise can use (see its list of services)"
+        assert driver.find_element(By.ID, "notify_url").get_attribute("value") == ""
+        assert "s3cr3t" not in driver.page_source
+        assert listed() == []
+
+        # Valid: listed redacted; a second time is refused.
+        fill(driver, {"notify_url": secret_url})
+        driver.find_element(By.ID, "notify-add").click()
+        settled(driver).until(lambda b: cells(b, "#lm-notify tbody td")[0] == shown)
+        assert [(t["org"], t["url"]) for t in listed()] == [("Acme", shown)]
+        fill(driver, {"notify_url": secret_url})
+        driver.find_element(By.ID, "notify-add").click()
+        assert "already" in wait_for(driver, "#notify_url-error").text
+        assert len(listed()) == 1
+        target_id = listed()[0]["id"]
+
+        # A test message, sent now to the receiver; the page says so, redacted.
+        driver.find_element(By.ID, "notify-test").click()
+        result = wait_for(driver, "#notify-results li")
+        assert result.text == f"{target_id} {shown}: sent"
+        assert [(m["title"], m["message"]) for m in receiver.received] == [
+            ("LLM Monitor: test", "A test notification for Acme.")
+        ]
+        assert "s3cr3t" not in driver.page_source
+        screenshot(driver, "budgets-notifications")
+
+        # A viewer sees the redacted list, and can change nothing.
+        log_in(driver, base, VIEWER)
+        driver.get(f"{base}/-/account/budgets")
+        assert cells(driver, "#lm-notify tbody td") == [shown]
+        for control in ("notify-add", "notify-test", f"notify-remove-{target_id}"):
+            assert not driver.find_elements(By.ID, control)
+        for fields in (
+            {"action": "notify-add", "notify_url": "json://127.0.0.1:9/x"},
+            {"action": "notify-test"},
+            {"action": "notify-remove", "id": str(target_id)},
+        ):
+            status, body = post(driver, fields)
+            assert status == 403 and "admin role" in body
+        assert len(listed()) == 1 and len(receiver.received) == 1
+
+        # Globex's admin: none listed, and Acme's cannot be removed from there.
+        log_in(driver, base, OTHER)
+        driver.get(f"{base}/-/account/budgets")
+        assert cells(driver, "#lm-notify tbody td")[0].startswith("No notification URLs")
+        status, body = post(driver, {"action": "notify-remove", "id": str(target_id)})
+        assert status == 400 and f"no notification URL {target_id}" in body
+        assert len(listed()) == 1
+
+        # Acme's admin removes it.
+        log_in(driver, base, ADMIN)
+        driver.get(f"{base}/-/account/budgets")
+        driver.find_element(By.ID, f"notify-remove-{target_id}").click()
+        settled(driver).until(
+            lambda b: cells(b, "#lm-notify tbody td")[0].startswith("No notification URLs")
+        )
+        assert listed() == []
+    audit = (
+        open_db(db)
+        .execute("select action, detail from audit_log where action like 'notify.%' order by id")
+        .fetchall()
+    )
+    assert audit == [("notify.add", f"#{target_id}: {shown}"), ("notify.remove", f"#{target_id}")]
+    # Stored nowhere but the private file, logged nowhere.
+    assert b"s3cr3t" not in b"".join(
+        p.read_bytes()
+        for p in tmp_path.glob("llm-monitor.db*")
+        if not p.name.endswith(".notify.json")
+    )
+    assert "s3cr3t" not in log.read_text()

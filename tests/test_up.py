@@ -43,8 +43,21 @@ def start_up(tmp_path: Path, upstream: ReplayServer, *args: str, workers: int = 
     db_path = tmp_path / "llm-monitor.db"
     invoke(db_path, "init")
     token = new_org(db_path, "Acme")
+    return launch_up(tmp_path, upstream, db_path, token, *args, workers=workers)
+
+
+def launch_up(
+    tmp_path: Path,
+    upstream: ReplayServer,
+    db_path: Path,
+    token: str,
+    *args: str,
+    workers: int = 1,
+    log_name: str = "up.log",
+) -> Up:
+    """`start_up` on a database made already (e.g. to start again after a crash)."""
     port, dashboard_port = free_port(), free_port()
-    log = tmp_path / "up.log"
+    log = tmp_path / log_name
     with log.open("wb") as out:
         process = subprocess.Popen(
             [

@@ -157,12 +157,13 @@ def limits() -> None:
 @limits.command("set")
 @click.option("--org", help="The organisation.")
 @click.option("--token", help="A monitor token's id.")
-@click.option("--rpm", type=int, help="Requests per minute.")
-@click.option("--tpm", type=int, help="Tokens (input and output) per minute.")
+# Taken as text and checked by set_limit: a bad number gets one line, as --usd does.
+@click.option("--rpm", help="Requests per minute.")
+@click.option("--tpm", help="Tokens (input and output) per minute.")
 @click.pass_context
 @handle_errors
 def limits_set(
-    ctx: click.Context, org: str | None, token: str | None, rpm: int | None, tpm: int | None
+    ctx: click.Context, org: str | None, token: str | None, rpm: str | None, tpm: str | None
 ) -> None:
     """Set (or change) a rate limit. It applies to running proxies within a second."""
     db = get_db(ctx)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import sqlite3
 import statistics
 import threading
@@ -26,9 +27,10 @@ from typing import Any
 from sqlite_utils import Database
 
 from llm_monitor.controls import periods
-from llm_monitor.controls.budgets import load_budgets, nanos_usd, spent_nanos
+from llm_monitor.controls.budgets import Budget, load_budgets, nanos_usd, spent_nanos
 from llm_monitor.controls.loops import LoopRule, digest_hex
 from llm_monitor.controls.notify import NotifyFile, Target, notify_path, send
+from llm_monitor.controls.periods import Window
 from llm_monitor.inert import printable
 from llm_monitor.store.database import open_db
 from llm_monitor.usage import utc_timestamp
@@ -82,7 +84,7 @@ def budget_drafts(db: Database, at: dt.datetime) -> list[Draft]:
         window = budget.window(at)
         if window is None:
             continue
-        spent, _ = spent_nanos(db, budget, window)
+        spent = spent_nanos(db, budget, window)
         limit = budget.limit
         for pct in budget.thresholds:
             if spent * 100 >= limit * pct:
@@ -102,6 +104,25 @@ def budget_drafts(db: Database, at: dt.datetime) -> list[Draft]:
                     )
                 )
     return drafts
+
+
+def refusing_draft(db: Database, budget: Budget, window: Window, taken: int) -> Draft:
+    """A hard budget's 100% alert, raised when it first refuses a request in its window:
+    its recorded spend never reaches 100% (that is what it holds), so the evaluator's
+    threshold alone would never fire. The same key as the evaluator's 100%: one alert."""
+    row = db.execute("select name from orgs where id = ?", [budget.org_id]).fetchone()
+    return Draft(
+        budget.org_id,
+        "budget",
+        budget.meter,
+        window.key,
+        "100%",
+        f"{row[0] if row else '?'}: hard {budget.describe()} reached 100% and is refusing "
+        f"requests: ${nanos_usd(taken):.2f} of ${nanos_usd(budget.limit):.2f} spent or "
+        f"reserved (resets {window.end_ts})",
+        nanos_usd(taken),
+        nanos_usd(budget.limit),
+    )
 
 
 # Per dimension: what the alert calls it, the hourly rollup that has it and its key there,
@@ -356,6 +377,12 @@ def evaluate(
         *unpriced_drafts(db, at),
         *(loop_drafts(db, at, loops) if look_for_loops else ()),
     ]
+    return record(db, drafts, at)
+
+
+def record(db: Database, drafts: list[Draft], at: dt.datetime) -> list[int]:
+    """Insert the drafts not raised before (the unique key drops repeats, from this
+    worker or another); returns the ids of the new ones."""
     raised = utc_timestamp(at.timestamp())
     new = []
     with db.atomic():
@@ -477,10 +504,12 @@ class Watcher:
         db_path: str | Path,
         interval: float = 15.0,
         clock: Callable[[], dt.datetime] = periods.now,
+        k: float = DEFAULT_K,
     ) -> None:
         self.db_path = Path(db_path)
         self.interval = interval
         self.clock = clock
+        self.k = k  # anomalies: how many times its usual an hour or a minute must be
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._evaluations = 0
@@ -500,7 +529,7 @@ class Watcher:
         loops = self._evaluations % LOOPS_EVERY == 0
         self._evaluations += 1
         try:
-            evaluate(db, self.clock(), look_for_loops=loops)
+            evaluate(db, self.clock(), self.k, look_for_loops=loops)
             deliver_due(db, NotifyFile(notify_path(self.db_path)), self.clock())
         finally:
             db.conn.close()
@@ -511,3 +540,16 @@ class Watcher:
                 self.run_once()
             except (sqlite3.Error, OSError, ValueError) as e:
                 logger.warning("llm-monitor: alert evaluation failed (%s); retrying", e)
+
+
+def parse_k(value: str) -> float:
+    """The anomaly factor k: a number above 1 and at most 1000 (`monitor_anomaly_factor`)."""
+    try:
+        k = float(value)
+    except ValueError:
+        k = math.nan
+    if not (1 < k <= 1000):
+        raise ValueError(
+            f"monitor_anomaly_factor must be a number above 1 and at most 1000; got {value!r}"
+        )
+    return k

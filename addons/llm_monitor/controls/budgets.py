@@ -21,6 +21,7 @@ from sqlite_utils import Database
 from llm_monitor.controls.periods import PERIODS, Window, now, parse_range, window_of
 from llm_monitor.errors import Conflict, Invalid, NotFound
 from llm_monitor.inert import printable
+from llm_monitor.store.rollups import COST_NANOS_SQL
 from llm_monitor.usage import utc_timestamp
 
 NANOS = 10**9
@@ -29,6 +30,18 @@ LIMIT_SCOPES = ("org", "token")
 DEFAULT_THRESHOLDS = (50, 80, 100)
 MAX_USD = Decimal(10**9)
 _TAG = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")  # as X-Monitor-Tags keys
+
+
+@dataclass(frozen=True, slots=True)
+class SpendScope:
+    """Whose recorded spend, and between which `usage.ts` values (start included, end
+    not), counts against a budget's window: what the lease store starts the window from."""
+
+    org_id: int
+    scope: str
+    scope_value: str
+    start: str
+    end: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +68,9 @@ class Budget:
 
     def window(self, at: dt.datetime) -> Window | None:
         return window_of(self.period, at, self.starts_on, self.ends_on)
+
+    def spend_scope(self, window: Window) -> SpendScope:
+        return SpendScope(self.org_id, self.scope, self.scope_value, window.start_ts, window.end_ts)
 
     def describe(self, org: str | None = None) -> str:
         """`budget 3 (org Acme, month)`: how a 429 and an alert name it."""
@@ -205,11 +221,12 @@ def set_budget(
         "on_unpriced": on_unpriced,
         "created_at": utc_timestamp(now().timestamp()),
     }
-    key = [org_id, scope, stored_value, period, int(hard)]
+    # A date range is part of the key: a Q2 budget is not a second Q1 one.
+    key = [org_id, scope, stored_value, period, starts_on, ends_on, int(hard)]
     existing = next(
         db.query(
             "select id from budgets where org_id = ? and scope = ? and scope_value = ? "
-            "and period = ? and hard = ?",
+            "and period = ? and starts_on is ? and ends_on is ? and hard = ?",
             key,
         ),
         None,
@@ -218,8 +235,9 @@ def set_budget(
         if existing is not None:
             if not replace:
                 kind = "hard" if hard else "soft"
+                named = period if period != "range" else f"{starts_on}..{ends_on}"
                 raise Conflict(
-                    f"a {kind} {period} budget for this scope exists already (budget "
+                    f"a {kind} {named} budget for this scope exists already (budget "
                     f"{existing['id']}); change it with --replace or remove it first"
                 )
             db["budgets"].update(existing["id"], row)
@@ -227,7 +245,9 @@ def set_budget(
         try:
             return db["budgets"].insert(row).last_pk
         except sqlite3.IntegrityError:  # another writer won the race
-            raise Conflict("a budget of this scope, period and kind exists already") from None
+            raise Conflict(
+                "a budget of this scope, period (or date range) and kind exists already"
+            ) from None
 
 
 def change_budget(
@@ -266,7 +286,8 @@ def remove_budget(db: Database, budget_id: int, org_id: int | None = None) -> No
             [budget_id, org_id, org_id],
         ).rowcount:
             raise NotFound(f"no budget {budget_id} (see `llm-monitor budgets list`)")
-        db.execute("delete from control_leases where meter = ?", [f"budget:{budget_id}"])
+        for table in ("control_leases", "control_baselines"):
+            db.execute(f"delete from {table} where meter = ?", [f"budget:{budget_id}"])
 
 
 def load_budgets(db: Database | sqlite3.Connection) -> list[Budget]:
@@ -294,33 +315,179 @@ def load_limits(db: Database | sqlite3.Connection) -> list[RateLimit]:
     return [RateLimit(*row) for row in rows]
 
 
-def spent_nanos(db: Database, budget: Budget, window: Window) -> tuple[int, int]:
-    """(recorded cost in the window, in nanos; requests in it without a cost)."""
-    where, params = "org_id = ? and ts >= ? and ts < ?", [budget.org_id, window.start_ts]
-    params.append(window.end_ts)
-    if budget.scope == "token":
-        where += " and token_id = ?"
-        params.append(int(budget.scope_value))
-    elif budget.scope == "user":
-        where += " and user = ?"
-        params.append(budget.scope_value)
-    elif budget.scope == "tag":
-        key, _, value = budget.scope_value.partition("=")
-        where += " and json_extract(tags, ?) = ?"
-        params += [f'$."{key}"', value]
-    row = db.execute(
-        f"select sum(cost_usd), sum(cost_usd is null and billable = 1 and status < 400) "
-        f"from usage where {where}",
+def _scope_filter(scope: SpendScope) -> tuple[str, list[Any]]:
+    """The condition on `usage` rows of a scope (after `org_id = ? and ts ...`)."""
+    if scope.scope == "token":
+        return " and token_id = ?", [int(scope.scope_value)]
+    if scope.scope == "user":
+        return " and user = ?", [scope.scope_value]
+    if scope.scope == "tag":
+        key, _, value = scope.scope_value.partition("=")
+        return " and json_extract(tags, ?) = ?", [f'$."{key}"', value]
+    return "", []
+
+
+def raw_recorded_nanos(conn: sqlite3.Connection, scope: SpendScope) -> int:
+    """The cost of the scope's `usage` rows with start <= ts < end, in nanos (each row's
+    rounded, as the rollups' `cost_nanos`), summed from the rows themselves: what
+    `recorded_nanos` equals, read from the rollups."""
+    return _raw(conn, scope, _NANOS_SQL, scope.start, scope.end)
+
+
+def raw_unpriced_requests(conn: sqlite3.Connection, scope: SpendScope) -> int:
+    """What `unpriced_requests` counts, from the rows themselves."""
+    return _raw(conn, scope, _UNPRICED_SQL, scope.start, scope.end)
+
+
+_NANOS_SQL = f"sum({COST_NANOS_SQL})"
+_UNPRICED_SQL = "count(case when priced = 0 then 1 end)"
+
+
+def _raw(conn: sqlite3.Connection, scope: SpendScope, total: str, start: str, end: str) -> int:
+    """`total` (an aggregate) over the scope's `usage` rows with start <= ts < end."""
+    if start >= end:
+        return 0
+    where, params = _scope_filter(scope)
+    row = conn.execute(
+        f"select {total} from usage where org_id = ? and ts >= ? and ts < ?{where}",
+        [scope.org_id, start, end, *params],
+    ).fetchone()
+    return int(row[0] or 0)
+
+
+# Per scope: the daily rollup with the condition that picks the scope's rows (after
+# `org_id = ?`), and the hourly one (none by tag: its partial days are read from `usage`).
+_DAILY = {
+    "org": ("usage_daily", ""),
+    "token": ("usage_daily_labels", " and kind = 'token' and label = ?"),
+    "user": ("usage_daily_labels", " and kind = 'user' and label = ?"),
+    "tag": ("usage_daily_labels", " and kind = 'tag' and label = ?"),
+}
+_HOURLY = {
+    "org": ("usage_hourly", ""),
+    "token": ("usage_hourly", " and token_id = ?"),
+    "user": ("usage_hourly_users", " and user = ?"),
+}
+_TS = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def _parse_ts(ts: str) -> dt.datetime:
+    return dt.datetime.strptime(ts, _TS)
+
+
+def _whole(
+    start: dt.datetime, end: dt.datetime, step: dt.timedelta
+) -> tuple[dt.datetime, dt.datetime]:
+    """The whole `step`s (days or hours, from midnight) inside [start, end)."""
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    first = midnight + -((midnight - start) // step) * step
+    last = midnight + ((end - midnight) // step) * step
+    return first, last
+
+
+def recorded_nanos(conn: sqlite3.Connection, scope: SpendScope) -> int:
+    """The cost of the scope's `usage` rows with start <= ts < end, in nanos (see
+    `_split_sum`): what `raw_recorded_nanos` sums from the rows."""
+    return _split_sum(conn, scope, "cost_nanos", _NANOS_SQL)
+
+
+def bucket_start(scope: str, ts: str) -> str:
+    """The start of the finest rollup bucket of `scope` holding `ts` (a `usage.ts`): its
+    hour, or its day by tag. A range between such starts is read from rollups alone."""
+    return f"{ts[:10]}T00:00:00.000Z" if scope == "tag" else f"{ts[:13]}:00:00.000Z"
+
+
+def _split_sum(conn: sqlite3.Connection, scope: SpendScope, column: str, raw: str) -> int:
+    """A rollup `column` summed over the scope's rows with start <= ts < end: whole days
+    from the daily rollups, whole hours of the rest from the hourly ones, and only what
+    is left (less than an hour; less than a day by tag) from `usage` itself, by `raw`.
+    The recorder adds every batch to the rollups in the transaction that writes its
+    rows, so the sum is that of the rows, but a month of a busy organisation is read in a
+    few hundred rollup rows instead of millions of rows (3.7 s of CPU at 2M rows)."""
+    if scope.start >= scope.end:
+        return 0
+    start, end = _parse_ts(scope.start), _parse_ts(scope.end)
+    value = "" if scope.scope == "org" else scope.scope_value
+    total = 0
+    day0, day1 = _whole(start, end, dt.timedelta(days=1))
+    if day0 < day1:
+        table, where = _DAILY[scope.scope]
+        total += _rollup_sum(conn, table, column, "day", where, scope, value, day0, day1, 10)
+        parts = [(start, day0), (day1, end)]
+    else:
+        parts = [(start, end)]
+    for a, b in parts:
+        if a >= b:
+            continue
+        hour0, hour1 = _whole(a, b, dt.timedelta(hours=1))
+        if scope.scope in _HOURLY and hour0 < hour1:
+            table, where = _HOURLY[scope.scope]
+            hourly_value: Any = int(value) if scope.scope == "token" else value
+            total += _rollup_sum(
+                conn, table, column, "hour", where, scope, hourly_value, hour0, hour1, 13
+            )
+            total += _raw(conn, scope, raw, scope_ts(a), scope_ts(hour0))
+            total += _raw(conn, scope, raw, scope_ts(hour1), scope_ts(b))
+        else:
+            total += _raw(conn, scope, raw, scope_ts(a), scope_ts(b))
+    return total
+
+
+def scope_ts(when: dt.datetime) -> str:
+    """`when` (naive UTC) in the form of `usage.ts`."""
+    return (
+        when.strftime(_TS)[:-4] + "Z"
+        if when.microsecond
+        else when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    )
+
+
+def _rollup_sum(
+    conn: sqlite3.Connection,
+    table: str,
+    column: str,
+    bucket: str,
+    where: str,
+    scope: SpendScope,
+    value: Any,
+    first: dt.datetime,
+    last: dt.datetime,
+    length: int,
+) -> int:
+    params: list[Any] = [scope.org_id, _bucket(first, length), _bucket(last, length)]
+    if where:
+        params.append(value)
+    row = conn.execute(
+        f"select sum({column}) from {table} where org_id = ? and {bucket} >= ? "
+        f"and {bucket} < ?{where}",
         params,
     ).fetchone()
-    return usd_nanos(row[0] or 0), int(row[1] or 0)
+    return int(row[0] or 0)
+
+
+def _bucket(when: dt.datetime, length: int) -> str:
+    return when.strftime("%Y-%m-%dT%H")[:length]
+
+
+def unpriced_requests(conn: sqlite3.Connection, scope: SpendScope) -> int:
+    """Billable requests of the scope without a cost (`priced` = 0), which a budget could
+    not count: the list shows them. Read as `recorded_nanos` is."""
+    return _split_sum(conn, scope, "unpriced", _UNPRICED_SQL)
+
+
+def spent_nanos(db: Database, budget: Budget, window: Window) -> int:
+    """Recorded cost in the budget's window, in nanos."""
+    return recorded_nanos(db.conn, budget.spend_scope(window))
 
 
 def committed(db: Database, meter: str, window: str) -> int:
-    """What every worker has taken of a meter's window: spent, reserved or held."""
+    """What every worker has taken of a meter's window (spent, reserved or held), and
+    what was recorded before the first of them (`control_baselines`)."""
     row = db.execute(
-        "select coalesce(sum(granted), 0) from control_leases where meter = ? and window = ?",
-        [meter, window],
+        "select (select coalesce(sum(granted), 0) from control_leases where meter = ? "
+        "and window = ?) + (select coalesce(sum(spent), 0) from control_baselines "
+        "where meter = ? and window = ?)",
+        [meter, window, meter, window],
     ).fetchone()
     return int(row[0])
 
@@ -338,7 +505,8 @@ def budget_status(db: Database, org_id: int | None = None) -> list[dict[str, Any
         limit = budget.limit
         spent = taken = unpriced = 0
         if window is not None:
-            spent, unpriced = spent_nanos(db, budget, window)
+            spent = spent_nanos(db, budget, window)
+            unpriced = unpriced_requests(db.conn, budget.spend_scope(window))
             taken = committed(db, budget.meter, window.key)
         reserved = max(taken - spent, 0)
         result.append(
@@ -368,16 +536,14 @@ def set_limit(
     *,
     scope: str,
     scope_value: str | None,
-    rpm: int | None,
-    tpm: int | None,
+    rpm: int | str | None,
+    tpm: int | str | None,
 ) -> int:
     """Set (or change) the requests and tokens per minute of an organisation or a token."""
     stored_value = check_scope(db, org_id, scope, scope_value, LIMIT_SCOPES)
     if rpm is None and tpm is None:
         raise Invalid("give --rpm, --tpm or both")
-    for name, value in (("--rpm", rpm), ("--tpm", tpm)):
-        if value is not None and not 1 <= value <= 10**9:
-            raise Invalid(f"{name} must be from 1 to 1000000000; got {value}")
+    rpm, tpm = parse_per_minute("--rpm", rpm), parse_per_minute("--tpm", tpm)
     row = {
         "org_id": org_id,
         "scope": scope,
@@ -398,6 +564,16 @@ def set_limit(
             db["rate_limits"].update(existing["id"], row)
             return existing["id"]
         return db["rate_limits"].insert(row).last_pk
+
+
+def parse_per_minute(name: str, value: int | str | None) -> int | None:
+    """A count per minute from 1 to 10**9 (given as a number or as text), or Invalid."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 10**9:
+        raise Invalid(f"{name} must be a whole number from 1 to 1000000000; got {value!r}")
+    return int(text)
 
 
 def remove_limit(db: Database, limit_id: int, org_id: int | None = None) -> None:

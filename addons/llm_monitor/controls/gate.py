@@ -20,6 +20,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -30,12 +31,19 @@ from llm_monitor.controls import periods
 from llm_monitor.controls.budgets import (
     Budget,
     RateLimit,
+    SpendScope,
     load_budgets,
     load_limits,
     nanos_usd,
     tags_of,
 )
-from llm_monitor.controls.leases import LeaseRequest, LeaseStore, SqliteLeaseStore
+from llm_monitor.controls.leases import (
+    RECLAIM_SECONDS,
+    LeaseRequest,
+    LeaseStore,
+    SqliteLeaseStore,
+    lease_seconds,
+)
 from llm_monitor.controls.periods import Window, window_of
 
 logger = logging.getLogger(__name__)
@@ -59,6 +67,10 @@ class Meter:
     peak: int = 0  # the largest single reservation seen: slices are sized by it
     committed: int = 0  # every worker's slices, as of the last sync
     synced: bool = False
+    recorded: SpendScope | None = None  # a budget's: whose recorded spend counts in it
+    budget: Budget | None = None  # a budget's, with its thresholds
+    refusing: int | None = None  # spent or reserved when it first refused, until alerted
+    alerted: bool = False  # its 100% alert is recorded (by this worker or another)
 
     @property
     def free(self) -> int:
@@ -115,9 +127,16 @@ class Gate:
         refresh_seconds: float = 0.25,
         default_max_output: int = 32_768,
         clock: Callable[[], dt.datetime] = periods.now,
+        reclaim_seconds: float = RECLAIM_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db_path = str(db_path)
-        self.store: LeaseStore = store or SqliteLeaseStore(db_path)
+        self.store: LeaseStore = store or SqliteLeaseStore(db_path, reclaim_seconds=reclaim_seconds)
+        # Slices are spent from only this long after the last sync: past it, the store may
+        # hand what this worker did not use to the others (see `leases.RECLAIM_SECONDS`).
+        self.lease_seconds = lease_seconds(reclaim_seconds)
+        self.monotonic = monotonic
+        self._synced_at = -math.inf  # time.monotonic() of the last sync
         self.holder = holder_name()
         self.refresh_seconds = refresh_seconds
         self.default_max_output = default_max_output
@@ -129,6 +148,7 @@ class Gate:
         self._book: Any = None
         self._prices_seen: int | None = None
         self._rates: dict[tuple[str, str], tuple[int, int] | None] = {}
+        self._output_limits: dict[tuple[str, str], int] = {}
         self._holders = 1
         # The window each period is in, while the clock stays inside it (see `_window`).
         self._windows: dict[tuple[str, str | None, str | None], Window] = {}
@@ -169,7 +189,9 @@ class Gate:
         limits = [lim for lim in rules.limits if lim.matches(token_id)]
         if not budgets and not limits:
             return None
-        output = max_output if max_output is not None else self.default_max_output
+        output = max_output
+        if output is None:
+            output = self._output_limit(provider, model)
         tokens = prompt_bytes + output  # a token is at least a byte of what is sent
         cost: int | None = 0
         if budgets and billable and model is not None:
@@ -215,6 +237,14 @@ class Gate:
                         "rate_limit_not_ready",
                     )
                 wanted.append((meter, amount, kind))
+        if wanted and self.monotonic() - self._synced_at > self.lease_seconds:
+            budget = wanted[0][2] == "cost"
+            return Refusal(
+                "LLM Monitor could not renew this worker's share of "
+                f"{'its budgets' if budget else 'its rate limits'} in time; retry.",
+                1,
+                "budget_not_ready" if budget else "rate_limit_not_ready",
+            )
         with self._lock:
             for meter, amount, _ in wanted:
                 if amount > meter.free:
@@ -268,6 +298,9 @@ class Gate:
             code = "rate_limit_exceeded"
         if not exhausted:  # another worker holds the rest: its slice comes back soon
             return Refusal(f"{text}; retry in a second (LLM Monitor).", 1, code)
+        if meter.unit == "usd" and not meter.alerted and meter.refusing is None:
+            meter.refusing = meter.committed - meter.free  # its 100% alert, off the loop
+            self._wake.set()
         return Refusal(f"{text} (LLM Monitor).", until_reset, code)
 
     def settle_tokens(self, hold: Hold, tokens: int | None) -> None:
@@ -306,7 +339,22 @@ class Gate:
                 meter.used -= 1
         hold.settled_cost = hold.settled_tokens = True
 
-    # Prices, for the worst case.
+    # Prices and output limits, for the worst case.
+
+    def _output_limit(self, provider: str, model: str | None) -> int:
+        """The model's output limit (`money.output_limits`), for a request without one."""
+        if model is None:
+            return self.default_max_output
+        key = (provider, model)
+        limit = self._output_limits.get(key)
+        if limit is None:
+            from llm_monitor.money.output_limits import output_limit
+
+            limit = output_limit(provider, model, self.default_max_output).tokens
+            if len(self._output_limits) > 10_000:
+                self._output_limits.clear()
+            self._output_limits[key] = limit
+        return limit
 
     def _rates_for(self, provider: str, model: str) -> tuple[int, int] | None:
         key = (provider, model)
@@ -371,6 +419,7 @@ class Gate:
         try:
             self._reload()
             self._sync()
+            self._raise_refusing()
             self.ready = True
         except sqlite3.Error as e:
             logger.warning("llm-monitor: could not refresh budgets and rate limits (%s)", e)
@@ -391,6 +440,8 @@ class Gate:
             windows = {w.key: w for w in map(budget.window, moments) if w is not None}
             for window in windows.values():
                 meter = self._meter(budget.meter, window, budget.limit, budget.describe(), "usd")
+                meter.recorded = budget.spend_scope(window)
+                meter.budget = budget
                 meters[meter.key, window.key] = meter
             if windows:  # else a date range not yet begun, or over: nothing to hold
                 old = rules.get(budget.org_id, Rules())
@@ -419,6 +470,28 @@ class Gate:
             self._meters = meters
             self._rules = rules
 
+    def _raise_refusing(self) -> None:
+        """Record the 100% alert of each hard budget that began refusing requests (once
+        per window: the alerts' unique key keeps other workers from raising it again)."""
+        due = [m for m in self._meters.values() if m.refusing is not None and not m.alerted]
+        if not due:
+            return
+        from llm_monitor.controls.alerts import record, refusing_draft
+        from llm_monitor.store.database import open_db
+
+        db = open_db(self.db_path, migrate=False, busy_timeout_ms=2000)
+        try:
+            drafts = [
+                refusing_draft(db, m.budget, m.window, m.refusing)
+                for m in due
+                if m.budget is not None and m.refusing is not None and 100 in m.budget.thresholds
+            ]
+            record(db, drafts, self.clock())
+        finally:
+            db.conn.close()
+        for meter in due:
+            meter.alerted = True
+
     def _meter(self, key: str, window: Window, limit: int, label: str, unit: str) -> Meter:
         """The meter of this window: the one held so far (its slice and use kept), with
         the limit as it is now; a new one when the window turned."""
@@ -444,15 +517,24 @@ class Gate:
                     meter.granted = meter.used + (0 if meter.committed > meter.limit else want)
                 requests.append(
                     LeaseRequest(
-                        meter.key, meter.window.key, meter.limit, meter.used, meter.granted, want
+                        meter.key,
+                        meter.window.key,
+                        meter.limit,
+                        meter.used,
+                        meter.granted,
+                        want,
+                        meter.recorded,
                     )
                 )
+        started = self.monotonic()  # what the store grants holds from before it answers
         leases = self.store.sync(self.holder, requests)
         with self._lock:
             holders = 1
             for meter, lease in zip(meters, leases, strict=True):
-                meter.granted = max(lease.granted, meter.granted)
+                meter.granted = lease.granted  # less than held only if it was reclaimed
                 meter.committed = lease.committed
                 meter.synced = True
                 holders = max(holders, lease.holders)
             self._holders = holders
+            if not final:
+                self._synced_at = started

@@ -1,12 +1,16 @@
 """The budgets page (`/-/account/budgets`): an organisation's budgets and rate limits,
-with their status this period; its admins create, change and remove them, its viewers
-read them. The same domain functions as `llm-monitor budgets` and `limits`
-(`llm_monitor.controls.budgets`), on Datasette's write thread; each change is in the
-organisation's audit log. A refused value is drawn again beside its field.
+with their status this period, and where its alerts go; its admins create, change and
+remove them, its viewers read them. The same domain functions as `llm-monitor budgets`,
+`limits` and `notify` (`llm_monitor.controls`), on Datasette's write thread; each change
+is in the organisation's audit log. A refused value is drawn again beside its field,
+except a notification URL: it holds a secret, so it is never drawn again, only its
+redacted form is shown, and it is kept where the CLI keeps it (`controls.notify`'s file,
+never the database the dashboard serves).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -14,13 +18,15 @@ from datasette.app import Datasette
 from datasette.utils.asgi import Request, Response
 from sqlite_utils import Database
 
-from llm_monitor.accounts import audit
+from llm_monitor.accounts import audit, orgs
 from llm_monitor.accounts.audit import Who
 from llm_monitor.accounts.members import allows
+from llm_monitor.accounts.passwords import MAX_LENGTH
 from llm_monitor.controls import budgets, periods
-from llm_monitor.dashboard import auth
+from llm_monitor.controls.notify import NotifyFile, notify_path, redacted, send
+from llm_monitor.dashboard import auth, usage_db
 from llm_monitor.dashboard.api import read, write
-from llm_monitor.dashboard.pages import form, member_actor, page, render
+from llm_monitor.dashboard.pages import member_actor, page, render
 from llm_monitor.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from llm_monitor.inert import ascii_int
 
@@ -153,6 +159,59 @@ def remove_limit(db: Database, org_id: int, values: dict[str, str], who: Who) ->
     audit.record(db, org_id, who, "limit.remove", f"#{limit_id}")
 
 
+def add_notify_url(
+    db: Database, org_id: int, notify: NotifyFile, values: dict[str, str], who: Who
+) -> int:
+    """`llm-monitor notify add`: checked by Apprise (not contacted); the audit log gets its
+    redacted form."""
+    url = values.get("notify_url", "").strip()
+    try:
+        target_id = notify.add(org_id, url)
+    except (Invalid, Conflict) as e:
+        raise FieldErrors({"notify_url": beside(e)}) from None
+    audit.record(db, org_id, who, "notify.add", f"#{target_id}: {redacted(url)}")
+    return target_id
+
+
+def remove_notify_url(
+    db: Database, org_id: int, notify: NotifyFile, values: dict[str, str], who: Who
+) -> None:
+    target_id = ascii_int(values.get("id", "")) or 0
+    if target_id not in {t.id for t in notify.targets(org_id)}:
+        raise NotFound(f"no notification URL {target_id} in this organisation")
+    notify.remove(target_id)
+    audit.record(db, org_id, who, "notify.remove", f"#{target_id}")
+
+
+def send_tests(notify: NotifyFile, org_id: int, org_name: str) -> list[str]:
+    """`llm-monitor notify test`: a test message to each URL, now (blocking: off the
+    event loop). One line each, redacted: `1 json://127.0.0.1:9/…: sent`."""
+    targets = notify.targets(org_id)
+    if not targets:
+        raise Invalid("this organisation has no notification URLs yet")
+    lines = []
+    for target in targets:
+        error = send(target, "LLM Monitor: test", f"A test notification for {org_name}.")
+        lines.append(f"{target.id} {target.shown}: {'sent' if error is None else error}")
+    return lines
+
+
+NOTIFY_ACTIONS = {"notify-add": add_notify_url, "notify-remove": remove_notify_url}
+
+
+def notify_file(datasette: Datasette) -> NotifyFile:
+    return NotifyFile(notify_path(usage_db(datasette).path))
+
+
+def notify_listing(datasette: Datasette, org_id: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The organisation's URLs, redacted, or why they cannot be read (a file others may
+    read is refused, as by the CLI)."""
+    try:
+        return notify_file(datasette).listing({}, org_id), None
+    except DomainError as e:
+        return [], str(e)
+
+
 ACTIONS = {
     "create": create_budget,
     "edit": edit_budget,
@@ -186,15 +245,30 @@ async def budgets_page(datasette: Datasette, request: Request) -> Response:
     org_id = actor["org_id"]
     errors: dict[str, str] = {}
     values: dict[str, str] = {}
+    results: list[str] = []
     if request.method == "POST":
-        values = await form(request)
-        action = ACTIONS.get(values.get("action", ""))
+        posted = await request.post_vars()
+        values = {k: v[:MAX_LENGTH] for k, v in posted.items()}
+        # Whole (Apprise refuses one over 2,000 characters): never cut and then stored.
+        values["notify_url"] = posted.get("notify_url", "")[: 2 * MAX_LENGTH + 1]
+        name = values.get("action", "")
+        action = ACTIONS.get(name)
+        notify_action = NOTIFY_ACTIONS.get(name)
         try:
             if not allows(actor["role"], "admin"):
                 raise Forbidden(f"changing budgets needs the admin role; you are {actor['role']}")
-            if action is None:
+            if name == "notify-test":
+                org_name = (await read(datasette, orgs.org_row, org_id))["name"]
+                results = await asyncio.to_thread(
+                    send_tests, notify_file(datasette), org_id, org_name
+                )
+            elif notify_action is not None:
+                notify = notify_file(datasette)
+                await write(datasette, notify_action, org_id, notify, values, auth.who(request))
+            elif action is None:
                 raise Invalid("unknown action")
-            await write(datasette, action, org_id, values, auth.who(request))
+            else:
+                await write(datasette, action, org_id, values, auth.who(request))
         except Forbidden as e:
             return Response.text(str(e), status=403)
         except FieldErrors as e:
@@ -202,10 +276,16 @@ async def budgets_page(datasette: Datasette, request: Request) -> Response:
         except DomainError as e:
             errors = {"form": str(e)}
         else:
-            return Response.redirect(PATH)
+            if not results:
+                return Response.redirect(PATH)
+    values.pop("notify_url", None)  # a secret: never drawn again, even beside its error
+    targets, notify_error = notify_listing(datasette, org_id)
     context = {
         "budgets": await read(datasette, status, org_id),
         "limits": await read(datasette, budgets.list_limits, org_id),
+        "notify_targets": targets,
+        "notify_error": notify_error,
+        "notify_results": results,
         "errors": errors,
         "values": values,
         "lm_current": "budgets",

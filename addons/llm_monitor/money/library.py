@@ -257,6 +257,19 @@ class LibraryIndex:
 
     def find(self, provider: str, model: str) -> Match | None:
         """The library model `model` names for our `provider`, or None."""
+        found = self._model(provider, model)
+        if found is None:
+            return None
+        library_provider = self._providers[PROVIDERS[provider]]
+        return Match(self._owner(provider, library_provider, found), found.id)
+
+    def context_window(self, provider: str, model: str) -> int | None:
+        """The library's context window (tokens) of the model `model` names, if it has one."""
+        found = self._model(provider, model)
+        window = getattr(found, "context_window", None)
+        return window if isinstance(window, int) and window > 0 else None
+
+    def _model(self, provider: str, model: str) -> Any:
         theirs = PROVIDERS.get(provider)
         if theirs is None:
             return None
@@ -264,7 +277,7 @@ class LibraryIndex:
         for ref in self._refs(provider, model):
             found = library_provider.find_model(ref, all_providers=self._all)
             if found is not None:
-                return Match(self._owner(provider, library_provider, found), found.id)
+                return found
         return None
 
     def uncounted_units(self, provider: str, model: str) -> str | None:

@@ -198,13 +198,14 @@ def load_price_file(path: str | Path) -> list[PriceEntry]:
 
 # `pricing/` at the top of the repository, inside the package as package data.
 SHIPPED_PRICES = resources.files("llm_monitor") / "shipped-data" / "pricing"
+OUTPUT_LIMITS_FILE = "output_limits.json"  # not prices: see `money.output_limits`
 
 
 def shipped_prices() -> list[PriceEntry]:
     """Every entry of the price files shipped with the package."""
     entries: list[PriceEntry] = []
     for item in sorted(SHIPPED_PRICES.iterdir(), key=lambda i: i.name):
-        if item.name.endswith(".json"):
+        if item.name.endswith(".json") and item.name != OUTPUT_LIMITS_FILE:
             entries.extend(parse_price_file(item.read_text(encoding="utf-8"), origin=item.name))
     return entries
 

@@ -21,7 +21,7 @@ from mitmproxy import addonmanager, connection, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from llm_monitor.accounts.tokens import TokenIndex, TokenOwner, display_prefix
-from llm_monitor.controls.alerts import Watcher
+from llm_monitor.controls.alerts import DEFAULT_K, Watcher, parse_k
 from llm_monitor.controls.gate import Gate, Hold, Refusal
 from llm_monitor.controls.loops import body_digest
 from llm_monitor.inert import (
@@ -272,6 +272,7 @@ class Monitor:
         self.tokens: TokenIndex | None = None
         self.gate: Gate | None = None
         self.watcher: Watcher | None = None
+        self.anomaly_factor = DEFAULT_K  # monitor_anomaly_factor
         self.listeners: dict[int, Listener] = {}
         self._inflight: dict[str, http.HTTPFlow] = {}
         self._running = False
@@ -383,7 +384,26 @@ class Monitor:
             "monitor_default_max_output",
             int,
             32768,
-            "Output tokens a hard budget reserves for a request that sets no max_tokens.",
+            "Output tokens a hard budget reserves for a request that sets no max_tokens, "
+            "when its model's output limit is not known (pricing/output_limits.json, then "
+            "the price library's context window).",
+        )
+        loader.add_option(
+            "monitor_reclaim_seconds",
+            int,
+            900,
+            "Seconds after which a worker not heard of (killed, or stalled) loses the unused "
+            "part of its budget and rate-limit slices to the others; longer than the longest "
+            "request. A worker spends from a slice for a third of it (at most 60 s) after "
+            "its last renewal. Give every worker sharing a database the same value.",
+        )
+        loader.add_option(
+            "monitor_anomaly_factor",
+            str,
+            "5",
+            "Anomaly alerts: an hour's spend, or a minute's requests, of a token, user or "
+            "model above this many times its median for the same hour of the week (a number "
+            "above 1, e.g. 5 or 7.5).",
         )
         loader.add_option(
             "monitor_alerts_seconds",
@@ -423,6 +443,7 @@ class Monitor:
             ("monitor_metrics_port", 0, 65535),
             ("monitor_drain_seconds", 0, 3600),
             ("monitor_default_max_output", 1, 10_000_000),
+            ("monitor_reclaim_seconds", 3, 86_400),
             ("monitor_alerts_seconds", 0, 3600),
         ):
             if name in updated and not low <= getattr(ctx.options, name) <= high:
@@ -436,6 +457,11 @@ class Monitor:
         limits.settings.timeout_response = self._timeout_response
         if "monitor_log_json" in updated:
             logs.use_json(ctx.options.monitor_log_json)
+        if "monitor_anomaly_factor" in updated:
+            try:
+                self.anomaly_factor = parse_k(ctx.options.monitor_anomaly_factor)
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from None
         if self._running and "monitor_listen_backlog" in updated:
             self._raise_backlog()
         # mitmproxy applies a script's --set options after its first configure: opening the
@@ -445,6 +471,8 @@ class Monitor:
             "monitor_token_refresh_ms",
             "monitor_flush_ms",
             "monitor_default_max_output",
+            "monitor_reclaim_seconds",
+            "monitor_anomaly_factor",
         } & (updated):
             self._open()
 
@@ -513,10 +541,16 @@ class Monitor:
         self.recorder.start()
         self.tokens = TokenIndex(db_path, refresh_seconds=refresh)
         self.tokens.start()
-        self.gate = Gate(db_path, default_max_output=ctx.options.monitor_default_max_output)
+        self.gate = Gate(
+            db_path,
+            default_max_output=ctx.options.monitor_default_max_output,
+            reclaim_seconds=ctx.options.monitor_reclaim_seconds,
+        )
         self.gate.start()
         if ctx.options.monitor_alerts_seconds:
-            self.watcher = Watcher(db_path, interval=ctx.options.monitor_alerts_seconds)
+            self.watcher = Watcher(
+                db_path, interval=ctx.options.monitor_alerts_seconds, k=self.anomaly_factor
+            )
             self.watcher.start()
         if not len(self.tokens):
             logger.warning(

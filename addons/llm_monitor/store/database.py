@@ -658,8 +658,49 @@ def m014_usage_hourly_users(db: Database) -> None:
 
 
 @migrations()
+def m015_control_baselines(db: Database) -> None:
+    """What was recorded against a budget's window before its leases began (`since`),
+    read by the lease store when the window's first lease is taken and again when the
+    budget's amount changes: a budget set mid-month counts the month's spend.
+    `before_bucket` is the part of `spent` before the rollup bucket holding `since`: the
+    part read again."""
+    db.execute("""
+        create table control_baselines (
+          meter text not null, window text not null, since real not null,
+          limit_value integer not null, spent integer not null, before_bucket integer not null,
+          primary key (meter, window)
+        )""")
+
+
+@migrations()
+def m016_rollup_cost_nanos(db: Database) -> None:
+    """Each spend rollup's cost also in whole nano-dollars (`cost_nanos`, each row rounded
+    on its own), so that a budget's spend read from the rollups equals, to the nano, the
+    sum of its rows: float sums of the same rows in another order can differ in the last
+    digit. Buckets whose rows were pruned get their float sum in nanos; the rest are
+    rebuilt from `usage`."""
+    for table in rollups.SPEND_ROLLUPS:
+        if "cost_nanos" not in db[table].columns_dict:
+            db[table].add_column("cost_nanos", int)
+        db.execute(f"update {table} set cost_nanos = cast(round(cost_usd * 1e9) as integer)")
+    rollups.rebuild(db, names=rollups.SPEND_ROLLUPS)
+
+
+@migrations()
 def m017_uncounted_units(db: Database) -> None:
     """Units a response states that no price of ours counts (Mistral's audio seconds in a
     chat, billed per audio hour), kept with the row so that a reprice leaves it unpriced
     for that reason too."""
     db["usage"].add_column("uncounted_units", str)
+
+
+@migrations()
+def m018_budget_ranges_in_the_key(db: Database) -> None:
+    """One budget of a kind per scope and period, where a date range's dates are part of
+    the period: a hard Q2 budget beside a hard Q1 one. NULL dates (calendar periods)
+    compare equal through coalesce, which a plain unique index would not do."""
+    db.execute("drop index if exists idx_budgets_scope")
+    db.execute(
+        "create unique index idx_budgets_scope on budgets (org_id, scope, scope_value, period, "
+        "coalesce(starts_on, ''), coalesce(ends_on, ''), hard)"
+    )

@@ -15,6 +15,9 @@
   without sorting millions of rows: `requests` whose latency is at most `le_ms`, counted in
   buckets eight to a doubling (each bound 9% above the one before).
 
+The first four also sum cost in whole nano-dollars (`cost_nanos`, each row rounded on its
+own): what budgets read, equal to the rows' own sum whatever the order of addition.
+
 The recorder adds each batch to every rollup in the same transaction as the rows (`add`);
 a repricing or a migration rebuilds the buckets it touches from `usage` (`rebuild`). Both
 run the same SQL, on the batch's rows or on every row from a time: SQLite sums in C what a
@@ -65,6 +68,12 @@ _SUMS_SQL = """
     sum(coalesce(ttft_ms, 0)) as ttft_ms_sum, count(ttft_ms) as ttft_count
 """
 _MODEL_SQL = "coalesce(response_model, model, '')"
+# Cost in whole nano-dollars, each row rounded on its own: sums of integers are the same in
+# any order, so a budget's spend read from the rollups equals its rows' (controls.budgets).
+COST_NANOS_SQL = "cast(round(coalesce(cost_usd, 0) * 1e9) as integer)"
+SPEND_SUMS = (*SUMS, "cost_nanos")
+_SPEND_SQL = f"{_SUMS_SQL}, sum({COST_NANOS_SQL}) as cost_nanos"
+SPEND_ROLLUPS = ("usage_hourly", "usage_hourly_users", "usage_daily", "usage_daily_labels")
 
 
 BUCKETS_PER_DOUBLING = 8
@@ -109,7 +118,7 @@ class Rollup:
     # one parameter) picks, grouped by the key.
     select_sql: str
     indexes: tuple[tuple[str, ...], ...]
-    sums: tuple[str, ...] = SUMS  # always the first ones of SUMS
+    sums: tuple[str, ...] = SUMS  # always the first ones of SUMS, or SPEND_SUMS
 
     def insert_sql(self, rows: str) -> str:
         """Insert the sums of the `usage` rows that the condition `rows` picks."""
@@ -133,39 +142,43 @@ ROLLUPS = (
         ("hour", "org_id", "token_id", "provider", "model"),
         13,
         f"""select substr(ts, 1, 13), coalesce(org_id, 0), coalesce(token_id, 0), provider,
-        {_MODEL_SQL}, {_SUMS_SQL} from usage where {{rows}} group by 1, 2, 3, 4, 5""",
+        {_MODEL_SQL}, {_SPEND_SQL} from usage where {{rows}} group by 1, 2, 3, 4, 5""",
         (("org_id", "hour"),),
+        SPEND_SUMS,
     ),
     Rollup(
         "usage_hourly_users",
         ("hour", "org_id", "user"),
         13,
-        f"""select substr(ts, 1, 13), coalesce(org_id, 0), user, {_SUMS_SQL}
+        f"""select substr(ts, 1, 13), coalesce(org_id, 0), user, {_SPEND_SQL}
         from usage where {{rows}} and user is not null group by 1, 2, 3""",
         (),
+        SPEND_SUMS,
     ),
     Rollup(
         "usage_daily",
         ("day", "org_id", "provider", "model"),
         10,
-        f"""select substr(ts, 1, 10), coalesce(org_id, 0), provider, {_MODEL_SQL}, {_SUMS_SQL}
+        f"""select substr(ts, 1, 10), coalesce(org_id, 0), provider, {_MODEL_SQL}, {_SPEND_SQL}
         from usage where {{rows}} group by 1, 2, 3, 4""",
         (("org_id", "day"),),
+        SPEND_SUMS,
     ),
     Rollup(
         "usage_daily_labels",
         ("day", "org_id", "kind", "label"),
         10,
         f"""select substr(ts, 1, 10), coalesce(org_id, 0), 'user', coalesce(user, ''),
-        {_SUMS_SQL} from usage where {{rows}} group by 1, 2, 3, 4
+        {_SPEND_SQL} from usage where {{rows}} group by 1, 2, 3, 4
         union all
         select substr(ts, 1, 10), coalesce(org_id, 0), 'token', cast(coalesce(token_id, 0) as text),
-        {_SUMS_SQL} from usage where {{rows}} group by 1, 2, 3, 4
+        {_SPEND_SQL} from usage where {{rows}} group by 1, 2, 3, 4
         union all
         select substr(ts, 1, 10), coalesce(org_id, 0), 'tag',
-        coalesce(tag.key || '=' || tag.value, ''), {_SUMS_SQL}
+        coalesce(tag.key || '=' || tag.value, ''), {_SPEND_SQL}
         from usage left join json_each(usage.tags) as tag where {{rows}} group by 1, 2, 3, 4""",
         (("org_id", "kind", "day"),),
+        SPEND_SUMS,
     ),
     Rollup(
         "usage_daily_no_price",
