@@ -24,6 +24,13 @@ def invoke(db_path: Path, *args: str) -> str:
     return result.output
 
 
+def set_budget(db_path: Path, usd: str, *extra: str, period: str = "month") -> str:
+    """`budgets set --org Acme --period PERIOD --usd USD [EXTRA...]` through the real CLI."""
+    return invoke(
+        db_path, "budgets", "set", "--org", "Acme", "--period", period, "--usd", usd, *extra
+    )
+
+
 def invoke_with_password(db_path: Path, password: str, *args: str) -> Result:
     """Run the real CLI with `password` typed at its prompt twice; the caller checks the
     result (some tests expect a refusal)."""

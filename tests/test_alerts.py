@@ -39,7 +39,7 @@ from llm_monitor.controls.notify import NotifyFile, notify_path
 from llm_monitor.money.costs import load_price_book, price_row
 from llm_monitor.store.database import open_db
 from llm_monitor.store.recorder import write_rows
-from tests.conftest import invoke, new_org, usage_record
+from tests.conftest import invoke, new_org, set_budget, usage_record
 
 
 class Receiver(ThreadingHTTPServer):
@@ -110,7 +110,7 @@ def spend(db_path: Path, ts: str, usd_each: float, count: int = 1, **fields: Any
 
 def test_each_budget_threshold_fires_once(acme: Path, receiver: Receiver) -> None:
     at = dt.datetime(2026, 6, 10, 12, tzinfo=dt.UTC)
-    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "10", "--soft")
+    set_budget(acme, "10", "--soft")
     invoke(acme, "notify", "add", "--org", "Acme", receiver.url)
     db = open_db(acme)
     notify = NotifyFile(notify_path(acme))
@@ -439,7 +439,7 @@ def test_a_hard_budget_raises_its_100_percent_alert_when_it_starts_refusing(
     """A hard budget's recorded spend never reaches its limit, so its 100% is raised by
     the first request it refuses for want of budget: once per window, whichever of two
     workers refuses, and delivered once."""
-    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "0.05")
+    set_budget(acme, "0.05")
     invoke(acme, "notify", "add", "--org", "Acme", receiver.url)
     gates = [Gate(acme), Gate(acme)]
     for gate in gates:

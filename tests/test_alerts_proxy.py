@@ -16,7 +16,7 @@ import pytest
 
 from llm_monitor.controls.loops import body_digest
 from llm_monitor.store.database import open_db
-from tests.conftest import API_KEY, invoke, new_org
+from tests.conftest import API_KEY, invoke, new_org, set_budget
 from tests.proxy import Proxy, running_proxy, wait_for_rows
 from tests.replay import ReplayServer, Reply, load_recording
 from tests.test_alerts import Receiver, receiver  # noqa: F401 (a fixture)
@@ -75,20 +75,7 @@ def test_a_threshold_and_a_loop_are_each_delivered_once(
         [cost] = open_db(db).execute("select cost_usd from usage").fetchone()
         assert cost > 0
         usd = math.ceil(3 * cost * 1e9) / 1e9
-        invoke(
-            db,
-            "budgets",
-            "set",
-            "--org",
-            "Acme",
-            "--period",
-            "month",
-            "--usd",
-            f"{usd:.9f}",
-            "--soft",
-            "--alert-at",
-            "50",
-        )
+        set_budget(db, f"{usd:.9f}", "--soft", "--alert-at", "50")
         time.sleep(2.5)  # two evaluations at 33%: nothing
         assert receiver.received == []
         send(b, body("second"))

@@ -30,7 +30,7 @@ from llm_monitor.money.prices import OUTPUT_LIMITS_FILE, SHIPPED_PRICES, shipped
 from llm_monitor.store.database import open_db
 from llm_monitor.store.recorder import write_rows
 from llm_monitor.usage import utc_timestamp
-from tests.conftest import invoke, new_org, usage_record
+from tests.conftest import invoke, new_org, set_budget, usage_record
 
 
 class Clock:
@@ -126,22 +126,11 @@ def test_the_next_window_is_held_before_it_begins(acme: Path) -> None:
 
 
 def test_settled_cost_frees_what_was_reserved(acme: Path) -> None:
-    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "1")
+    set_budget(acme, "1")
     gate = Gate(acme)
     gate.refresh()
     each = reservation(gate)
-    invoke(
-        acme,
-        "budgets",
-        "set",
-        "--org",
-        "Acme",
-        "--period",
-        "month",
-        "--replace",
-        "--usd",
-        usd(2 * each),
-    )
+    set_budget(acme, usd(2 * each), "--replace")
     gate.refresh()
     first = admit(gate)
     gate.refresh()
@@ -237,24 +226,13 @@ def test_an_unpriced_model_is_refused_or_let_through_as_the_budget_says(acme: Pa
 def test_several_holders_never_take_more_than_the_limit(acme: Path) -> None:
     """Three gates (three workers) spend one budget at random: whatever they do, every
     slice together stays within it, and so does what they spent."""
-    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "1")
+    set_budget(acme, "1")
     gates = [Gate(acme) for _ in range(3)]
     for gate in gates:
         gate.refresh()
     each = reservation(gates[0])
     limit = 25 * each
-    invoke(
-        acme,
-        "budgets",
-        "set",
-        "--org",
-        "Acme",
-        "--period",
-        "month",
-        "--replace",
-        "--usd",
-        usd(limit),
-    )
+    set_budget(acme, usd(limit), "--replace")
     for gate in gates:  # each gives back what it took of the old amount
         gate.refresh()
     rng = random.Random(5)
@@ -330,8 +308,8 @@ def test_bad_budgets_get_one_line_and_store_nothing(acme: Path, args: list[str])
 
 
 def test_one_budget_of_a_kind_per_scope_and_period(acme: Path) -> None:
-    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "500")
-    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "400", "--soft")
+    set_budget(acme, "500")
+    set_budget(acme, "400", "--soft")
     second = run(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "600")
     assert second.exit_code == 1
     assert second.output.strip() == (
@@ -377,7 +355,7 @@ def test_spend_recorded_before_a_budget_counts_against_it(acme: Path) -> None:
     record_spend(acme, 2.5, this_month)
     record_spend(acme, 7.0, "2020-01-01T00:00:00.000Z")  # another month: not counted
     record_spend(acme, 9.0, this_month, token_id=None, org_id=None)  # no organisation
-    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "3")
+    set_budget(acme, "3")
     gate = Gate(acme, clock=clock)
     gate.refresh()
     each = reservation(gate)
@@ -398,7 +376,7 @@ def test_spend_recorded_before_a_budget_counts_against_it(acme: Path) -> None:
     assert status["left_usd"] < each / NANOS
     # A request that began before the leases and was recorded after them.
     record_spend(acme, 0.5, this_month)
-    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "4", "--replace")
+    set_budget(acme, "4", "--replace")
     gate.refresh()
     assert spend_all() == (4 * NANOS - 3 * NANOS - first * each) // each
     status = json.loads(invoke(acme, "budgets", "list", "--json"))[0]
@@ -419,7 +397,7 @@ def test_a_silent_holders_unused_slice_is_reclaimed(acme: Path) -> None:
     """Worker A takes a slice and is killed (it never gives it back). Once A has been
     silent longer than the reclaim time, B gets the part A had not used, never what A had
     spent or reserved; and A, were it only stalled, may not spend what was reclaimed."""
-    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "1")
+    set_budget(acme, "1")
     ticks = Ticker()
     gates = {
         name: Gate(
@@ -434,18 +412,7 @@ def test_a_silent_holders_unused_slice_is_reclaimed(acme: Path) -> None:
     a.refresh()
     each = reservation(a)
     limit = 40 * each
-    invoke(
-        acme,
-        "budgets",
-        "set",
-        "--org",
-        "Acme",
-        "--period",
-        "month",
-        "--usd",
-        usd(limit),
-        "--replace",
-    )
+    set_budget(acme, usd(limit), "--replace")
     for gate in (a, b, a, b):
         gate.refresh()
     a_hold = admit(a)
@@ -487,7 +454,7 @@ def test_a_silent_holders_unused_slice_is_reclaimed(acme: Path) -> None:
 def test_without_max_tokens_the_models_output_limit_is_reserved(acme: Path) -> None:
     """No max_tokens: the model's documented output limit (pricing/output_limits.json),
     else the price library's context window, else monitor_default_max_output."""
-    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "100")
+    set_budget(acme, "100")
     gate = Gate(acme, default_max_output=1000)
     gate.refresh()
 

@@ -10,7 +10,7 @@ import pytest
 
 from llm_monitor.controls.alerts import evaluate
 from llm_monitor.store.database import open_db
-from tests.conftest import invoke
+from tests.conftest import invoke, set_budget
 from tests.test_dashboard import Site
 
 
@@ -23,7 +23,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def test_budgets_and_alerts_views(site: Site) -> None:
     db = site.db_path
-    invoke(db, "budgets", "set", "--org", "Acme", "--period", "month", "--usd", "0.01", "--soft")
+    set_budget(db, "0.01", "--soft")
     invoke(db, "budgets", "set", "--org", "Acme", "--period", "day", "--usd", "1000")
     invoke(db, "budgets", "set", "--org", "Globex", "--period", "week", "--usd", "5")
     expected = {b["id"]: b for b in json.loads(invoke(db, "budgets", "list", "--json"))}

@@ -25,7 +25,7 @@ from llm_monitor.controls.budgets import NANOS
 from llm_monitor.controls.gate import NANOS_PER_RATE
 from llm_monitor.money.costs import load_price_book
 from llm_monitor.store.database import open_db
-from tests.conftest import API_KEY, invoke
+from tests.conftest import API_KEY, invoke, set_budget
 from tests.replay import ReplayServer, Reply, load_recording
 from tests.test_up import launch_up, start_up
 
@@ -105,17 +105,7 @@ def test_a_hard_budget_holds_across_two_workers(
     try:
         reservation = worst_case_nanos(up.db_path, body)
         budget_usd = Decimal(10 * reservation) / NANOS  # affords 10 requests at their worst
-        invoke(
-            up.db_path,
-            "budgets",
-            "set",
-            "--org",
-            "Acme",
-            "--period",
-            "month",
-            "--usd",
-            str(budget_usd),
-        )
+        set_budget(up.db_path, str(budget_usd))
         time.sleep(1.5)  # applies within a second
         for _ in range(50):
             upstream.reply(Reply.from_recording(recording, seed=7))
@@ -204,17 +194,7 @@ def test_a_killed_workers_slice_comes_back_after_the_reclaim_time(
     reservation = worst_case_nanos(up.db_path, body)
     budget_usd = Decimal(20 * reservation) / NANOS
     try:
-        invoke(
-            up.db_path,
-            "budgets",
-            "set",
-            "--org",
-            "Acme",
-            "--period",
-            "month",
-            "--usd",
-            str(budget_usd),
-        )
+        set_budget(up.db_path, str(budget_usd))
         time.sleep(1.5)  # both workers hold a share
         conn = sqlite3.connect(up.db_path)
         holders = conn.execute("select holder, granted - used from control_leases").fetchall()
@@ -331,12 +311,11 @@ def test_a_budget_change_or_removal_applies_within_a_second(
         return math.inf
 
     try:
-        set_budget = ("budgets", "set", "--org", "Acme", "--period", "month", "--usd")
-        invoke(up.db_path, *set_budget, "0.000001")
+        set_budget(up.db_path, "0.000001")
         assert seconds_until(429) <= 1.0 + 0.25  # within a second (and a refresh)
-        invoke(up.db_path, *set_budget, "100", "--replace")
+        set_budget(up.db_path, "100", "--replace")
         assert seconds_until(200) <= 1.25
-        invoke(up.db_path, *set_budget, "0.000001", "--replace")
+        set_budget(up.db_path, "0.000001", "--replace")
         assert seconds_until(429) <= 1.25
         invoke(up.db_path, "budgets", "remove", "1")
         assert seconds_until(200) <= 1.25

@@ -555,16 +555,16 @@ def chunk(
     return event
 
 
-MISTRAL_STREAM = sse(
-    chunk("mistral-small-latest", "Bon"),
-    chunk("mistral-small-latest", "jour"),
-    chunk(
-        "mistral-small-latest",
-        "",
-        usage={"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100},
-        finish="stop",
-    ),
-)
+def bonjour(model: str) -> bytes:
+    """A chat stream from `model` saying "Bonjour", usage (1000 in, 100 out) on its last
+    chunk as Mistral sends it unasked."""
+    usage = {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}
+    return sse(
+        chunk(model, "Bon"), chunk(model, "jour"), chunk(model, "", usage=usage, finish="stop")
+    )
+
+
+MISTRAL_STREAM = bonjour("mistral-small-latest")
 
 
 def test_mistral_streams_are_not_injected(
@@ -589,15 +589,7 @@ def test_mistral_streams_are_not_injected(
 
 
 # A Together model the library prices: $0.30 in, $1.20 out per 1M tokens.
-TOGETHER_STREAM = sse(
-    chunk("MiniMaxAI/MiniMax-M3", "Bon"),
-    chunk(
-        "MiniMaxAI/MiniMax-M3",
-        "",
-        usage={"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100},
-        finish="stop",
-    ),
-)
+TOGETHER_STREAM = bonjour("MiniMaxAI/MiniMax-M3")
 
 
 def test_a_rejected_injection_is_sent_again_unchanged(

@@ -8,8 +8,7 @@ import sys
 import click
 
 from llm_monitor.cli.common import get_db, handle_errors
-from llm_monitor.cli.run import listen_option
-from llm_monitor.dashboard import DEFAULT_PORT as DASHBOARD_PORT
+from llm_monitor.cli.run import dashboard_port_option, listen_option
 from llm_monitor.inert import printable
 from llm_monitor.proxy.launch import DEFAULT_LISTENERS, busy_ports
 from llm_monitor.store.operations import Check, database_checks
@@ -55,13 +54,7 @@ def system_checks(host: str, ports: dict[str, int], workers: bool) -> list[Check
     help="A listener `up` will have (repeatable), as `up --listen`.",
 )
 @click.option("--no-defaults", is_flag=True, help="`up` will run without the default listeners.")
-@click.option(
-    "--dashboard-port",
-    type=click.IntRange(1, 65535),
-    default=DASHBOARD_PORT,
-    show_default=True,
-    help="The dashboard's port, as `up --dashboard-port`.",
-)
+@dashboard_port_option
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="As `up --metrics-port`.")
 @click.option("--workers", is_flag=True, help="Check for what `up --workers N` needs too.")
 @click.pass_context

@@ -33,6 +33,16 @@ def listen_option(ctx: click.Context, param: click.Parameter, values: tuple[str,
         raise click.BadParameter(str(e)) from None
 
 
+# Shared with `doctor`, which checks the ports `up` will take.
+dashboard_port_option = click.option(
+    "--dashboard-port",
+    type=click.IntRange(1, 65535),
+    default=DASHBOARD_PORT,
+    show_default=True,
+    help="Port of the dashboard (Datasette), on --host.",
+)
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -61,13 +71,7 @@ def listen_option(ctx: click.Context, param: click.Parameter, values: tuple[str,
     show_default=True,
     help="Proxy processes behind HAProxy (apt-get install haproxy), for more than one core.",
 )
-@click.option(
-    "--dashboard-port",
-    type=click.IntRange(1, 65535),
-    default=DASHBOARD_PORT,
-    show_default=True,
-    help="Port of the dashboard (Datasette), on --host.",
-)
+@dashboard_port_option
 @click.option("--no-dashboard", is_flag=True, help="Run the proxy without the dashboard.")
 @click.option(
     "--allow-signup", is_flag=True, help="Let anyone create an organisation at /-/signup."
