@@ -33,7 +33,7 @@ from llm_monitor.controls.alerts import (
     parse_k,
     unpriced_drafts,
 )
-from llm_monitor.controls.gate import Gate, Hold
+from llm_monitor.controls.gate import Gate, Hold, Refusal
 from llm_monitor.controls.loops import LoopRule, body_digest
 from llm_monitor.controls.notify import NotifyFile, notify_path
 from llm_monitor.money.costs import load_price_book, price_row
@@ -446,6 +446,11 @@ def test_a_hard_budget_raises_its_100_percent_alert_when_it_starts_refusing(
         gate.refresh()
     kw = dict(org_id=1, token_id=1, user=None, tags=None, provider="openai", model="gpt-4o")
     db = open_db(acme)
+    # One request too large for the whole budget is refused at $0 spent: no 100% alert.
+    huge = gates[0].admit(**kw, billable=True, prompt_bytes=1000, max_output=10_000_000)
+    assert isinstance(huge, Refusal) and huge.code == "budget_exceeded"
+    gates[0].refresh()
+    assert db.execute("select count(*) from alerts").fetchone()[0] == 0
     refused = 0
     for i in range(200):
         gate = gates[i % 2]

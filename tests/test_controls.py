@@ -453,7 +453,7 @@ def test_a_silent_holders_unused_slice_is_reclaimed(acme: Path) -> None:
 
 def test_without_max_tokens_the_models_output_limit_is_reserved(acme: Path) -> None:
     """No max_tokens: the model's documented output limit (pricing/output_limits.json),
-    else the price library's context window, else monitor_default_max_output."""
+    else monitor_default_max_output, or the library's context window if smaller."""
     set_budget(acme, "100")
     gate = Gate(acme, default_max_output=1000)
     gate.refresh()
@@ -472,10 +472,16 @@ def test_without_max_tokens_the_models_output_limit_is_reserved(acme: Path) -> N
     pro = gate._rates_for("gemini", "gemini-2.5-pro")
     assert pro is not None
     assert reserved("gemini", "gemini-2.5-pro") == 65_535 * pro[1]
-    # gpt-5 is not in the file: the library's 400,000-token context window bounds it.
+    # gpt-5 is not in the file: the default, not its 400,000-token context window (a
+    # window that large would outgrow any tokens-per-minute limit and small budget).
     gpt5 = gate._rates_for("openai", "gpt-5")
     assert gpt5 is not None
-    assert reserved("openai", "gpt-5") == 400_000 * gpt5[1]
+    assert reserved("openai", "gpt-5") == 1000 * gpt5[1]
+    # A default larger than the window: the window bounds it, no output can exceed it.
+    wide = Gate(acme, default_max_output=10_000_000)
+    wide.refresh()
+    hold = admit(wide, prompt_bytes=0, max_output=None, provider="openai", model="gpt-5")
+    assert isinstance(hold, Hold) and hold.cost_parts[0][1] == 400_000 * gpt5[1]
     # A request with max_tokens reserves that, whatever the model's limit.
     hold = admit(gate, prompt_bytes=0, max_output=10, provider="openai", model="gpt-5")
     assert isinstance(hold, Hold) and hold.cost_parts[0][1] == 10 * gpt5[1]

@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llm_monitor.proxy.providers.base import load_json
+from llm_monitor.proxy.providers.openai import form_model
 from tests.conftest import API_KEY
 from tests.proxy import Proxy, row_for, running_proxy
 from tests.replay import ReplayServer, Reply, load_recording
@@ -632,3 +633,23 @@ def test_load_json_falls_back_to_the_standard_library(body: bytes) -> None:
         expected = None
     got = load_json(body)
     assert got == expected or (got != got and expected != expected)  # NaN is not NaN
+
+
+def test_a_forms_model_is_read_part_by_part() -> None:
+    """The transcription form's `model` is its own part's value: a file whose bytes look
+    like a `model` field is not read as one, whichever part comes first; a form of
+    thousands of tiny parts is given up on, not walked."""
+    content_type = "multipart/form-data; boundary=xYz123"
+
+    def part(headers: str, value: bytes) -> bytes:
+        return b"--xYz123\r\n" + headers.encode() + b"\r\n\r\n" + value + b"\r\n"
+
+    spoof = b'RIFF\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+    audio = part('Content-Disposition: form-data; name="file"; filename="model"', spoof)
+    model = part('Content-Disposition: form-data; name="model"', b"gpt-4o-transcribe")
+    for body in (audio + model, model + audio):
+        assert form_model(body + b"--xYz123--\r\n", content_type) == "gpt-4o-transcribe"
+    assert form_model(audio + b"--xYz123--\r\n", content_type) is None
+    assert form_model(model, "multipart/form-data") is None  # no boundary named
+    many = part('Content-Disposition: form-data; name="x"', b"v") * 100 + model
+    assert form_model(many, content_type) is None

@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 INPUT_KINDS = ("input", "cache_write", "cache_write_1h", "input_audio", "input_image")
 OUTPUT_KINDS = ("output", "reasoning", "output_audio", "output_image")
+# A hard budget refusing with this much per cent of it spent or reserved has reached its
+# 100% (its recorded spend never does).
+REFUSING_AT = 95
 NANOS_PER_RATE = 1000  # a rate in USD per 1M tokens is this many nano-USD per token, times it
 
 
@@ -298,8 +301,16 @@ class Gate:
             code = "rate_limit_exceeded"
         if not exhausted:  # another worker holds the rest: its slice comes back soon
             return Refusal(f"{text}; retry in a second (LLM Monitor).", 1, code)
-        if meter.unit == "usd" and not meter.alerted and meter.refusing is None:
-            meter.refusing = meter.committed - meter.free  # its 100% alert, off the loop
+        committed = meter.committed - meter.free
+        # Its 100% alert (raised off the loop) once it is spent or reserved to within
+        # REFUSING_AT of its limit: one large request refused early is not a budget at 100%.
+        if (
+            meter.unit == "usd"
+            and not meter.alerted
+            and meter.refusing is None
+            and committed * 100 >= meter.limit * REFUSING_AT
+        ):
+            meter.refusing = committed
             self._wake.set()
         return Refusal(f"{text} (LLM Monitor).", until_reset, code)
 

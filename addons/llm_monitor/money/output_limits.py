@@ -2,8 +2,10 @@
 that sets no `max_tokens` (its worst case).
 
 From the shipped `pricing/output_limits.json` (limits stated in providers' documentation,
-each with its source); else the price library's context window, which no output can
-exceed; else the caller's default.
+each with its source); else the caller's default (`monitor_default_max_output`), or the
+price library's context window when that is smaller, since no output can exceed it. A
+context window itself is no bound to reserve: a million tokens would make every request
+without `max_tokens` outgrow a tokens-per-minute limit, and a small budget, at once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from llm_monitor.money.prices import OUTPUT_LIMITS_FILE, SHIPPED_PRICES
 @dataclass(frozen=True, slots=True)
 class OutputLimit:
     tokens: int
-    source: str  # the documentation page, `genai-prices context window` or `default`
+    source: str  # the shipped file, `genai-prices context window` or `default`
 
 
 @functools.cache
@@ -57,6 +59,6 @@ def output_limit(provider: str, model: str, default: int) -> OutputLimit:
     if shipped is not None:
         return OutputLimit(shipped, OUTPUT_LIMITS_FILE)
     window = library_index().context_window(provider, model)
-    if window is not None:
+    if window is not None and window < default:
         return OutputLimit(window, "genai-prices context window")
     return OutputLimit(default, "default")

@@ -119,15 +119,44 @@ _TOOL_CALLS = {
 _SEARCH_MODEL = re.compile(r"-search-(?:preview|api)(?:-\d{4}-\d{2}-\d{2})?$")
 
 
-# The `model` field of a multipart form (`/v1/audio/transcriptions`, `/translations`): its
-# part's headers, a blank line, the value. One bounded search over the body, no parsing.
-_FORM_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]{1,200}\r\n){0,4}\r\n([^\r\n]{1,200})\r\n')
+# A multipart form's boundary, from its Content-Type (RFC 2046: at most 70 characters).
+_BOUNDARY = re.compile(r'boundary="?([0-9A-Za-z\'()+_,./:=?-]{1,70})"?')
+# A part's headers naming it `model` (not `filename="model"`), in a bounded head.
+_MODEL_PART = re.compile(rb'(?im)^content-disposition:[^\r\n]*;\s*name="model"\s*(?:;|$)')
+_PART_HEAD_MAX = 1024
+_FORM_PARTS = 64
 
 
-def form_model(body: bytes) -> str | None:
-    """The model a multipart form names, else None."""
-    found = _FORM_MODEL.search(body)
-    return found.group(1).decode("utf-8", errors="replace") if found else None
+def form_model(body: bytes, content_type: str) -> str | None:
+    """The `model` field of a multipart form (`/v1/audio/transcriptions`), found as the
+    provider finds it: part by part, at the boundaries the Content-Type names, so that
+    no file's bytes are read as a field. One `find` hops over each part, and at most
+    `_FORM_PARTS` parts are looked at (a form of thousands of tiny parts is no request
+    to transcribe, and must not hold the event loop)."""
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        return None
+    delimiter = b"--" + found.group(1).encode()
+    # The first delimiter may open the body; every other follows a line break.
+    at = 0 if body.startswith(delimiter) else body.find(b"\r\n" + delimiter)
+    if at > 0:
+        at += 2
+    for _ in range(_FORM_PARTS):
+        if at < 0:
+            return None
+        head_start = at + len(delimiter) + 2  # past the delimiter's own line break
+        head_end = body.find(b"\r\n\r\n", head_start, head_start + _PART_HEAD_MAX)
+        if head_end < 0:
+            return None
+        if _MODEL_PART.search(body, head_start, head_end + 2):
+            value_end = body.find(b"\r\n", head_end + 4, head_end + 4 + 202)
+            if value_end < 0:
+                return None
+            return body[head_end + 4 : value_end].decode("utf-8", errors="replace") or None
+        at = body.find(b"\r\n" + delimiter, head_end)
+        if at >= 0:
+            at += 2
+    return None
 
 
 def with_response_facts(usage: TokenUsage, holder: dict[str, Any]) -> TokenUsage:
@@ -320,7 +349,7 @@ class OpenAI:
         if request.method != "POST":
             return RequestInfo()
         if content_type.startswith("multipart/form-data"):  # audio transcriptions
-            return RequestInfo(model=form_model(request.raw_content or b""))
+            return RequestInfo(model=form_model(request.raw_content or b"", content_type))
         if "json" not in content_type:
             return RequestInfo()
         body = load_json(request.raw_content or b"")
