@@ -15,6 +15,7 @@ import sqlite3
 import stat
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from llm_monitor.controls.alerts import (
 from llm_monitor.controls.gate import Gate, Hold, Refusal
 from llm_monitor.controls.loops import LoopRule, body_digest
 from llm_monitor.controls.notify import NotifyFile, notify_path
+from llm_monitor.errors import NotFound
 from llm_monitor.money.costs import load_price_book, price_row
 from llm_monitor.store.database import open_db
 from llm_monitor.store.recorder import write_rows
@@ -274,6 +276,28 @@ def test_notification_urls_are_checked_private_and_redacted(acme: Path, receiver
     refused = run(acme, "notify", "list")
     assert refused.exit_code == 1 and "chmod 600" in refused.output
     assert secret not in refused.output
+
+
+def test_notification_urls_added_at_once_are_all_kept_and_removed_by_their_owner(
+    tmp_path: Path,
+) -> None:
+    """The CLI and the dashboard may change the file at once: no add is lost, no id given
+    twice; a removal names its organisation, and another's URL is not touched."""
+    notify = NotifyFile(tmp_path / "n.json")
+
+    def add(i: int) -> int:
+        return notify.add(1 + i % 2, f"json://127.0.0.1:{9000 + i}/hook")
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(add, range(40)))
+    assert sorted(ids) == list(range(1, 41))
+    assert len(notify.targets()) == 40
+    theirs = next(t for t in notify.targets() if t.org_id == 2)
+    with pytest.raises(NotFound):
+        notify.remove(theirs.id, org_id=1)
+    assert theirs in notify.targets(2)
+    notify.remove(theirs.id, org_id=2)
+    assert theirs not in notify.targets(2) and len(notify.targets()) == 39
 
 
 def test_body_digest_is_short_stable_and_bounded() -> None:

@@ -9,12 +9,15 @@ refused when anyone else may read it. Lists show a redacted form; logs never sho
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +92,18 @@ class NotifyFile:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """The file's contents, for a change written before the lock is let go: the CLI
+        and the dashboard may change it at once, and neither may lose the other's."""
+        lock_path = self.path.with_name(f".{self.path.name}.lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self._read()
+        finally:
+            os.close(fd)  # closing lets the lock go
+
     def targets(self, org_id: int | None = None) -> list[Target]:
         return [
             Target(t["id"], t["org_id"], t["url"])
@@ -99,24 +114,30 @@ class NotifyFile:
     def add(self, org_id: int, url: str) -> int:
         url = url.strip()
         check_url(url)
-        data = self._read()
-        if any(t["org_id"] == org_id and t["url"] == url for t in data["targets"]):
-            raise Conflict("this organisation has that notification URL already")
-        target_id = data["next_id"]
-        data["next_id"] += 1
-        data["targets"].append(
-            {"id": target_id, "org_id": org_id, "url": url, "added_at": utc_timestamp(time.time())}
-        )
-        self._write(data)
+        with self._locked() as data:
+            if any(t["org_id"] == org_id and t["url"] == url for t in data["targets"]):
+                raise Conflict("this organisation has that notification URL already")
+            target_id = data["next_id"]
+            data["next_id"] += 1
+            added_at = utc_timestamp(time.time())
+            data["targets"].append(
+                {"id": target_id, "org_id": org_id, "url": url, "added_at": added_at}
+            )
+            self._write(data)
         return target_id
 
-    def remove(self, target_id: int) -> None:
-        data = self._read()
-        kept = [t for t in data["targets"] if t["id"] != target_id]
-        if len(kept) == len(data["targets"]):
-            raise NotFound(f"no notification URL {target_id} (see `llm-monitor notify list`)")
-        data["targets"] = kept
-        self._write(data)
+    def remove(self, target_id: int, org_id: int | None = None) -> None:
+        """Remove URL `target_id`; given `org_id`, only if it is that organisation's."""
+        with self._locked() as data:
+            kept = [
+                t
+                for t in data["targets"]
+                if t["id"] != target_id or (org_id is not None and t["org_id"] != org_id)
+            ]
+            if len(kept) == len(data["targets"]):
+                raise NotFound(f"no notification URL {target_id} (see `llm-monitor notify list`)")
+            data["targets"] = kept
+            self._write(data)
 
     def listing(self, org_names: dict[int, str], org_id: int | None = None) -> list[dict]:
         return [
