@@ -245,7 +245,8 @@ def test_admins_manage_notification_urls_which_are_never_shown_in_full(
     driver: WebDriver,  # noqa: F811
     receiver: Receiver,  # noqa: F811
 ) -> None:
-    """An admin adds an organisation's notification URL from the budgets page (an invalid
+    """With `dashboard --notify-urls`, an admin adds an organisation's notification URL
+    from the budgets page (an invalid
     one is refused in one line beside the field, nothing stored, and not drawn again),
     sends a test to it and removes it; the URL is shown redacted only, to viewers too, and
     never reaches the page, the dashboard's log, the audit log or the database. Another
@@ -267,7 +268,22 @@ def test_admins_manage_notification_urls_which_are_never_shown_in_full(
     def listed() -> list[dict]:
         return json.loads(invoke(db, "notify", "list", "--json"))
 
-    with running_dashboard(db, log) as base:
+    # Without the operator's --notify-urls, admins only read them: the server would send
+    # wherever an admin says (an internal address too).
+    with running_dashboard(db, tmp_path / "plain.log") as base:
+        log_in(driver, base, ADMIN)
+        driver.get(f"{base}/-/account/budgets")
+        assert "llm-monitor notify add" in driver.find_element(By.ID, "notify-by-operator").text
+        assert not driver.find_elements(By.ID, "new-notify")
+        for fields in (
+            {"action": "notify-add", "notify_url": "json://127.0.0.1:9/x"},
+            {"action": "notify-test"},
+        ):
+            status, body = post(driver, fields)
+            assert status == 403 and "set by the operator" in body
+        assert listed() == []
+
+    with running_dashboard(db, log, extra=("--notify-urls",)) as base:
         log_in(driver, base, ADMIN)
         driver.get(f"{base}/-/account/budgets")
         assert cells(driver, "#lm-notify tbody td")[0].startswith("No notification URLs")

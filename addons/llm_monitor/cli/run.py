@@ -33,6 +33,15 @@ def listen_option(ctx: click.Context, param: click.Parameter, values: tuple[str,
         raise click.BadParameter(str(e)) from None
 
 
+notify_urls_option = click.option(
+    "--notify-urls",
+    is_flag=True,
+    help="Let organisations' admins add, remove and test their notification URLs on the "
+    "dashboard. The server then sends to any address an admin gives (an internal one too): "
+    "allow it where admins are trusted. Without it, `llm-monitor notify` sets them.",
+)
+
+
 # Shared with `doctor`, which checks the ports `up` will take.
 dashboard_port_option = click.option(
     "--dashboard-port",
@@ -76,6 +85,7 @@ dashboard_port_option = click.option(
 @click.option(
     "--allow-signup", is_flag=True, help="Let anyone create an organisation at /-/signup."
 )
+@notify_urls_option
 @click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
@@ -100,6 +110,7 @@ def up(
     dashboard_port: int,
     no_dashboard: bool,
     allow_signup: bool,
+    notify_urls: bool,
     metrics_port: int | None,
     tls_cert: str | None,
     proxy_args: tuple[str, ...],
@@ -155,6 +166,8 @@ def up(
             )
         else:
             command = dashboard_command(db_path, host, dashboard_port, allow_signup, ports)
+        if notify_urls:
+            command.append("--notify-urls")
         also.append([*command, "--no-banner"])
     balanced = worker_count > 1 or tls_cert is not None
     if metrics_port is not None and balanced:  # one proxy says it itself
@@ -287,6 +300,7 @@ def listener_ports(
     is_flag=True,
     help="The listeners serve HTTPS (`up --tls-cert` does this): the snippets say https://.",
 )
+@notify_urls_option
 @click.option("--no-banner", is_flag=True, hidden=True, help="`up` prints the address itself.")
 @click.pass_context
 @handle_errors
@@ -299,6 +313,7 @@ def dashboard(
     allow_signup: bool,
     listeners: dict[str, int],
     https_listeners: bool,
+    notify_urls: bool,
     no_banner: bool,
 ) -> None:
     """Serve the dashboard alone: Datasette over the usage database with the views,
@@ -313,6 +328,7 @@ def dashboard(
         allow_signup=allow_signup,
         listeners=listeners,
         https_listeners=https_listeners,
+        notify_urls=notify_urls,
         banner=not no_banner,
     )
 
@@ -327,6 +343,7 @@ def serve_dashboard(
     allow_signup: bool = False,
     listeners: dict[str, int] | None = None,
     https_listeners: bool = False,
+    notify_urls: bool = False,
     banner: bool = True,
 ) -> None:
     datasette = make_datasette(
@@ -335,6 +352,7 @@ def serve_dashboard(
         allow_signup=allow_signup,
         listeners=listeners,
         https_listeners=https_listeners,
+        notify_urls=notify_urls,
     )
     asyncio.run(datasette.invoke_startup())
     if root:

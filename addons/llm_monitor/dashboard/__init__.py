@@ -45,17 +45,20 @@ def make_datasette(
     allow_signup: bool = False,
     listeners: dict[str, int] | None = None,
     https_listeners: bool = False,
+    notify_urls: bool = False,
 ) -> Datasette:
     """A Datasette serving the usage database as `llm-monitor`, ready for `.app()`. With
     `allow_signup`, /-/signup creates organisations; `listeners` (provider name -> port)
     are what the token pages' SDK snippets point at, over HTTPS with `https_listeners`
-    (`up --tls-cert`)."""
+    (`up --tls-cert`); with `notify_urls`, organisations' admins add, remove and test
+    their notification URLs on the budgets page (the server then sends where they say)."""
     from datasette.app import Datasette
     from datasette.database import Database
 
     config = metadata()
     ours = config.setdefault("plugins", {}).setdefault("llm-monitor", {})
     ours["allow_signup"] = allow_signup
+    ours["notify_urls"] = notify_urls
     if listeners:
         ours["listeners"] = listeners
     ours["listener_scheme"] = "https" if https_listeners else "http"

@@ -203,6 +203,18 @@ def send_tests(notify: NotifyFile, org_id: int, org_name: str) -> list[str]:
 NOTIFY_ACTIONS = {"notify-add": add_notify_url, "notify-remove": remove_notify_url}
 
 
+NOTIFY_BY_OPERATOR = (
+    "notification URLs are set by the operator here (`llm-monitor notify add`); "
+    "`dashboard --notify-urls` lets admins set them"
+)
+
+
+def notify_urls_here(datasette: Datasette) -> bool:
+    """Whether admins may change and test notification URLs on the dashboard: the server
+    sends to any address they give, so the operator must allow it (`--notify-urls`)."""
+    return bool((datasette.plugin_config("llm-monitor") or {}).get("notify_urls"))
+
+
 def notify_file(datasette: Datasette) -> NotifyFile:
     return NotifyFile(notify_path(usage_db(datasette).path))
 
@@ -262,6 +274,10 @@ async def budgets_page(datasette: Datasette, request: Request) -> Response:
         try:
             if not allows(actor["role"], "admin"):
                 raise Forbidden(f"changing budgets needs the admin role; you are {actor['role']}")
+            if (name == "notify-test" or notify_action is not None) and not notify_urls_here(
+                datasette
+            ):
+                raise Forbidden(NOTIFY_BY_OPERATOR)
             if name == "notify-test":
                 org_name = (await read(datasette, orgs.org_row, org_id))["name"]
                 results = await asyncio.to_thread(
@@ -291,6 +307,7 @@ async def budgets_page(datasette: Datasette, request: Request) -> Response:
         "notify_targets": targets,
         "notify_error": notify_error,
         "notify_results": results,
+        "notify_editable": notify_urls_here(datasette),
         "errors": errors,
         "values": values,
         "lm_current": "budgets",
