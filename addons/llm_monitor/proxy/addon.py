@@ -516,7 +516,10 @@ class Monitor:
         """The requests observed since, and the recorder's gauges, once a second (never
         per request)."""
         while self.metrics is not None:
-            self.metrics.flush()
+            try:
+                self.metrics.flush()
+            except Exception:  # never lose the sampler (and with it, every later count)
+                logger.exception("llm-monitor: metrics not counted")
             recorder = self.recorder
             if recorder is not None:
                 self.metrics.sample(

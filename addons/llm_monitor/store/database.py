@@ -691,7 +691,8 @@ def m017_uncounted_units(db: Database) -> None:
     """Units a response states that no price of ours counts (Mistral's audio seconds in a
     chat, billed per audio hour), kept with the row so that a reprice leaves it unpriced
     for that reason too."""
-    db["usage"].add_column("uncounted_units", str)
+    if "uncounted_units" not in db["usage"].columns_dict:  # once named m016 in development
+        db["usage"].add_column("uncounted_units", str)
 
 
 @migrations()
