@@ -22,6 +22,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from llm_monitor.proxy.addon import BadMonitorHeader, parse_tags
+from llm_monitor.proxy.logs import Throttle
 from llm_monitor.proxy.metrics import MAX_FAMILIES, MAX_MODEL_NAMES, Metrics
 from tests.conftest import API_KEY, invoke, new_org
 from tests.proxy import free_port, running_proxy, wait_for_rows
@@ -198,6 +199,42 @@ def test_rejections_as_json_log_lines(tmp_path: Path, upstream: ReplayServer) ->
     assert refused[0]["status"] == 400
     assert refused[0]["token_prefix"] == token[:10]
     assert refused[0]["level"] == "warning"
+
+
+def test_a_flood_of_refusals_is_counted_but_not_all_logged(
+    tmp_path: Path, upstream: ReplayServer
+) -> None:
+    """A client hammering with a bad token: every refusal counted, at most 20 lines a
+    second logged, and the next line says how many were held back."""
+    db_path = tmp_path / "f.db"
+    invoke(db_path, "init")
+    port = free_port()
+    with running_proxy(
+        db_path, f"http://127.0.0.1:{upstream.port}", monitor_metrics_port=port
+    ) as proxy:
+        with httpx.Client(base_url=proxy.base_url) as client:
+            started = time.monotonic()
+            for _ in range(60):
+                assert client.get("/models").status_code == 401
+            assert time.monotonic() - started < 1.0, "too slow to flood within a second"
+            time.sleep(1.1)
+            assert client.get("/models").status_code == 401
+        text = scrape(port)
+        log = proxy.log()
+    reason = {"reason": "invalid_monitor_token"}
+    assert metric(text, "llm_monitor_rejected_requests_total", **reason) == 61
+    logged = log.count("llm-monitor: refused GET")
+    assert 20 <= logged <= 41, logged  # the flood may straddle two seconds
+    held = re.findall(r"(\d+) more refused requests were not logged", log)
+    assert held and logged + sum(map(int, held)) == 61
+
+
+def test_the_refusal_log_throttle() -> None:
+    now = [100.0]
+    throttle = Throttle(per_second=3, clock=lambda: now[0])
+    assert [throttle.allow() for _ in range(5)] == [True, True, True, False, False]
+    now[0] += 1
+    assert throttle.allow() and throttle.take_held() == 2 and throttle.take_held() == 0
 
 
 def dead_port() -> int:

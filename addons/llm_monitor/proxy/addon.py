@@ -284,6 +284,7 @@ class Monitor:
         self.max_header = 64 * 1024
         self.key_hints = True
         self.metrics: Metrics | None = None
+        self._refusal_log = logs.Throttle()
         self._metrics_server: object | None = None
         self._sampler: asyncio.Task | None = None
         self.draining = False
@@ -1066,9 +1067,12 @@ class Monitor:
         self, flow: http.HTTPFlow, provider: str, status: int, code: str, token: str | None
     ) -> None:
         """One line per refused request: who (address, token prefix, X-Monitor-User),
-        what and why; never a whole token or a key."""
+        what and why; never a whole token or a key. Counted always; logged at most
+        `logs.Throttle`'s lines a second."""
         if self.metrics is not None:
             self.metrics.rejected(provider, code)
+        if not self._may_log_refusal():
+            return
         peer = flow.client_conn.peername
         fields = {
             "event": "rejected",
@@ -1178,10 +1182,24 @@ class Monitor:
         body = provider_named(name).rejection(status, text, code)
         return http.Response.make(status, body, {"content-type": "application/json"})
 
+    def _may_log_refusal(self) -> bool:
+        if not self._refusal_log.allow():
+            return False
+        if held := self._refusal_log.take_held():
+            logger.warning(
+                "llm-monitor: %d more refused requests were not logged (over %d a second; "
+                "the metrics count every one)",
+                held,
+                self._refusal_log.per_second,
+            )
+        return True
+
     def _log_head_refusal(self, client: object, provider: str, status: int, code: str) -> None:
         """`_log_rejection` for a request that has no flow (or a half-read one)."""
         if self.metrics is not None:
             self.metrics.rejected(provider, code)
+        if not self._may_log_refusal():
+            return
         peer = getattr(client, "peername", None)
         fields = {
             "event": "rejected",

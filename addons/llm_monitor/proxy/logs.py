@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 
 FIELDS = "fields"
 
@@ -41,3 +42,31 @@ def use_json(enabled: bool) -> None:
             handler.setFormatter(JsonFormatter())
         elif not enabled and isinstance(handler.formatter, JsonFormatter):
             handler.setFormatter(_saved.pop(id(handler), None))
+
+
+class Throttle:
+    """At most `per_second` lines a second: a flood of refused requests (a client retrying
+    against a rate limit, a scan) must not fill the log, nor hold the event loop writing
+    it. What is held back is counted, and said by the next line let through."""
+
+    def __init__(self, per_second: int = 20, clock: Callable[[], float] = time.monotonic):
+        self.per_second = per_second
+        self.clock = clock
+        self._second = -1
+        self._lines = 0
+        self.held = 0  # held back since the last line let through
+
+    def allow(self) -> bool:
+        second = int(self.clock())
+        if second != self._second:
+            self._second, self._lines = second, 0
+        if self._lines >= self.per_second:
+            self.held += 1
+            return False
+        self._lines += 1
+        return True
+
+    def take_held(self) -> int:
+        """How many lines were held back before this one (and start counting anew)."""
+        held, self.held = self.held, 0
+        return held
