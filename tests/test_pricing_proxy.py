@@ -1,8 +1,9 @@
-"""Pricing through a real mitmdump: each provider's current models from genai-prices'
-figures, snapshots, server tools (web and file searches, Chat Completions search models,
-Gemini's Google Search and Maps grounding), modalities, service tiers, provider-reported
-cost, local overrides, Mistral's streams and a rejected usage injection. Every expected cost
-is computed by hand from the pinned genai-prices 0.2.3 rates (USD per 1M tokens)."""
+"""Pricing through a real proxy (`llm-monitor proxy`, and `mitmdump` with the addon):
+each provider's current models from genai-prices' figures, snapshots, server tools (web
+and file searches, Chat Completions search models, Gemini's Google Search and Maps
+grounding), modalities, service tiers, provider-reported cost, local overrides, Mistral's
+streams and a rejected usage injection. Every expected cost is computed by hand from the
+pinned genai-prices 0.2.3 rates (USD per 1M tokens)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,16 @@ LISTENERS = (
 )
 
 
+@pytest.fixture(scope="module", params=["proxy", "mitmdump"])
+def launcher(request: pytest.FixtureRequest) -> str:
+    """Each behaviour through `llm-monitor proxy` and through the documented `mitmdump -s
+    addons/monitor.py` line alike, each with a database of its own."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def priced_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db_path = tmp_path_factory.mktemp("pricing") / "llm-monitor.db"
+def priced_db(tmp_path_factory: pytest.TempPathFactory, launcher: str) -> Path:
+    db_path = tmp_path_factory.mktemp(f"pricing-{launcher}") / "llm-monitor.db"
     invoke(db_path, "init")
     return db_path
 
@@ -48,9 +56,11 @@ def pricing_token(priced_db: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def pricing_proxy(priced_db: Path, upstream: ReplayServer, pricing_token: str) -> Iterator[Proxy]:
+def pricing_proxy(
+    launcher: str, priced_db: Path, upstream: ReplayServer, pricing_token: str
+) -> Iterator[Proxy]:
     with running_proxy(
-        priced_db, f"http://127.0.0.1:{upstream.port}", providers=LISTENERS
+        priced_db, f"http://127.0.0.1:{upstream.port}", providers=LISTENERS, launcher=launcher
     ) as proxy:
         yield proxy
 
