@@ -245,6 +245,7 @@ class PriceBook:
             for key, origins in self._models.items()
         }
         self._resolved: dict[tuple[str, str], tuple[tuple[str, str] | None, str | None]] = {}
+        self._reasons: dict[tuple[str, str], str] = {}  # see `no_price_reason`
         # Quotes of models without tiers or time windows depend only on the day: cached.
         self._quotes: dict[tuple[str, str, str, str], Quote] = {}
 
@@ -364,9 +365,17 @@ class PriceBook:
     def no_price_reason(self, provider: str, model: str) -> str:
         """Why `model` has no price here: `uncounted_unit:<units>` when the library prices
         it only in units the proxy does not count (audio hours, characters, pages), else
-        `no_price`."""
-        units = self.library.uncounted_units(provider, model) if self.library else None
-        return f"uncounted_unit:{units}" if units else "no_price"
+        `no_price`. Cached as `resolve` is: every row of such a model, and every row whose
+        usage went unseen, asks (a library match is about 80 µs)."""
+        key = (provider, model)
+        reason = self._reasons.get(key)
+        if reason is None:
+            units = self.library.uncounted_units(provider, model) if self.library else None
+            reason = f"uncounted_unit:{units}" if units else "no_price"
+            if len(self._reasons) > 50_000:  # made-up names must not grow it forever
+                self._reasons.clear()
+            self._reasons[key] = reason
+        return reason
 
     def quote_at(
         self, provider: str, model: str, ts: str, input_tokens: int | None, variant: str = ""
