@@ -361,7 +361,7 @@ class Gate:
         if limit is None:
             from llm_monitor.money.output_limits import output_limit
 
-            limit = output_limit(provider, model, self.default_max_output).tokens
+            limit = output_limit(provider, model, self.default_max_output)
             if len(self._output_limits) > 10_000:
                 self._output_limits.clear()
             self._output_limits[key] = limit

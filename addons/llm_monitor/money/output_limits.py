@@ -13,16 +13,9 @@ from __future__ import annotations
 import functools
 import json
 import re
-from dataclasses import dataclass
 
 from llm_monitor.money.library import library_index
 from llm_monitor.money.prices import OUTPUT_LIMITS_FILE, SHIPPED_PRICES
-
-
-@dataclass(frozen=True, slots=True)
-class OutputLimit:
-    tokens: int
-    source: str  # the shipped file, `genai-prices context window` or `default`
 
 
 @functools.cache
@@ -53,12 +46,10 @@ def _shipped(provider: str, model: str) -> int | None:
     return found
 
 
-def output_limit(provider: str, model: str, default: int) -> OutputLimit:
+def output_limit(provider: str, model: str, default: int) -> int:
     """The output tokens to reserve for a request to `model` that sets no limit."""
     shipped = _shipped(provider, model)
     if shipped is not None:
-        return OutputLimit(shipped, OUTPUT_LIMITS_FILE)
+        return shipped
     window = library_index().context_window(provider, model)
-    if window is not None and window < default:
-        return OutputLimit(window, "genai-prices context window")
-    return OutputLimit(default, "default")
+    return window if window is not None and window < default else default

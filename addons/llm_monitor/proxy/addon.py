@@ -386,8 +386,8 @@ class Monitor:
             int,
             32768,
             "Output tokens a hard budget reserves for a request that sets no max_tokens, "
-            "when its model's output limit is not known (pricing/output_limits.json, then "
-            "the price library's context window).",
+            "when its model's output limit is not in pricing/output_limits.json (the price "
+            "library's context window instead, when that is smaller).",
         )
         loader.add_option(
             "monitor_reclaim_seconds",
