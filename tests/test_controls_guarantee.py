@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ from llm_monitor.money.costs import load_price_book
 from llm_monitor.store.database import open_db
 from tests.conftest import API_KEY, invoke, set_budget
 from tests.replay import ReplayServer, Reply, load_recording
-from tests.test_up import launch_up, start_up
+from tests.test_up import Up, launch_up, start_up
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 pytestmark = [
@@ -107,19 +108,11 @@ def test_a_hard_budget_holds_across_two_workers(
         budget_usd = Decimal(10 * reservation) / NANOS  # affords 10 requests at their worst
         set_budget(up.db_path, str(budget_usd))
         time.sleep(1.5)  # applies within a second
-        for _ in range(50):
-            upstream.reply(Reply.from_recording(recording, seed=7))
-        with ThreadPoolExecutor(50) as pool:
-            responses = list(pool.map(lambda _: post(up.port, up.token, body), range(50)))
-        statuses = [r.status_code for r in responses]
-        admitted = statuses.count(200)
+        responses, admitted = burst(up, upstream, recording, body, 50, threads=50, seed=7)
         refused = [r for r in responses if r.status_code == 429]
-        assert admitted + len(refused) == 50, statuses
         # The budget was used, not sat on: at least 80% of the requests it affords at their
         # worst case (more, when some settle at their lower actual cost meanwhile).
-        assert admitted >= 8, statuses
-        # The refused ones never reached the provider.
-        assert drain(upstream.received) == admitted
+        assert admitted >= 8, [r.status_code for r in responses]
         rows = wait_for_settled(up.db_path, admitted)
         assert len(rows) == admitted
         assert all(row["priced"] == 1 for row in rows)
@@ -145,6 +138,39 @@ def test_a_hard_budget_holds_across_two_workers(
     assert granted == used
 
 
+def burst(
+    up: Up,
+    upstream: ReplayServer,
+    recording: dict[str, Any],
+    body: bytes,
+    count: int,
+    *,
+    threads: int = 4,
+    seed: int | None = None,
+) -> tuple[list[httpx.Response], int]:
+    """`count` requests sent at once, an answer queued for each: the responses, and how
+    many were admitted. Every other one got a 429, and only the admitted reached the
+    upstream (the refused never did)."""
+    for _ in range(count):
+        upstream.reply(Reply.from_recording(recording, seed=seed))
+    with ThreadPoolExecutor(threads) as pool:
+        responses = list(pool.map(lambda _: post(up.port, up.token, body), range(count)))
+    statuses = [r.status_code for r in responses]
+    admitted = statuses.count(200)
+    assert admitted + statuses.count(429) == count, statuses
+    assert drain(upstream.received) == admitted
+    return responses, admitted
+
+
+def set_limit_early_in_a_minute(up: Up, flag: str, value: int, *, by_second: int) -> None:
+    """Acme's rate limit set, both workers' share of it taken (1.5 s), and the clock at
+    most `by_second` seconds into a minute: what the test sends falls in one minute."""
+    invoke(up.db_path, "limits", "set", "--org", "Acme", flag, str(value))
+    time.sleep(1.5)
+    while dt.datetime.now(dt.UTC).second > by_second:
+        time.sleep(0.5)
+
+
 def test_a_rate_limit_holds_across_two_workers(tmp_path: Path, upstream: ReplayServer) -> None:
     recording = load_recording(JSON_RECORDING)
     body = request_body(recording)
@@ -153,19 +179,9 @@ def test_a_rate_limit_holds_across_two_workers(tmp_path: Path, upstream: ReplayS
     )
     rpm = 100
     try:
-        invoke(up.db_path, "limits", "set", "--org", "Acme", "--rpm", str(rpm))
-        time.sleep(1.5)
-        while dt.datetime.now(dt.UTC).second > 40:  # all of it within one minute
-            time.sleep(0.5)
-        for _ in range(140):
-            upstream.reply(Reply.from_recording(recording))
-        with ThreadPoolExecutor(4) as pool:
-            responses = list(pool.map(lambda _: post(up.port, up.token, body), range(140)))
-        statuses = [r.status_code for r in responses]
-        admitted = statuses.count(200)
-        assert admitted + statuses.count(429) == 140
-        assert rpm * 0.95 <= admitted <= rpm, statuses
-        assert drain(upstream.received) == admitted
+        set_limit_early_in_a_minute(up, "--rpm", rpm, by_second=40)
+        responses, admitted = burst(up, upstream, recording, body, 140)
+        assert rpm * 0.95 <= admitted <= rpm, [r.status_code for r in responses]
         refused = next(r for r in responses if r.status_code == 429)
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
         assert 1 <= int(refused.headers["retry-after"]) <= 60
@@ -261,23 +277,13 @@ def test_a_tokens_per_minute_limit_holds_across_two_workers(
     )
     tpm = 10_000
     try:
-        invoke(up.db_path, "limits", "set", "--org", "Acme", "--tpm", str(tpm))
-        time.sleep(1.5)
-        while dt.datetime.now(dt.UTC).second > 30:  # all of it within one minute
-            time.sleep(0.5)
+        set_limit_early_in_a_minute(up, "--tpm", tpm, by_second=30)
         minute = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M")
-        for _ in range(600):
-            upstream.reply(Reply.from_recording(recording))
-        with ThreadPoolExecutor(4) as pool:
-            responses = list(pool.map(lambda _: post(up.port, up.token, body), range(600)))
-        statuses = [r.status_code for r in responses]
-        admitted = statuses.count(200)
-        assert admitted + statuses.count(429) == 600
-        assert drain(upstream.received) == admitted
+        responses, admitted = burst(up, upstream, recording, body, 600)
         rows = wait_for_settled(up.db_path, admitted)
         assert len(rows) == admitted and all(r["ts"].startswith(minute) for r in rows)
         used = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
-        assert tpm * 0.95 <= used <= tpm, (used, admitted, statuses)
+        assert tpm * 0.95 <= used <= tpm, (used, admitted)
         refused = next(r for r in responses if r.status_code == 429)
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     finally:
