@@ -23,6 +23,7 @@ from sqlite_utils import Database
 from llm_monitor.accounts.audit import Who, record
 from llm_monitor.errors import Invalid, NotFound
 from llm_monitor.inert import ascii_int, check_name
+from llm_monitor.readonly import ReadOnlyConnection
 from llm_monitor.usage import utc_timestamp
 
 PREFIX = "mon_"
@@ -175,6 +176,7 @@ class TokenIndex:
         self.db_path = str(db_path)
         self.refresh_seconds = refresh_seconds
         self._owners: dict[str, TokenOwner] = {}
+        self._reader = ReadOnlyConnection(db_path)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -189,11 +191,8 @@ class TokenIndex:
     def reload(self) -> None:
         """Read every live token; on failure keep the last good set (the DB may be locked)."""
         try:
-            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=0.5)
-            try:
+            with self._reader.reading() as conn:
                 rows = conn.execute(_LIVE_TOKENS).fetchall()
-            finally:
-                conn.close()
         except sqlite3.Error as e:
             logger.warning(
                 "llm-monitor: could not reload monitor tokens (%s); keeping %d",
@@ -212,6 +211,7 @@ class TokenIndex:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._reader.close()
 
     def _run(self) -> None:
         while not self._stop.wait(self.refresh_seconds):

@@ -45,6 +45,7 @@ from llm_monitor.controls.leases import (
     lease_seconds,
 )
 from llm_monitor.controls.periods import Window, window_of
+from llm_monitor.readonly import ReadOnlyConnection
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class Gate:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db_path = str(db_path)
+        self._reader = ReadOnlyConnection(db_path)
         self.store: LeaseStore = store or SqliteLeaseStore(db_path, reclaim_seconds=reclaim_seconds)
         # Slices are spent from only this long after the last sync: past it, the store may
         # hand what this worker did not use to the others (see `leases.RECLAIM_SECONDS`).
@@ -415,6 +417,7 @@ class Gate:
         close = getattr(self.store, "close", None)
         if close is not None:
             close()
+        self._reader.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -436,13 +439,10 @@ class Gate:
             logger.warning("llm-monitor: could not refresh budgets and rate limits (%s)", e)
 
     def _reload(self) -> None:
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=0.5)
-        try:
+        with self._reader.reading() as conn:
             budgets = [b for b in load_budgets(conn) if b.hard]
             limits = load_limits(conn)
-            prices = conn.execute("select version from prices_version").fetchone()[0]
-        finally:
-            conn.close()
+            prices = conn.execute("select version from prices_version").fetchall()[0][0]
         now = self.clock()
         moments = (now, now + self._lookahead)  # this window and, near its end, the next
         rules: dict[int, Rules] = {}
