@@ -18,10 +18,12 @@
 The first four also sum cost in whole nano-dollars (`cost_nanos`, each row rounded on its
 own): what budgets read, equal to the rows' own sum whatever the order of addition.
 
-The recorder adds each batch to every rollup in the same transaction as the rows (`add`);
-a repricing or a migration rebuilds the buckets it touches from `usage` (`rebuild`). Both
-run the same SQL, on the batch's rows or on every row from a time: SQLite sums in C what a
-loop in Python would take the proxy's core for.
+The recorder adds each batch to every rollup in the same transaction as the rows (`add`):
+the batch's rows are summed once by every key a rollup uses, into a temporary table, and
+each rollup adds up those few sums (`Rollup.batch_sql`) rather than every row again. A
+repricing or a migration rebuilds the buckets it touches from `usage` (`rebuild`, with
+`Rollup.select_sql`). SQLite sums in C what a loop in Python would take the proxy's core
+for; `test_rollups.py` checks both ways against sums made in Python.
 """
 
 from __future__ import annotations
@@ -119,21 +121,49 @@ class Rollup:
     select_sql: str
     indexes: tuple[tuple[str, ...], ...]
     sums: tuple[str, ...] = SUMS  # always the first ones of SUMS, or SPEND_SUMS
+    # The same sums from `rollup_batch` (a batch summed by every key), where its keys are
+    # there; None: `add` reads the batch's rows in `usage` (latency buckets are per row).
+    batch_sql: str | None = None
 
     def insert_sql(self, rows: str) -> str:
         """Insert the sums of the `usage` rows that the condition `rows` picks."""
-        return (
-            f"insert into {self.table} ({', '.join(self.key + self.sums)}) "
-            + self.select_sql.format(rows=rows)
-        )
+        return self._insert(self.select_sql.format(rows=rows))
 
-    def add_sql(self, rows: str) -> str:
-        """Add the sums of the rows `rows` picks to the buckets they fall in."""
+    def add_sql(self) -> str:
+        """Add a batch's sums to the buckets they fall in: from `rollup_batch`, or from
+        the batch's rows (each `?` is the last rowid before the batch)."""
+        select = self.batch_sql or self.select_sql.format(rows="usage.rowid > ?")
         return (
-            self.insert_sql(rows)
+            self._insert(select)
             + f" on conflict ({', '.join(self.key)}) do update set "
             + ", ".join(f"{s} = {s} + excluded.{s}" for s in self.sums)
         )
+
+    def _insert(self, select: str) -> str:
+        return f"insert into {self.table} ({', '.join(self.key + self.sums)}) {select}"
+
+
+# A batch summed by every key a rollup uses: a batch of rows holds a few such groups.
+_BATCH_KEY = ("hour", "org_id", "token_id", "provider", "model", "user", "tags", "no_price")
+_BATCH_TABLE = (
+    f"create temp table if not exists rollup_batch ({', '.join(_BATCH_KEY + SPEND_SUMS)})"
+)
+_BATCH_FILL = f"""insert into temp.rollup_batch
+    select substr(ts, 1, 13), coalesce(org_id, 0), coalesce(token_id, 0), provider,
+    {_MODEL_SQL}, user, tags, unpriced_reason = 'no_price', {_SPEND_SQL}
+    from usage where usage.rowid > ? group by 1, 2, 3, 4, 5, 6, 7, 8"""
+
+
+def _from_batch(
+    key: tuple[str, ...], where: str = "true", sums: tuple[str, ...] = SPEND_SUMS
+) -> str:
+    """`select <key>, <sums>` from `rollup_batch` where `where`, grouped by the key."""
+    summed = ", ".join(f"sum({s})" for s in sums)
+    groups = ", ".join(str(i) for i in range(1, len(key) + 1))
+    return f"select {', '.join(key)}, {summed} from rollup_batch where {where} group by {groups}"
+
+
+_DAY = "substr(hour, 1, 10)"
 
 
 ROLLUPS = (
@@ -145,6 +175,7 @@ ROLLUPS = (
         {_MODEL_SQL}, {_SPEND_SQL} from usage where {{rows}} group by 1, 2, 3, 4, 5""",
         (("org_id", "hour"),),
         SPEND_SUMS,
+        _from_batch(("hour", "org_id", "token_id", "provider", "model")),
     ),
     Rollup(
         "usage_hourly_users",
@@ -154,6 +185,7 @@ ROLLUPS = (
         from usage where {{rows}} and user is not null group by 1, 2, 3""",
         (),
         SPEND_SUMS,
+        _from_batch(("hour", "org_id", "user"), "user is not null"),
     ),
     Rollup(
         "usage_daily",
@@ -163,6 +195,7 @@ ROLLUPS = (
         from usage where {{rows}} group by 1, 2, 3, 4""",
         (("org_id", "day"),),
         SPEND_SUMS,
+        _from_batch((_DAY, "org_id", "provider", "model")),
     ),
     Rollup(
         "usage_daily_labels",
@@ -179,6 +212,17 @@ ROLLUPS = (
         from usage left join json_each(usage.tags) as tag where {{rows}} group by 1, 2, 3, 4""",
         (("org_id", "kind", "day"),),
         SPEND_SUMS,
+        " union all ".join(
+            (
+                _from_batch((_DAY, "org_id", "'user'", "coalesce(user, '')")),
+                _from_batch((_DAY, "org_id", "'token'", "cast(token_id as text)")),
+                _from_batch(
+                    (_DAY, "org_id", "'tag'", "coalesce(tag.key || '=' || tag.value, '')")
+                ).replace(
+                    "from rollup_batch", "from rollup_batch left join json_each(tags) as tag"
+                ),
+            )
+        ),
     ),
     Rollup(
         "usage_daily_no_price",
@@ -187,6 +231,7 @@ ROLLUPS = (
         f"""select substr(ts, 1, 10), coalesce(org_id, 0), provider, {_MODEL_SQL}, {_SUMS_SQL}
         from usage where {{rows}} and unpriced_reason = 'no_price' group by 1, 2, 3, 4""",
         (("provider", "model"),),
+        batch_sql=_from_batch((_DAY, "org_id", "provider", "model"), "no_price", SUMS),
     ),
     Rollup(
         "usage_latency_hourly",
@@ -222,9 +267,13 @@ def add(db: Database, after_rowid: int) -> None:
     """Add the `usage` rows after `after_rowid` (the batch just inserted, inside the
     caller's transaction) to every rollup: the same sums as `rebuild`, made by SQLite."""
     use_math_functions(db)
+    conn = db.conn
+    conn.execute(_BATCH_TABLE)
+    conn.execute("delete from temp.rollup_batch")
+    conn.execute(_BATCH_FILL, [after_rowid])
     for rollup in ROLLUPS:
-        sql = rollup.add_sql("usage.rowid > ?")
-        db.conn.execute(sql, [after_rowid] * sql.count("?"))
+        sql = rollup.add_sql()
+        conn.execute(sql, [after_rowid] * sql.count("?"))
 
 
 def rebuild(db: Database, since: str = "", names: Iterable[str] | None = None) -> None:
