@@ -55,9 +55,14 @@ def _worth_parsing(raw: bytes) -> bool:
     return any(marker in raw for marker in _FINAL_MARKERS)
 
 
-def _details(usage: dict[str, Any], key: str, field: str) -> int | None:
+_NO_DETAILS: dict[str, Any] = {}
+
+
+def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
+    """A `*_tokens_details` object ({} when absent or not an object): read once for its
+    several counts, on every response."""
     details = usage.get(key)
-    return as_count(details.get(field)) if isinstance(details, dict) else None
+    return details if isinstance(details, dict) else _NO_DETAILS
 
 
 def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
@@ -67,9 +72,11 @@ def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
     `total_tokens` then equals prompt + completion + reasoning, and output gets the sum.
     """
     if "prompt_tokens" in usage or "completion_tokens" in usage:
+        prompt_details = _details(usage, "prompt_tokens_details")
+        completion_details = _details(usage, "completion_tokens_details")
         prompt = as_count(usage.get("prompt_tokens"))
         completion = as_count(usage.get("completion_tokens"))
-        reasoning = _details(usage, "completion_tokens_details", "reasoning_tokens")
+        reasoning = as_count(completion_details.get("reasoning_tokens"))
         total = as_count(usage.get("total_tokens"))
         if (
             reasoning
@@ -79,28 +86,30 @@ def normalise_usage(usage: dict[str, Any]) -> TokenUsage:
             completion += reasoning
         return TokenUsage(
             input_tokens=prompt,
-            cached_input_tokens=_details(usage, "prompt_tokens_details", "cached_tokens"),
+            cached_input_tokens=as_count(prompt_details.get("cached_tokens")),
             output_tokens=completion,
             reasoning_tokens=reasoning,
             total_tokens=total,
-            input_audio_tokens=_details(usage, "prompt_tokens_details", "audio_tokens"),
-            output_audio_tokens=_details(usage, "completion_tokens_details", "audio_tokens"),
+            input_audio_tokens=as_count(prompt_details.get("audio_tokens")),
+            output_audio_tokens=as_count(completion_details.get("audio_tokens")),
             raw=usage,
         )
     if usage.get("type") == "duration":  # whisper-1's transcriptions: seconds of audio
         return TokenUsage(uncounted_units="input_audio_hours", raw=usage)
-    audio = _details(usage, "input_tokens_details", "audio_tokens")
+    input_details = _details(usage, "input_tokens_details")
+    output_details = _details(usage, "output_tokens_details")
+    audio = as_count(input_details.get("audio_tokens"))
     if audio is None:  # transcriptions spell it `input_token_details`
-        audio = _details(usage, "input_token_details", "audio_tokens")
+        audio = as_count(_details(usage, "input_token_details").get("audio_tokens"))
     return TokenUsage(
         input_tokens=as_count(usage.get("input_tokens")),
-        cached_input_tokens=_details(usage, "input_tokens_details", "cached_tokens"),
+        cached_input_tokens=as_count(input_details.get("cached_tokens")),
         output_tokens=as_count(usage.get("output_tokens")),
-        reasoning_tokens=_details(usage, "output_tokens_details", "reasoning_tokens"),
+        reasoning_tokens=as_count(output_details.get("reasoning_tokens")),
         total_tokens=as_count(usage.get("total_tokens")),
         input_audio_tokens=audio,
-        input_image_tokens=_details(usage, "input_tokens_details", "image_tokens"),
-        output_image_tokens=_details(usage, "output_tokens_details", "image_tokens"),
+        input_image_tokens=as_count(input_details.get("image_tokens")),
+        output_image_tokens=as_count(output_details.get("image_tokens")),
         raw=usage,
     )
 
