@@ -155,12 +155,16 @@ _BATCH_FILL = f"""insert into temp.rollup_batch
 
 
 def _from_batch(
-    key: tuple[str, ...], where: str = "true", sums: tuple[str, ...] = SPEND_SUMS
+    key: tuple[str, ...],
+    where: str = "true",
+    sums: tuple[str, ...] = SPEND_SUMS,
+    source: str = "rollup_batch",
 ) -> str:
-    """`select <key>, <sums>` from `rollup_batch` where `where`, grouped by the key."""
+    """`select <key>, <sums>` from `source` (`rollup_batch`, or it joined to what a key
+    needs) where `where`, grouped by the key."""
     summed = ", ".join(f"sum({s})" for s in sums)
     groups = ", ".join(str(i) for i in range(1, len(key) + 1))
-    return f"select {', '.join(key)}, {summed} from rollup_batch where {where} group by {groups}"
+    return f"select {', '.join(key)}, {summed} from {source} where {where} group by {groups}"
 
 
 _DAY = "substr(hour, 1, 10)"
@@ -217,9 +221,8 @@ ROLLUPS = (
                 _from_batch((_DAY, "org_id", "'user'", "coalesce(user, '')")),
                 _from_batch((_DAY, "org_id", "'token'", "cast(token_id as text)")),
                 _from_batch(
-                    (_DAY, "org_id", "'tag'", "coalesce(tag.key || '=' || tag.value, '')")
-                ).replace(
-                    "from rollup_batch", "from rollup_batch left join json_each(tags) as tag"
+                    (_DAY, "org_id", "'tag'", "coalesce(tag.key || '=' || tag.value, '')"),
+                    source="rollup_batch left join json_each(rollup_batch.tags) as tag",
                 ),
             )
         ),
