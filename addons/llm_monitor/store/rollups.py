@@ -148,7 +148,7 @@ _BATCH_KEY = ("hour", "org_id", "token_id", "provider", "model", "user", "tags",
 _BATCH_TABLE = (
     f"create temp table if not exists rollup_batch ({', '.join(_BATCH_KEY + SPEND_SUMS)})"
 )
-_BATCH_FILL = f"""insert into temp.rollup_batch
+_BATCH_FILL = f"""insert into temp.rollup_batch ({", ".join(_BATCH_KEY + SPEND_SUMS)})
     select substr(ts, 1, 13), coalesce(org_id, 0), coalesce(token_id, 0), provider,
     {_MODEL_SQL}, user, tags, unpriced_reason = 'no_price', {_SPEND_SQL}
     from usage where usage.rowid > ? group by 1, 2, 3, 4, 5, 6, 7, 8"""
@@ -268,7 +268,9 @@ def create(db: Database, names: Iterable[str] | None = None) -> None:
 
 def add(db: Database, after_rowid: int) -> None:
     """Add the `usage` rows after `after_rowid` (the batch just inserted, inside the
-    caller's transaction) to every rollup: the same sums as `rebuild`, made by SQLite."""
+    caller's transaction) to every rollup: the same sums as `rebuild`, made by SQLite. The
+    rows are summed once into `rollup_batch` (kept, emptied, per connection), each rollup
+    adds up those sums; the latency histogram reads the rows."""
     use_math_functions(db)
     conn = db.conn
     conn.execute(_BATCH_TABLE)

@@ -19,6 +19,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from mitmproxy import http
@@ -55,10 +56,10 @@ def _worth_parsing(raw: bytes) -> bool:
     return any(marker in raw for marker in _FINAL_MARKERS)
 
 
-_NO_DETAILS: dict[str, Any] = {}
+_NO_DETAILS: Mapping[str, Any] = MappingProxyType({})  # shared: read-only
 
 
-def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
+def _details(usage: dict[str, Any], key: str) -> Mapping[str, Any]:
     """A `*_tokens_details` object ({} when absent or not an object): read once for its
     several counts, on every response."""
     details = usage.get(key)
