@@ -115,3 +115,30 @@ def test_a_long_outage_spills_to_the_spool_instead_of_growing(db_with_token: Pat
     recorder.close()
     spilled = len(spool.read_text().splitlines())
     assert count(db_with_token) + spilled == 25  # every row in one place or the other
+
+
+def test_only_unpriced_rows_are_indexed_by_their_pricing(db_with_token: Path) -> None:
+    """A priced row (almost every row) pays for no index on `priced`; unpriced ones are
+    still found through an index of their own."""
+    db = open_db(db_with_token)
+    write_rows(db, [{**record().model_dump(), "cost_usd": 0.01, "priced": 1}])
+    write_rows(db, [{**record(model="made-up").model_dump(), "cost_usd": None, "priced": 0}])
+    indexes = {
+        name: sql
+        for name, sql in db.execute(
+            "select name, sql from sqlite_master where type = 'index' and tbl_name = 'usage'"
+        )
+    }
+    assert "idx_usage_priced" not in indexes
+    assert indexes["idx_usage_unpriced"].endswith("where priced = 0")
+    [(entries,)] = db.execute(
+        "select count(*) from usage indexed by idx_usage_unpriced where priced = 0"
+    ).fetchall()
+    assert entries == 1
+    plan = " ".join(
+        str(row[-1])
+        for row in db.execute(
+            "explain query plan select id from usage where priced = 0 and ts >= '2000' order by ts"
+        )
+    )
+    assert "idx_usage_unpriced" in plan
