@@ -138,15 +138,18 @@ def breakdown(rates: dict[str, Decimal], **units: int | None) -> list[Line]:
 
 
 def total(rates: dict[str, Decimal], units: dict[str, int | None]) -> Decimal:
-    """The sum of `breakdown`'s terms, computed without building them (the recorder's path)."""
-    tokens = calls = Decimal(0)
+    """The sum of `breakdown`'s terms, computed without building them (the recorder's path,
+    once a row: per-call terms are divided only when there are some)."""
+    tokens: Decimal | int = 0
+    calls: Decimal | int = 0
     for kind, count in _counts(rates, units):
         if count:
             if kind in CALL_RATES:
                 calls += count * _rate(rates, kind)
             else:
                 tokens += count * _rate(rates, kind)
-    return tokens / PER_TOKEN + calls / PER_CALL
+    cost = tokens / PER_TOKEN
+    return cost + calls / PER_CALL if calls else cost
 
 
 def cost_usd(price: PriceEntry, **units: int | None) -> Decimal:
