@@ -24,7 +24,9 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 from hypothesis import given
 from hypothesis import strategies as st
+from mitmproxy import http
 
+from llm_monitor.proxy.providers import KNOWN_HOSTS, READ_HEADERS, provider_named
 from llm_monitor.proxy.providers.base import load_json
 from llm_monitor.proxy.providers.openai import form_model
 from tests.conftest import API_KEY
@@ -653,3 +655,45 @@ def test_a_forms_model_is_read_part_by_part() -> None:
     assert form_model(model, "multipart/form-data") is None  # no boundary named
     many = part('Content-Disposition: form-data; name="x"', b"v") * 100 + model
     assert form_model(many, content_type) is None
+
+
+class AskedFor(dict):
+    """Request headers that remember every name looked up."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.asked.add(str(key))
+        return super().__contains__(key)
+
+
+@pytest.mark.parametrize("name", sorted({*KNOWN_HOSTS.values(), "vllm"}))
+def test_providers_read_only_the_headers_the_proxy_decodes(name: str) -> None:
+    """The proxy decodes only `READ_HEADERS` for the providers (a request carries a dozen
+    more): a provider that looked up another would find it missing."""
+    provider = provider_named(name)
+    asked: set[str] = set()
+    for path, content_type, body in [
+        ("/v1/chat/completions", "application/json", b'{"model": "m", "stream": true}'),
+        ("/v1/messages", "application/json", b'{"model": "m", "max_tokens": 5}'),
+        ("/v1beta/models/gemini-2.5-flash:generateContent", "application/json", b"{}"),
+        ("/v1/audio/transcriptions", "multipart/form-data; boundary=b", b"--b--"),
+    ]:
+        request = http.Request.make("POST", f"http://127.0.0.1{path}", body)
+        headers = AskedFor({"content-type": content_type, "authorization": "Bearer sk-" + "x" * 40})
+        provider.inspect_request(request, headers, inject_usage=True)
+        provider.key_hint(headers)
+        provider.key_hint(AskedFor({"x-api-key": "sk-ant-" + "x" * 40}))
+        asked |= headers.asked
+    assert asked or name == "gemini", "no header was looked up: the probe is broken"
+    assert asked <= READ_HEADERS, asked - READ_HEADERS

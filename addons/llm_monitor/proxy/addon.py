@@ -36,7 +36,13 @@ from llm_monitor.proxy.budget import json_too_complex
 from llm_monitor.proxy.content_coding import TooLarge, decode_body, is_supported
 from llm_monitor.proxy.limits import GUARD_KEY, BodyGuard
 from llm_monitor.proxy.metrics import Metrics
-from llm_monitor.proxy.providers import KNOWN_HOSTS, Provider, RequestInfo, provider_named
+from llm_monitor.proxy.providers import (
+    KNOWN_HOSTS,
+    READ_HEADERS,
+    Provider,
+    RequestInfo,
+    provider_named,
+)
 from llm_monitor.proxy.reading import BodyCollector, MiB, StreamTap, whole_body_decode_limit
 from llm_monitor.store.database import open_db
 from llm_monitor.store.recorder import Recorder, spool_path_for
@@ -149,13 +155,14 @@ def stored_path(request: http.Request) -> str:
 
 # `x-monitor-` as a lower-case header name may spell it (`_` for either `-`).
 _OUR_PREFIXES = tuple(f"x{a}monitor{b}".encode() for a in "-_" for b in "-_")
+_READ_NAMES = frozenset(name.encode() for name in READ_HEADERS)
 
 
 def take_our_headers(request: http.Request) -> tuple[dict[bytes, str], dict[str, str], int]:
     """Remove every `x-monitor-*` header (`x_monitor_*` too) and query parameter: they are
     ours, never the provider's. Returns our headers (lower-case name: value), the headers
-    that go on (the same form, for reading: repeated ones joined by ", " as mitmproxy
-    joins them) and the size of the head that goes on.
+    that go on and are read (`READ_HEADERS`, in the same form: repeated ones joined by
+    ", " as mitmproxy joins them) and the size of the head that goes on.
 
     One pass over the raw header fields: this runs for every request, and each of
     mitmproxy's case-insensitive header look-ups walks them all again.
@@ -167,14 +174,16 @@ def take_our_headers(request: http.Request) -> tuple[dict[bytes, str], dict[str,
     for header in request.headers.fields:
         raw_name, raw_value = header
         name = raw_name.lower()
-        value = raw_value.decode("utf-8", "surrogateescape")
         if name.startswith(_OUR_PREFIXES):
+            value = raw_value.decode("utf-8", "surrogateescape")
             ours[name] = f"{ours[name]}, {value}" if name in ours else value
         else:
             kept.append(header)  # mitmproxy's own pair: no new one to live with the flow
             size += len(name) + len(raw_value) + 4
-            key = name.decode("latin-1")
-            forwarded[key] = f"{forwarded[key]}, {value}" if key in forwarded else value
+            if name in _READ_NAMES:
+                value = raw_value.decode("utf-8", "surrogateescape")
+                key = name.decode("latin-1")
+                forwarded[key] = f"{forwarded[key]}, {value}" if key in forwarded else value
     if ours:
         request.headers.fields = tuple(kept)
     path = request.data.path

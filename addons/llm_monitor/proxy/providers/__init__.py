@@ -7,14 +7,21 @@ The proxy knows a listener's provider from its upstream host, or from the
 from __future__ import annotations
 
 from llm_monitor.proxy.providers.anthropic import Anthropic
-from llm_monitor.proxy.providers.base import Provider, RequestInfo, StreamReader
+from llm_monitor.proxy.providers.base import READ_HEADERS, Provider, RequestInfo, StreamReader
 from llm_monitor.proxy.providers.gemini import Gemini
 from llm_monitor.proxy.providers.mistral import Mistral
 from llm_monitor.proxy.providers.openai import OpenAI
 from llm_monitor.proxy.providers.openrouter import OpenRouter
 from llm_monitor.proxy.providers.xai import XAI
 
-__all__ = ["KNOWN_HOSTS", "Provider", "RequestInfo", "StreamReader", "provider_named"]
+__all__ = [
+    "KNOWN_HOSTS",
+    "READ_HEADERS",
+    "Provider",
+    "RequestInfo",
+    "StreamReader",
+    "provider_named",
+]
 
 KNOWN_HOSTS = {
     "api.openai.com": "openai",

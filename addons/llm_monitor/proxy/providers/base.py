@@ -71,8 +71,9 @@ class Provider(Protocol):
     ) -> RequestInfo:
         """What the request asks for. Its body (`raw_content`) is as it goes on: the addon
         has decoded a compressed one already, or left it empty when it does not read it.
-        `headers` are its headers as they go on (lower-case names, as `take_our_headers`
-        gives them): mitmproxy's own look-ups cost more, and this runs for every request."""
+        `headers` are those of its headers named in `READ_HEADERS`, as they go on
+        (lower-case names, as `take_our_headers` gives them): mitmproxy's own look-ups cost
+        more, and this runs for every request."""
         ...
 
     def usage_from_body(
@@ -94,6 +95,14 @@ class Provider(Protocol):
     def key_hint(self, headers: Mapping[str, str]) -> str | None:
         """The request's provider key in the form the provider's console shows it, or None."""
         ...
+
+
+# The request headers that providers and the addon read from `headers`: only these are
+# decoded for them, once a request (a request carries a dozen more: the user agent, an
+# SDK's telemetry). A provider that reads another one adds it here.
+READ_HEADERS = frozenset(
+    {"authorization", "x-api-key", "content-type", "content-length", "content-encoding"}
+)
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

@@ -186,6 +186,7 @@ def with_response_facts(usage: TokenUsage, holder: dict[str, Any]) -> TokenUsage
     model = holder.get("model")
     if (
         isinstance(model, str)
+        and "-search-" in model  # a substring test first: this runs for every response
         and str(holder.get("object", "")).startswith("chat.completion")
         and _SEARCH_MODEL.search(model)
     ):
