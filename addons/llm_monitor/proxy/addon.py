@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -34,7 +34,7 @@ from llm_monitor.inert import (
 from llm_monitor.proxy import limits, logs, metrics
 from llm_monitor.proxy.budget import json_too_complex
 from llm_monitor.proxy.content_coding import TooLarge, decode_body, is_supported
-from llm_monitor.proxy.limits import GUARD_KEY, BodyGuard
+from llm_monitor.proxy.limits import GUARD_KEY, Answered, BodyLimit
 from llm_monitor.proxy.metrics import Metrics
 from llm_monitor.proxy.providers import (
     KNOWN_HOSTS,
@@ -195,6 +195,12 @@ def take_our_headers(request: http.Request) -> tuple[dict[bytes, str], dict[str,
     return ours, forwarded, len(request.data.method) + len(path) + 12 + size
 
 
+def body_limit(max_request: int, too_large: Callable[[http.HTTPFlow], http.Response]) -> BodyLimit:
+    """At most `max_request` bytes of a request's body are kept; twice that are read and
+    dropped after an answer, before the client is cut off."""
+    return BodyLimit(limit=max_request, drain=2 * max_request, too_large=too_large)
+
+
 def is_json(content_type: str) -> bool:
     """application/json or a +json type; not NDJSON/JSON Lines, which stream."""
     media_type = content_type.split(";")[0].strip().lower()
@@ -289,6 +295,7 @@ class Monitor:
         self.inject_usage = True
         self.log_requests = False
         self.max_request = 32 * MiB
+        self.body_limit = body_limit(self.max_request, self._too_large_answer)
         self.max_read = 16 * MiB
         self.max_header = 64 * 1024
         self.key_hints = True
@@ -459,6 +466,7 @@ class Monitor:
             if name in updated and not low <= getattr(ctx.options, name) <= high:
                 raise exceptions.OptionsError(f"{name} must be from {low} to {high}")
         self.max_request = ctx.options.monitor_max_request_mb * MiB
+        self.body_limit = body_limit(self.max_request, self._too_large_answer)
         self.max_read = ctx.options.monitor_max_read_mb * MiB
         self.max_header = ctx.options.monitor_max_header_kb * 1024
         limits.settings.max_header_bytes = self.max_header
@@ -620,18 +628,16 @@ class Monitor:
         request = flow.request
         if request.data.authority:  # an absolute-form target goes upstream in origin form
             request.authority = ""
-        guard = flow.metadata[GUARD_KEY] = BodyGuard(
-            limit=self.max_request, drain=2 * self.max_request, too_large=self._too_large_answer
-        )
+        flow.metadata[GUARD_KEY] = self.body_limit
         ours, headers, head_bytes = take_our_headers(request)
         token = ours.get(_TOKEN_KEY)
         if head_bytes > self.max_header:
             message = f"Request headers larger than {self.max_header // 1024} KB (LLM Monitor)."
-            self._reject(flow, provider, guard, 431, message, "request_headers_too_large", token)
+            self._reject(flow, provider, 431, message, "request_headers_too_large", token)
             return
         if self.tokens is None:  # not running yet, or the database failed: nothing passes
             message = "LLM Monitor is not ready."
-            self._reject(flow, provider, guard, 503, message, "monitor_not_ready", token)
+            self._reject(flow, provider, 503, message, "monitor_not_ready", token)
             return
         owner = self.tokens.owner(token)
         if owner is None:
@@ -643,7 +649,6 @@ class Monitor:
             self._reject(
                 flow,
                 provider,
-                guard,
                 401,
                 f"{message} (LLM Monitor).",
                 "invalid_monitor_token",
@@ -652,7 +657,7 @@ class Monitor:
             return
         declared = headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > self.max_request:
-            self._reject(flow, provider, guard, *self._too_large(), token)
+            self._reject(flow, provider, *self._too_large(), token)
             return
         try:
             state = FlowState(
@@ -665,7 +670,7 @@ class Monitor:
             )
         except BadMonitorHeader as e:
             message = f"{e} (LLM Monitor)."
-            self._reject(flow, provider, guard, 400, message, "invalid_monitor_header", token)
+            self._reject(flow, provider, 400, message, "invalid_monitor_header", token)
             return
         state.request_headers = headers
         state.token = token
@@ -1059,7 +1064,6 @@ class Monitor:
         self,
         flow: http.HTTPFlow,
         provider: Provider,
-        guard: BodyGuard,
         status: int,
         message: str,
         code: str,
@@ -1068,7 +1072,7 @@ class Monitor:
         """Answer from the headers; the body, if any, is dropped as it arrives."""
         flow.response = self._response(flow, provider, status, message, code)
         flow.request.headers.pop("expect", None)  # no "100 Continue" for a refused body
-        guard.answered = True
+        flow.metadata[GUARD_KEY] = Answered(self.body_limit.drain)
         name = self._listener(flow.client_conn.proxy_mode).provider
         self._log_rejection(flow, name, status, code, token)
 

@@ -13,11 +13,11 @@ gaps; the addon decides everything else through plain values:
   arrives whole is measured by the addon's `requestheaders`.) HTTP/2 in clear text (the
   prior-knowledge preface, which mitmproxy does not serve) gets an HTTP/2 GOAWAY with
   HTTP_1_1_REQUIRED instead of being read as a request named `PRI`.
-- `HttpStream.state_consume_request_body`: a flow carrying a `BodyGuard` in its metadata
+- `HttpStream.state_consume_request_body`: a flow carrying a `BodyLimit` in its metadata
   keeps at most `limit` bytes of body; past that, or once the addon has answered from the
-  headers, the body is read and dropped (never kept, never forwarded), and the answer goes
-  out when the body ends. A client that sends more than `drain` bytes after being answered
-  is cut off with a 413.
+  headers (an `Answered` in its place), the body is read and dropped (never kept, never
+  forwarded), and the answer goes out when the body ends. A client that sends more than
+  `drain` bytes after being answered is cut off with a 413.
 
 - `Http1Server.send` and `Http2Server._handle_event`: mitmproxy's own error page for a flow
   it could not complete (the provider unreachable, a TLS failure, a request it refused) is
@@ -63,18 +63,26 @@ GUARD_KEY = "llm_monitor_body_guard"
 _HEAD_END = re.compile(rb"\n\r?\n")
 
 
-@dataclass(slots=True)
-class BodyGuard:
-    """How much of one request's body may be kept, and the answer when it is too much."""
+@dataclass(frozen=True, slots=True)
+class BodyLimit:
+    """How much of a request's body may be kept, and the answer when it is too much. One
+    serves every flow (made per request, it cost about a microsecond of each); a flow that
+    gets answered before its body is read carries an `Answered` in its place."""
 
     limit: int  # bytes of body that may be buffered
     drain: int  # bytes read and dropped after answering, before the client is cut off
     # The answer once the body passes `limit`, for the flow: one callable for all flows, so
     # that no closure per flow ties the flow to itself.
     too_large: Callable[[http.HTTPFlow], http.Response]
-    answered: bool = False  # an answer is set: the body is dropped, never forwarded
+
+
+@dataclass(slots=True)
+class Answered:
+    """A flow answered before its body was read: the body is read and dropped (never kept,
+    never forwarded) and the client cut off once more than `drain` bytes of it came."""
+
+    drain: int
     dropped: int = 0
-    over_limit: bool = False  # the answer is `too_large`'s
 
 
 def _default_refusal(client: Client, status: int, reason: str, detail: str) -> http.Response:
@@ -171,16 +179,19 @@ def install() -> None:
         return read_headers(self, event)
 
     def guarded_consume_body(self: HttpStream, event: events.Event) -> Any:
-        guard: BodyGuard | None = self.flow.metadata.get(GUARD_KEY)
+        guard: BodyLimit | Answered | None = self.flow.metadata.get(GUARD_KEY)
         if guard is not None and isinstance(event, RequestData):
-            if not guard.answered and len(self.request_body_buf) + len(event.data) > guard.limit:
+            if type(guard) is BodyLimit:
+                if len(self.request_body_buf) + len(event.data) <= guard.limit:
+                    return consume_body(self, event)
                 self.flow.response = guard.too_large(self.flow)
-                guard.answered = guard.over_limit = True
-                guard.dropped = len(self.request_body_buf)
+                guard = self.flow.metadata[GUARD_KEY] = Answered(
+                    guard.drain, len(self.request_body_buf)
+                )
                 self.request_body_buf.clear()
-            if guard.answered:
-                guard.dropped += len(event.data)
-                return _cut_off(self) if guard.dropped > guard.drain else _nothing()
+            assert isinstance(guard, Answered)
+            guard.dropped += len(event.data)
+            return _cut_off(self) if guard.dropped > guard.drain else _nothing()
         return consume_body(self, event)
 
     Http1Server.read_headers = limited_read_headers  # type: ignore[method-assign]
