@@ -222,7 +222,7 @@ def kept_whole(response: http.Response, declared: str) -> bool:
     return declared.isascii() and declared.isdigit() and int(declared) <= MAX_KEPT_WHOLE
 
 
-_BODY_HEADERS = (b"content-encoding", b"content-type", b"content-length")
+_BODY_HEADERS = frozenset((b"content-encoding", b"content-type", b"content-length"))
 
 
 def body_headers(headers: http.Headers) -> tuple[str, str, str]:
@@ -235,7 +235,8 @@ def body_headers(headers: http.Headers) -> tuple[str, str, str]:
         if name in _BODY_HEADERS:
             value = raw_value.decode("utf-8", "surrogateescape")
             found[name] = f"{found[name]}, {value}" if name in found else value
-    return tuple(found.get(name, "") for name in _BODY_HEADERS)  # type: ignore[return-value]
+    get = found.get
+    return get(b"content-encoding", ""), get(b"content-type", ""), get(b"content-length", "")
 
 
 def refused_changed_body(state: FlowState, response: http.Response) -> bool:
