@@ -73,6 +73,50 @@ TTFT_REQUESTS = 300
 KINDS = ("json", "sse", "ttft")
 BODIES = {"json": CHAT_BODY, "sse": STREAM_BODY, "ttft": PACED_BODY}
 
+# `--headers sdk`: what an official SDK sends and the provider answers with, where the
+# default load has five request headers and three response headers. The OpenAI Python
+# SDK's own request headers (x-stainless-*: its telemetry), and the response headers
+# OpenAI's API reference documents (organisation, version, processing time, rate limits,
+# request id) with those of the CDN in front of it.
+SDK_REQUEST_HEADERS = {
+    "accept": "application/json",
+    "accept-encoding": "gzip, deflate",
+    "user-agent": "OpenAI/Python 1.109.1",
+    "x-stainless-lang": "python",
+    "x-stainless-package-version": "1.109.1",
+    "x-stainless-os": "Linux",
+    "x-stainless-arch": "x64",
+    "x-stainless-runtime": "CPython",
+    "x-stainless-runtime-version": "3.12.1",
+    "x-stainless-async": "false",
+    "x-stainless-retry-count": "0",
+    "x-stainless-read-timeout": "600",
+}
+SDK_RESPONSE_HEADERS = b"".join(
+    b"%s: %s\r\n" % (name.encode(), value.encode())
+    for name, value in {
+        "date": "Wed, 02 Dec 2026 18:00:00 GMT",
+        "access-control-expose-headers": "X-Request-ID",
+        "openai-organization": "user-bench",
+        "openai-processing-ms": "312",
+        "openai-project": "proj_bench",
+        "openai-version": "2020-10-01",
+        "x-envoy-upstream-service-time": "316",
+        "x-ratelimit-limit-requests": "10000",
+        "x-ratelimit-limit-tokens": "30000000",
+        "x-ratelimit-remaining-requests": "9999",
+        "x-ratelimit-remaining-tokens": "29999990",
+        "x-ratelimit-reset-requests": "6ms",
+        "x-ratelimit-reset-tokens": "0s",
+        "strict-transport-security": "max-age=31536000; includeSubDomains; preload",
+        "cf-cache-status": "DYNAMIC",
+        "x-content-type-options": "nosniff",
+        "server": "cloudflare",
+        "cf-ray": "8f0b0c0d0e0f1a2b-SJC",
+    }.items()
+)
+HEADER_SETS = ("minimal", "sdk")
+
 
 # The upstream: a minimal HTTP/1.1 server, fast enough not to be what is measured.
 
@@ -120,7 +164,11 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def serve_upstream(port: int, first_event_ms: float, events: int, interval_ms: float) -> None:
+async def serve_upstream(
+    port: int, first_event_ms: float, events: int, interval_ms: float, sdk_headers: bool = False
+) -> None:
+    extra = SDK_RESPONSE_HEADERS if sdk_headers else b""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -135,8 +183,8 @@ async def serve_upstream(port: int, first_event_ms: float, events: int, interval
                 interval = PACED_INTERVAL_MS if PACED_MARKER.encode() in body else interval_ms
                 if b'"stream": true' in body or b'"stream":true' in body:
                     writer.write(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                        b"x-request-id: req_b\r\ntransfer-encoding: chunked\r\n\r\n"
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n%s"
+                        b"x-request-id: req_b\r\ntransfer-encoding: chunked\r\n\r\n" % extra
                     )
                     await writer.drain()
                     await asyncio.sleep(first_event_ms / 1000)
@@ -150,9 +198,9 @@ async def serve_upstream(port: int, first_event_ms: float, events: int, interval
                     )
                 else:
                     writer.write(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n%s"
                         b"x-request-id: req_b\r\ncontent-length: %d\r\n\r\n%s"
-                        % (len(JSON_REPLY), JSON_REPLY)
+                        % (extra, len(JSON_REPLY), JSON_REPLY)
                     )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -332,12 +380,18 @@ def process(
 
 
 def upstream(
-    port: int, workdir: Path, cpus: set[int] = OTHER_CPUS, **options: float
+    port: int,
+    workdir: Path,
+    cpus: set[int] = OTHER_CPUS,
+    sdk_headers: bool = False,
+    **options: float,
 ) -> contextlib.AbstractContextManager[subprocess.Popen]:
     """The fast upstream (`serve-upstream`) in a process of its own."""
     args = [sys.executable, __file__, "serve-upstream", "--port", str(port)]
     for name, value in options.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
+    if sdk_headers:
+        args.append("--sdk-headers")
     return process(args, port, workdir / "upstream.log", cpus)
 
 
@@ -749,11 +803,12 @@ def main(
 @click.option("--first-event-ms", default=20.0)
 @click.option("--events", default=20)
 @click.option("--interval-ms", default=0.0)
+@click.option("--sdk-headers", is_flag=True, help="Answer with SDK_RESPONSE_HEADERS too.")
 def serve_upstream_command(
-    port: int, first_event_ms: float, events: int, interval_ms: float
+    port: int, first_event_ms: float, events: int, interval_ms: float, sdk_headers: bool
 ) -> None:
     """(internal) Run the fast upstream."""
-    run_harness(serve_upstream(port, first_event_ms, events, interval_ms))
+    run_harness(serve_upstream(port, first_event_ms, events, interval_ms, sdk_headers))
 
 
 # Peers: other LLM gateways, installed on first use into a cache of their own.
@@ -1217,15 +1272,21 @@ def side_by_side(
     workdir: Path,
     requests: int,
     rounds: int,
+    headers: str = "minimal",
 ) -> list[list[float]]:
     """Run every side (label, command line, environment, monitor token) at once, pinned
     to the same core, under the same JSON load at once; per round, the CPU time a request
     of each, in µs. Rounds run one after the other take the machine at different speeds
     (by up to half here): a 1% difference is lost among them. Side by side, a change in
-    the machine's speed reaches every side alike."""
+    the machine's speed reaches every side alike. `headers` "sdk": requests and answers
+    carry an SDK's and the provider's headers (`SDK_REQUEST_HEADERS`)."""
+    sdk = headers == "sdk"
+    extra = SDK_REQUEST_HEADERS if sdk else None
     upstream_port = free_port()
     with contextlib.ExitStack() as running:
-        running.enter_context(upstream(upstream_port, workdir, first_event_ms=20.0))
+        running.enter_context(
+            upstream(upstream_port, workdir, sdk_headers=sdk, first_event_ms=20.0)
+        )
         started = []  # (pid, port, token)
         for label, args, env, token in sides:
             port = free_port()
@@ -1239,7 +1300,10 @@ def side_by_side(
 
         async def all_sides(count: int) -> list[Timing]:
             return await asyncio.gather(
-                *(load(port, count, 10, BODIES["json"], token) for _, port, token in started)
+                *(
+                    load(port, count, 10, BODIES["json"], token, headers=extra)
+                    for _, port, token in started
+                )
             )
 
         run_harness(all_sides(500))
@@ -1293,7 +1357,14 @@ def ratio_table(labels: tuple[str, str], used_per_round: list[list[float]]) -> l
 )
 @click.option("--requests", default=3000, show_default=True, help="Requests per round and side.")
 @click.option("--rounds", default=10, show_default=True, help="The ratio is a median over rounds.")
-def compare_command(base: str, path: str, requests: int, rounds: int) -> None:
+@click.option(
+    "--headers",
+    type=click.Choice(HEADER_SETS),
+    default="minimal",
+    show_default=True,
+    help="sdk: requests and answers carry an SDK's and OpenAI's headers (17 and 21).",
+)
+def compare_command(base: str, path: str, requests: int, rounds: int, headers: str) -> None:
     """A change measured: the working tree against `--base`, both running at once, pinned
     to the same core, under the same JSON load. Per round, the CPU time a request of each.
 
@@ -1314,7 +1385,7 @@ def compare_command(base: str, path: str, requests: int, rounds: int) -> None:
             # PYTHONPATH comes before the editable install: each side runs its own tree.
             env = {"PYTHONPATH": str(tree / "addons")}
             sides.append((f"side-{side}", side_args(path, db), env, token))
-        used = side_by_side(sides, workdir, requests, rounds)
+        used = side_by_side(sides, workdir, requests, rounds, headers)
     ratios = ratio_table((base, "working tree"), used)
     click.echo(
         f"\n{base} / working tree, CPU time a request of `{path}`: "
@@ -1328,7 +1399,14 @@ def compare_command(base: str, path: str, requests: int, rounds: int) -> None:
 @click.argument("second", type=click.Choice([*PROXY_PATHS, *OPTIONAL_PATHS]))
 @click.option("--requests", default=3000, show_default=True, help="Requests per round and side.")
 @click.option("--rounds", default=10, show_default=True, help="The ratio is a median over rounds.")
-def pair_command(first: str, second: str, requests: int, rounds: int) -> None:
+@click.option(
+    "--headers",
+    type=click.Choice(HEADER_SETS),
+    default="minimal",
+    show_default=True,
+    help="sdk: requests and answers carry an SDK's and OpenAI's headers (17 and 21).",
+)
+def pair_command(first: str, second: str, requests: int, rounds: int, headers: str) -> None:
     """Two paths measured side by side, as `compare` does: e.g. `pair proxy proxy-metrics`
     (what metrics cost), `pair lean proxy` (what the addon costs), `pair proxy controls`.
     Prints, per round and as a median, the CPU time a request of FIRST over SECOND's:
@@ -1344,7 +1422,7 @@ def pair_command(first: str, second: str, requests: int, rounds: int) -> None:
                 side_dir.mkdir(parents=True)
                 db, token = side_dir / "unused.db", "-"
             sides.append((f"{side}-{path}", side_args(path, db), {}, token))
-        used = side_by_side(sides, workdir, requests, rounds)
+        used = side_by_side(sides, workdir, requests, rounds, headers)
     ratios = ratio_table((first, second), used)
     click.echo(
         f"\n`{second}` keeps {statistics.median(ratios):.3f} of `{first}`'s throughput per "
