@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import http
 
+from llm_monitor.proxy.addon import response_head
 from llm_monitor.proxy.providers import KNOWN_HOSTS, READ_HEADERS, provider_named
 from llm_monitor.proxy.providers.base import load_json
 from llm_monitor.proxy.providers.openai import form_model
@@ -697,3 +698,22 @@ def test_providers_read_only_the_headers_the_proxy_decodes(name: str) -> None:
         asked |= headers.asked
     assert asked or name == "gemini", "no header was looked up: the probe is broken"
     assert asked <= READ_HEADERS, asked - READ_HEADERS
+
+
+def test_the_head_of_an_answer_is_read_in_one_pass() -> None:
+    """The request id is OpenAI's `x-request-id` wherever it stands, else Anthropic's
+    `request-id`; a repeated header is joined as mitmproxy joins it."""
+    head = http.Headers(
+        [
+            (b"Request-Id", b"req_anthropic"),
+            (b"Content-Type", b"application/json"),
+            (b"X-Ratelimit-Remaining-Requests", b"9999"),
+            (b"X-Request-Id", b"req_openai"),
+            (b"content-type", b"charset=utf-8"),
+            (b"Content-Length", b"367"),
+        ]
+    )
+    assert response_head(head) == ("", "application/json, charset=utf-8", "367", "req_openai")
+    anthropic = http.Headers([(b"request-id", b"req_011"), (b"content-encoding", b"gzip")])
+    assert response_head(anthropic) == ("gzip", "", "", "req_011")
+    assert response_head(http.Headers([])) == ("", "", "", None)

@@ -225,18 +225,32 @@ def kept_whole(response: http.Response, declared: str) -> bool:
 _BODY_HEADERS = frozenset((b"content-encoding", b"content-type", b"content-length"))
 
 
-def body_headers(headers: http.Headers) -> tuple[str, str, str]:
+def response_head(headers: http.Headers) -> tuple[str, str, str, str | None]:
     """Content-Encoding, Content-Type and Content-Length ('' when absent; repeated ones
-    joined by ", " as mitmproxy joins them), in one pass over the raw fields: each of
-    mitmproxy's case-insensitive look-ups walks them all, and this runs per response."""
+    joined by ", " as mitmproxy joins them) and the provider's request id, in one pass over
+    the raw fields: each of mitmproxy's case-insensitive look-ups walks them all, a
+    provider answers with twenty or so, and this runs per response.
+
+    The request id is `x-request-id` (OpenAI), else `request-id` (Anthropic)."""
     found: dict[bytes, str] = {}
+    openai_id = anthropic_id = None
     for raw_name, raw_value in headers.fields:
         name = raw_name.lower()
         if name in _BODY_HEADERS:
             value = raw_value.decode("utf-8", "surrogateescape")
             found[name] = f"{found[name]}, {value}" if name in found else value
+        elif name == b"x-request-id":
+            openai_id = openai_id or raw_value
+        elif name == b"request-id":
+            anthropic_id = anthropic_id or raw_value
     get = found.get
-    return get(b"content-encoding", ""), get(b"content-type", ""), get(b"content-length", "")
+    request_id = openai_id or anthropic_id
+    return (
+        get(b"content-encoding", ""),
+        get(b"content-type", ""),
+        get(b"content-length", ""),
+        request_id.decode("utf-8", "surrogateescape") if request_id else None,
+    )
 
 
 def refused_changed_body(state: FlowState, response: http.Response) -> bool:
@@ -268,6 +282,9 @@ class FlowState:
     accept_encoding: str | None = None  # the client's, when the proxy changed it
     hold: Hold | None = None  # what hard budgets and rate limits reserved for it
     token: str | None = None  # the monitor token, for a refusal's log line (its prefix)
+    # The provider's request id, read with the head of the response (`head_read`).
+    request_id: str | None = None
+    head_read: bool = False
 
     @property
     def stream(self) -> StreamTap | None:
@@ -777,7 +794,8 @@ class Monitor:
     def _tap_for(self, state: FlowState, response: http.Response) -> StreamTap | None:
         """What reads `response` on the side as it passes (its stream or its JSON body);
         None, with `response.stream` set to pass it on untouched, for what is not read."""
-        encoding, content_type, declared = body_headers(response.headers)
+        encoding, content_type, declared, state.request_id = response_head(response.headers)
+        state.head_read = True
         content_type = content_type.lower()
         if not is_supported(encoding):
             response.stream = True
@@ -1276,7 +1294,7 @@ class Monitor:
             billable=state.info.billable,
             latency_ms=round((ended - started) * 1000, 3),
             ttft_ms=round((first - started) * 1000, 3) if first else None,
-            request_id=_request_id(response),
+            request_id=state.request_id if state.head_read else _request_id(response),
             user=state.user,
             tags=state.tags,
             error=redact(error)[:500] if error else None,
@@ -1317,16 +1335,5 @@ class Monitor:
 
 
 def _request_id(response: http.Response | None) -> str | None:
-    """The provider's request id: `x-request-id` (OpenAI), else `request-id` (Anthropic).
-    One pass over the raw fields rather than two look-ups: this runs for every request."""
-    if response is None:
-        return None
-    found = None
-    for name, value in response.headers.fields:
-        lowered = name.lower()
-        if lowered == b"x-request-id":
-            found = value
-            break
-        if lowered == b"request-id" and found is None:
-            found = value
-    return found.decode("utf-8", "surrogateescape") if found else None
+    """The provider's request id of a response whose head `response_head` did not read."""
+    return None if response is None else response_head(response.headers)[3]
