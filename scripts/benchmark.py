@@ -1189,7 +1189,14 @@ def read_counters(counters: Path, pid: int) -> dict[str, float]:
 @main.command("cost")
 @click.option("--requests", default=4000, show_default=True, help="Requests per round and path.")
 @click.option("--rounds", default=4, show_default=True, help="Medians over this many rounds.")
-def cost_command(requests: int, rounds: int) -> None:
+@click.option(
+    "--headers",
+    type=click.Choice(HEADER_SETS),
+    default="minimal",
+    show_default=True,
+    help="sdk: requests and answers carry an SDK's and OpenAI's headers (17 and 21).",
+)
+def cost_command(requests: int, rounds: int, headers: str) -> None:
     """What the addon costs, part by part: the lean master and `llm-monitor proxy` take
     turns under the JSON load, each pinned to one core. Per request, in µs: CPU time of
     the event loop's thread and of the other threads (the recorder's), the garbage
@@ -1199,10 +1206,11 @@ def cost_command(requests: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="llm-monitor-cost-") as tmp:
         workdir = Path(tmp)
         upstream_port = free_port()
-        with upstream(upstream_port, workdir, first_event_ms=20.0):
+        sdk = headers == "sdk"
+        with upstream(upstream_port, workdir, sdk_headers=sdk, first_event_ms=20.0):
             for round_ in range(rounds):
                 for path in rotated(["lean", "proxy"], round_):
-                    rows.append(cost_round(path, round_, requests, upstream_port, workdir))
+                    rows.append(cost_round(path, round_, requests, upstream_port, workdir, sdk))
     echo_table(["path", "round", "req_per_s", *columns], rows)
     lean, proxy = (median_row([r for r in rows if r["path"] == p]) for p in ("lean", "proxy"))
     # What the addon adds: the difference of the medians; its hooks are all its own.
@@ -1229,7 +1237,7 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def cost_round(
-    path: str, round_: int, requests: int, upstream_port: int, workdir: Path
+    path: str, round_: int, requests: int, upstream_port: int, workdir: Path, sdk: bool = False
 ) -> dict[str, object]:
     port = free_port()
     run_dir = workdir / f"{path}-{round_}"
@@ -1241,11 +1249,12 @@ def cost_round(
     if path == "proxy":
         args += monitor_options(port, db)
     with process(args, port, workdir / f"{run_dir.name}.log", PROXY_CPU) as proc:
-        run_harness(load(port, 300, 10, BODIES["json"], token))
+        extra = SDK_REQUEST_HEADERS if sdk else None
+        run_harness(load(port, 300, 10, BODIES["json"], token, headers=extra))
         counted = read_counters(counters, proc.pid)
         threads = thread_cpu(proc.pid)
         started = time.perf_counter()
-        run_harness(load(port, requests, 10, BODIES["json"], token))
+        run_harness(load(port, requests, 10, BODIES["json"], token, headers=extra))
         seconds = time.perf_counter() - started
         threads_after = thread_cpu(proc.pid)
         counted_after = read_counters(counters, proc.pid)
