@@ -142,3 +142,23 @@ def test_only_unpriced_rows_are_indexed_by_their_pricing(db_with_token: Path) ->
         )
     )
     assert "idx_usage_unpriced" in plan
+
+
+def test_the_recorder_sees_a_schema_change_made_while_it_runs(db_with_token: Path) -> None:
+    """Which columns an INSERT may leave out is read once, and again when the schema
+    changes: a column given a default meanwhile is written as NULL, not left to it."""
+    recorder = Recorder(db_with_token, max_delay=0.01)
+    recorder.start()
+    try:
+        recorder.submit(record())
+        deadline = time.monotonic() + 10
+        while recorder.written < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recorder.written == 1
+        open_db(db_with_token, migrate=False)["usage"].transform(defaults={"service_tier": "flex"})
+        recorder.submit(record())
+    finally:
+        recorder.close()
+    with sqlite3.connect(db_with_token) as conn:
+        tiers = [tier for (tier,) in conn.execute("select service_tier from usage order by id")]
+    assert tiers == [None, None]

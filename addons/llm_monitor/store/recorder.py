@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 
 
-def write_rows(db: Database, rows: list[dict[str, Any]]) -> None:
+def write_rows(db: Database, rows: list[dict[str, Any]], omissible: set[str] | None = None) -> None:
     """One transaction: the rows, and the last-used time of the tokens they name.
 
     One prepared INSERT run with executemany on the sqlite-utils connection: insert_all
@@ -41,10 +41,13 @@ def write_rows(db: Database, rows: list[dict[str, Any]]) -> None:
     the proxy's event loop needs (measured: scripts/benchmark.py). It names only the
     columns some row of the batch has a value in: about half of them are NULL in every row
     of a batch (audio, images, tools), and binding them cost a quarter of the insert.
+    `omissible` is `null_when_left_out(db)`, when the caller keeps it.
     """
     if not rows:
         return
-    columns = columns_with_values(rows, null_when_left_out(db))
+    if omissible is None:
+        omissible = null_when_left_out(db)
+    columns = columns_with_values(rows, omissible)
     last_used: dict[int, str] = {}
     for row in rows:
         if row["token_id"] is not None:
@@ -68,6 +71,11 @@ def write_rows(db: Database, rows: list[dict[str, Any]]) -> None:
 def null_when_left_out(db: Database) -> set[str]:
     """Columns of `usage` that an INSERT leaving them out makes NULL (no default)."""
     return {row[1] for row in db.conn.execute("pragma table_info(usage)") if row[4] is None}
+
+
+def schema_version(db: Database) -> int:
+    """SQLite's count of schema changes to the file (a migration adds one or more)."""
+    return db.execute("pragma schema_version").fetchone()[0]
 
 
 def columns_with_values(rows: list[dict[str, Any]], omissible: set[str]) -> list[str]:
@@ -158,7 +166,8 @@ class Recorder:
     def _run(self) -> None:
         db: Database | None = None
         book = PriceBook([])
-        data_version = prices_seen = None
+        data_version = prices_seen = schema_seen = None
+        omissible: set[str] = set()  # null_when_left_out(db), read again when the schema changes
         backoff = 0.0
         outage_since: float | None = None
         stopping = False
@@ -176,6 +185,8 @@ class Recorder:
                     data_version = db.execute("pragma data_version").fetchone()[0]
                     prices_seen = prices_version(db)
                     book = load_price_book(db)
+                    schema_seen = schema_version(db)
+                    omissible = null_when_left_out(db)
                 except sqlite3.Error as e:
                     db = None
                     outage_since = self._outage(outage_since, e)
@@ -187,9 +198,11 @@ class Recorder:
                         data_version = version
                         if (seen := prices_version(db)) != prices_seen:
                             book, prices_seen = load_price_book(db), seen
+                        if (schema := schema_version(db)) != schema_seen:  # a migration ran
+                            omissible, schema_seen = null_when_left_out(db), schema
                     batch = self._pending[: self.batch_size]
                     priced = [self._priced(r, book) for r in batch]
-                    write_rows(db, priced)
+                    write_rows(db, priced, omissible)
                     del self._pending[: len(batch)]
                     self.written += len(batch)
                     if not self._pending:
