@@ -116,6 +116,13 @@ SDK_RESPONSE_HEADERS = b"".join(
     }.items()
 )
 HEADER_SETS = ("minimal", "sdk")
+headers_option = click.option(
+    "--headers",
+    type=click.Choice(HEADER_SETS),
+    default="minimal",
+    show_default=True,
+    help="sdk: requests and answers carry an SDK's and OpenAI's headers (17 and 21).",
+)
 
 
 # The upstream: a minimal HTTP/1.1 server, fast enough not to be what is measured.
@@ -1189,13 +1196,7 @@ def read_counters(counters: Path, pid: int) -> dict[str, float]:
 @main.command("cost")
 @click.option("--requests", default=4000, show_default=True, help="Requests per round and path.")
 @click.option("--rounds", default=4, show_default=True, help="Medians over this many rounds.")
-@click.option(
-    "--headers",
-    type=click.Choice(HEADER_SETS),
-    default="minimal",
-    show_default=True,
-    help="sdk: requests and answers carry an SDK's and OpenAI's headers (17 and 21).",
-)
+@headers_option
 def cost_command(requests: int, rounds: int, headers: str) -> None:
     """What the addon costs, part by part: the lean master and `llm-monitor proxy` take
     turns under the JSON load, each pinned to one core. Per request, in µs: CPU time of
@@ -1366,13 +1367,7 @@ def ratio_table(labels: tuple[str, str], used_per_round: list[list[float]]) -> l
 )
 @click.option("--requests", default=3000, show_default=True, help="Requests per round and side.")
 @click.option("--rounds", default=10, show_default=True, help="The ratio is a median over rounds.")
-@click.option(
-    "--headers",
-    type=click.Choice(HEADER_SETS),
-    default="minimal",
-    show_default=True,
-    help="sdk: requests and answers carry an SDK's and OpenAI's headers (17 and 21).",
-)
+@headers_option
 def compare_command(base: str, path: str, requests: int, rounds: int, headers: str) -> None:
     """A change measured: the working tree against `--base`, both running at once, pinned
     to the same core, under the same JSON load. Per round, the CPU time a request of each.
@@ -1408,13 +1403,7 @@ def compare_command(base: str, path: str, requests: int, rounds: int, headers: s
 @click.argument("second", type=click.Choice([*PROXY_PATHS, *OPTIONAL_PATHS]))
 @click.option("--requests", default=3000, show_default=True, help="Requests per round and side.")
 @click.option("--rounds", default=10, show_default=True, help="The ratio is a median over rounds.")
-@click.option(
-    "--headers",
-    type=click.Choice(HEADER_SETS),
-    default="minimal",
-    show_default=True,
-    help="sdk: requests and answers carry an SDK's and OpenAI's headers (17 and 21).",
-)
+@headers_option
 def pair_command(first: str, second: str, requests: int, rounds: int, headers: str) -> None:
     """Two paths measured side by side, as `compare` does: e.g. `pair proxy proxy-metrics`
     (what metrics cost), `pair lean proxy` (what the addon costs), `pair proxy controls`.
