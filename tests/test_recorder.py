@@ -162,3 +162,18 @@ def test_the_recorder_sees_a_schema_change_made_while_it_runs(db_with_token: Pat
     with sqlite3.connect(db_with_token) as conn:
         tiers = [tier for (tier,) in conn.execute("select service_tier from usage order by id")]
     assert tiers == [None, None]
+
+
+def test_a_row_nothing_can_write_is_logged_and_the_thread_goes_on(
+    db_with_token: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a bug could submit it (the proxy's rows are its own typed values): it is lost
+    loudly, and the rows after it are still written."""
+    recorder = Recorder(db_with_token)
+    recorder.start()
+    recorder.submit({"not": {"a", "row"}})  # type: ignore[arg-type]
+    recorder.submit(record(input_tokens=7))
+    recorder.close()
+    with sqlite3.connect(db_with_token) as conn:
+        assert [r[0] for r in conn.execute("select input_tokens from usage")] == [7]
+    assert "a usage row LOST: dict cannot be written anywhere" in caplog.text

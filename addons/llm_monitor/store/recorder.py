@@ -335,7 +335,16 @@ class Recorder:
         try:
             with path.open("a", encoding="utf-8") as f:
                 for record in records:
-                    f.write(json.dumps(fields_of(record)) + "\n")
+                    try:
+                        line = json.dumps(fields_of(record))
+                    except (TypeError, ValueError, AttributeError) as e:  # a bug, not data
+                        logger.critical(
+                            "llm-monitor: a usage row LOST: %s cannot be written anywhere (%r)",
+                            type(record).__name__,
+                            e,
+                        )
+                        continue
+                    f.write(line + "\n")
         except OSError as e:
             logger.critical(
                 "llm-monitor: %d usage rows LOST: neither %s nor %s could be written (%s)",
