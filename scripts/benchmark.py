@@ -760,6 +760,13 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
     show_default=True,
     help="Where to write the figures as JSON.",
 )
+@click.option(
+    "--side-rounds",
+    default=10,
+    show_default=True,
+    help="With json, lean and proxy measured: rounds of the two side by side on one core "
+    "(as `pair lean proxy`), with each header set; 0 for none.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -770,9 +777,14 @@ def main(
     first_event_ms: float,
     rounds: int,
     out: str,
+    side_rounds: int,
 ) -> None:
     """Measure the proxy: direct, bare mitmdump, mitmdump with the monitor addon, the lean
-    master alone, and `llm-monitor proxy`."""
+    master alone, and `llm-monitor proxy`.
+
+    What the addon costs (proxy / lean) is also measured side by side: rounds run one after
+    another meet the host at different speeds, and moved this ratio by a tenth within one
+    run here; two processes sharing one core under the same load meet it alike."""
     if ctx.invoked_subcommand is not None:
         return
     pin(os.getpid(), OTHER_CPUS)
@@ -788,6 +800,20 @@ def main(
         )
     print_table(results)
     summary = ratios(results)
+    measured = set(paths or PROXY_PATHS)
+    if side_rounds and "json" in (kinds or KINDS) and {"lean", "proxy"} <= measured:
+        json_entry = next(entry for entry in summary if entry["kind"] == "json")
+        for headers in HEADER_SETS:
+            click.echo(f"\nlean and proxy side by side, {headers} headers:")
+            per_round = ratio_table(
+                ("lean", "proxy"), paired("lean", "proxy", requests, side_rounds, headers)
+            )
+            json_entry[f"proxy_vs_lean_side_by_side_{headers}_headers"] = round(
+                statistics.median(per_round), 3
+            )
+            json_entry[f"proxy_vs_lean_side_by_side_{headers}_headers_range"] = (
+                f"{min(per_round):.3f}-{max(per_round):.3f}"
+            )
     click.echo()
     for entry in summary:
         click.echo(json.dumps(entry))
@@ -1409,6 +1435,18 @@ def pair_command(first: str, second: str, requests: int, rounds: int, headers: s
     (what metrics cost), `pair lean proxy` (what the addon costs), `pair proxy controls`.
     Prints, per round and as a median, the CPU time a request of FIRST over SECOND's:
     SECOND's throughput per core as a share of FIRST's."""
+    ratios = ratio_table((first, second), paired(first, second, requests, rounds, headers))
+    click.echo(
+        f"\n`{second}` keeps {statistics.median(ratios):.3f} of `{first}`'s throughput per "
+        f"core (CPU time a request, {first} / {second}; median of {rounds} rounds, "
+        f"{min(ratios):.3f} to {max(ratios):.3f})."
+    )
+
+
+def paired(
+    first: str, second: str, requests: int, rounds: int, headers: str = "minimal"
+) -> list[list[float]]:
+    """`side_by_side` for two of the paths: per round, the CPU time a request of each."""
     with tempfile.TemporaryDirectory(prefix="llm-monitor-pair-") as tmp:
         workdir = Path(tmp)
         sides = []
@@ -1420,13 +1458,7 @@ def pair_command(first: str, second: str, requests: int, rounds: int, headers: s
                 side_dir.mkdir(parents=True)
                 db, token = side_dir / "unused.db", "-"
             sides.append((f"{side}-{path}", side_args(path, db), {}, token))
-        used = side_by_side(sides, workdir, requests, rounds, headers)
-    ratios = ratio_table((first, second), used)
-    click.echo(
-        f"\n`{second}` keeps {statistics.median(ratios):.3f} of `{first}`'s throughput per "
-        f"core (CPU time a request, {first} / {second}; median of {rounds} rounds, "
-        f"{min(ratios):.3f} to {max(ratios):.3f})."
-    )
+        return side_by_side(sides, workdir, requests, rounds, headers)
 
 
 @main.command("workers")
