@@ -116,6 +116,14 @@ SDK_RESPONSE_HEADERS = b"".join(
     }.items()
 )
 HEADER_SETS = ("minimal", "sdk")
+
+
+def sdk_request_headers(headers: str) -> dict[str, str] | None:
+    """The request headers a header set adds to the load (its upstream answers with
+    `SDK_RESPONSE_HEADERS` when there are some)."""
+    return SDK_REQUEST_HEADERS if headers == "sdk" else None
+
+
 headers_option = click.option(
     "--headers",
     type=click.Choice(HEADER_SETS),
@@ -1233,11 +1241,11 @@ def cost_command(requests: int, rounds: int, headers: str) -> None:
     with tempfile.TemporaryDirectory(prefix="llm-monitor-cost-") as tmp:
         workdir = Path(tmp)
         upstream_port = free_port()
-        sdk = headers == "sdk"
-        with upstream(upstream_port, workdir, sdk_headers=sdk, first_event_ms=20.0):
+        extra = sdk_request_headers(headers)
+        with upstream(upstream_port, workdir, sdk_headers=extra is not None, first_event_ms=20.0):
             for round_ in range(rounds):
                 for path in rotated(["lean", "proxy"], round_):
-                    rows.append(cost_round(path, round_, requests, upstream_port, workdir, sdk))
+                    rows.append(cost_round(path, round_, requests, upstream_port, workdir, extra))
     echo_table(["path", "round", "req_per_s", *columns], rows)
     lean, proxy = (median_row([r for r in rows if r["path"] == p]) for p in ("lean", "proxy"))
     # What the addon adds: the difference of the medians; its hooks are all its own.
@@ -1264,7 +1272,12 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def cost_round(
-    path: str, round_: int, requests: int, upstream_port: int, workdir: Path, sdk: bool = False
+    path: str,
+    round_: int,
+    requests: int,
+    upstream_port: int,
+    workdir: Path,
+    extra: dict[str, str] | None = None,
 ) -> dict[str, object]:
     port = free_port()
     run_dir = workdir / f"{path}-{round_}"
@@ -1276,7 +1289,6 @@ def cost_round(
     if path == "proxy":
         args += monitor_options(port, db)
     with process(args, port, workdir / f"{run_dir.name}.log", PROXY_CPU) as proc:
-        extra = SDK_REQUEST_HEADERS if sdk else None
         run_harness(load(port, 300, 10, BODIES["json"], token, headers=extra))
         counted = read_counters(counters, proc.pid)
         threads = thread_cpu(proc.pid)
@@ -1316,12 +1328,11 @@ def side_by_side(
     (by up to half here): a 1% difference is lost among them. Side by side, a change in
     the machine's speed reaches every side alike. `headers` "sdk": requests and answers
     carry an SDK's and the provider's headers (`SDK_REQUEST_HEADERS`)."""
-    sdk = headers == "sdk"
-    extra = SDK_REQUEST_HEADERS if sdk else None
+    extra = sdk_request_headers(headers)
     upstream_port = free_port()
     with contextlib.ExitStack() as running:
         running.enter_context(
-            upstream(upstream_port, workdir, sdk_headers=sdk, first_event_ms=20.0)
+            upstream(upstream_port, workdir, sdk_headers=extra is not None, first_event_ms=20.0)
         )
         started = []  # (pid, port, token)
         for label, args, env, token in sides:
