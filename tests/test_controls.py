@@ -163,6 +163,27 @@ def test_changes_and_removals_apply_on_the_next_refresh(acme: Path) -> None:
     assert admit(gate) is None
 
 
+def test_a_gate_without_rules_reads_only_whether_one_was_set(acme: Path) -> None:
+    """Four times a second, per worker: with no hard budget and no rate limit anywhere,
+    the gate reads only the controls' change version, until a budget is set."""
+    invoke(acme, "budgets", "set", "--org", "Acme", "--period", "day", "--usd", "5", "--soft")
+    gate = Gate(acme)
+    gate.refresh()
+    statements: list[str] = []
+    with gate._reader.reading() as conn:
+        conn.set_trace_callback(statements.append)
+    gate.refresh()
+    gate.refresh()
+    assert statements == ["select version from change_versions where name = 'controls'"] * 2
+    invoke(acme, "limits", "set", "--org", "Acme", "--rpm", "1")
+    gate.refresh()
+    assert isinstance(admit(gate), Hold)
+    assert isinstance(admit(gate), Refusal)
+    invoke(acme, "limits", "remove", "1")
+    gate.refresh()
+    assert admit(gate) is None
+
+
 def test_scopes_match_their_own_requests(acme: Path) -> None:
     invoke(
         acme,

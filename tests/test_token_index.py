@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from llm_monitor.accounts.tokens import TokenIndex
-from tests.conftest import invoke, new_org
+from llm_monitor.money.costs import PriceBook, price_row
+from llm_monitor.store.database import open_db
+from llm_monitor.store.recorder import write_rows
+from tests.conftest import invoke, new_org, usage_record
 
 
 def test_follows_new_and_revoked_tokens(fresh_db: Path) -> None:
@@ -25,6 +28,27 @@ def test_follows_new_and_revoked_tokens(fresh_db: Path) -> None:
     invoke(fresh_db, "tokens", "revoke", token)
     index.reload()
     assert index.owner(token) is None
+    index.stop()
+
+
+def test_reads_the_tokens_again_only_when_they_changed(fresh_db: Path) -> None:
+    """Once a second, per worker: only the tokens' change version is read while no token
+    was made or revoked, even as the recorder stamps each token's last use."""
+    token = new_org(fresh_db, "Acme")
+    index = TokenIndex(fresh_db)
+    index.reload()
+    statements: list[str] = []
+    with index._reader.reading() as conn:
+        conn.set_trace_callback(statements.append)
+    db = open_db(fresh_db)
+    write_rows(db, [price_row(usage_record(token_id=1), PriceBook([]))])
+    assert db.execute("select last_used_at from monitor_tokens").fetchone()[0] is not None
+    index.reload()
+    assert statements == ["select version from change_versions where name = 'tokens'"]
+    invoke(fresh_db, "tokens", "revoke", token)
+    index.reload()
+    assert index.owner(token) is None
+    assert any("from monitor_tokens" in s for s in statements[1:])
     index.stop()
 
 

@@ -15,6 +15,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 class ReadOnlyConnection:
@@ -46,6 +47,20 @@ class ReadOnlyConnection:
         except sqlite3.Error:
             self.close()
             raise
+
+    def version(self, conn: sqlite3.Connection, name: str) -> tuple[Any, ...] | None:
+        """The state of the tables `change_versions` follows under `name`, as this file and
+        that number (read it before the tables: a change after it is seen next time); None
+        where the database keeps no such number (its schema is older): read them anyway."""
+        try:
+            row = conn.execute(
+                "select version from change_versions where name = ?", [name]
+            ).fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return None
+            raise
+        return (self._opened, row[0]) if row else None
 
     def close(self) -> None:
         if self._conn is not None:

@@ -177,6 +177,7 @@ class TokenIndex:
         self.refresh_seconds = refresh_seconds
         self._owners: dict[str, TokenOwner] = {}
         self._reader = ReadOnlyConnection(db_path)
+        self._seen: tuple[Any, ...] | None = None  # the tokens' change version last read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -189,9 +190,13 @@ class TokenIndex:
         return len(self._owners)
 
     def reload(self) -> None:
-        """Read every live token; on failure keep the last good set (the DB may be locked)."""
+        """Read every live token, when they changed since the last read (`change_versions`);
+        on failure keep the last good set (the DB may be locked)."""
         try:
             with self._reader.reading() as conn:
+                seen = self._reader.version(conn, "tokens")
+                if seen is not None and seen == self._seen:
+                    return
                 rows = conn.execute(_LIVE_TOKENS).fetchall()
         except sqlite3.Error as e:
             logger.warning(
@@ -201,6 +206,7 @@ class TokenIndex:
             )
             return
         self._owners = {row[0]: TokenOwner(row[1], row[2]) for row in rows}
+        self._seen = seen
 
     def start(self) -> None:
         self.reload()

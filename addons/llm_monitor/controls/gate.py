@@ -7,7 +7,8 @@ hold it; if so it is reserved in all of them, else refused. Nothing here touches
 
 In the background (`Gate._run`, every `refresh_seconds` or at once when a slice runs low):
 reload budgets, limits and prices; give back what is held beyond need; sync every meter
-with the lease store in one transaction. Settlement (`settle_cost`) runs on the
+with the lease store in one transaction. While no hard budget or rate limit exists, it
+only reads whether one was set since (`change_versions`). Settlement (`settle_cost`) runs on the
 recorder's thread once the row is priced; token counts settle on the event loop.
 """
 
@@ -157,6 +158,10 @@ class Gate:
         self._holders = 1
         # The window each period is in, while the clock stays inside it (see `_window`).
         self._windows: dict[tuple[str, str | None, str | None], Window] = {}
+        # The controls' change version at the last reload, and whether that reload found no
+        # hard budget and no rate limit: then nothing is read again until the version moves.
+        self._seen: tuple[Any, ...] | None = None
+        self._idle = False
         # How early the next window's meters are taken, so that no request meets a window
         # this worker holds nothing of yet.
         self._lookahead = dt.timedelta(seconds=2 * refresh_seconds)
@@ -440,6 +445,9 @@ class Gate:
 
     def _reload(self) -> None:
         with self._reader.reading() as conn:
+            seen = self._reader.version(conn, "controls")
+            if self._idle and seen is not None and seen == self._seen:
+                return  # no rules before, none since: no meter to take or turn over
             budgets = [b for b in load_budgets(conn) if b.hard]
             limits = load_limits(conn)
             prices = conn.execute("select version from prices_version").fetchall()[0][0]
@@ -480,6 +488,7 @@ class Gate:
         with self._lock:
             self._meters = meters
             self._rules = rules
+        self._seen, self._idle = seen, not budgets and not limits
 
     def _raise_refusing(self) -> None:
         """Record the 100% alert of each hard budget that began refusing requests (once
