@@ -22,10 +22,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlite_utils import Database
 
 from llm_monitor.cli import cli
 from llm_monitor.controls.alerts import (
+    RecentMinutes,
     Watcher,
+    _minute_counts,
     anomaly_drafts,
     deliver_due,
     error_drafts,
@@ -441,20 +444,71 @@ def test_a_model_without_a_price_is_raised_once_a_day_from_the_rollup(acme: Path
     assert read == {"usage_daily_no_price"}
 
 
+def usage_reads(db: Database, at: dt.datetime, recent: RecentMinutes | None = None) -> list:
+    """The statements an evaluation at `at` runs that read `usage` itself, as run, each
+    with its query plan."""
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    evaluate(db, at, recent=recent)
+    db.conn.set_trace_callback(None)
+    return [
+        (sql, " ".join(row[3] for row in db.execute(f"explain query plan {sql}")))
+        for sql in statements
+        if re.search(r"\bfrom usage\b", sql)
+    ]
+
+
 def test_every_read_of_usage_is_a_range_of_the_index_on_ts(acme: Path) -> None:
     """What an evaluation reads from `usage` itself (a minute's requests, loops) is a range
     of its index on `ts`, never the whole table: the statements it runs, as run."""
     spend(acme, "2026-06-10T11:59:30.000Z", 0.01, count=3, user="alice@acme.example")
-    db = open_db(acme)
-    statements: list[str] = []
-    db.conn.set_trace_callback(statements.append)
-    evaluate(db, dt.datetime(2026, 6, 10, 12, 0, 30, tzinfo=dt.UTC))
-    db.conn.set_trace_callback(None)
-    reads = [sql for sql in statements if re.search(r"\bfrom usage\b", sql)]
-    assert len(reads) == 4, reads  # a minute's requests by token, user and model; loops
-    for sql in reads:
-        plan = " ".join(row[3] for row in db.execute(f"explain query plan {sql}"))
+    reads = usage_reads(open_db(acme), dt.datetime(2026, 6, 10, 12, 0, 30, tzinfo=dt.UTC))
+    assert len(reads) == 2, reads  # the minutes' requests, by token, user and model; loops
+    for sql, plan in reads:
         assert "USING INDEX idx_usage_ts (ts>? AND ts<?)" in plan, (sql, plan)
+
+
+def test_the_watcher_reads_each_row_of_its_minutes_once(acme: Path) -> None:
+    """The watcher keeps the minutes it judges between evaluations: after its first read
+    (a range of the index on `ts`) it reads only the rows added since, by rowid, and
+    judges the same minutes a new evaluation would, a row recorded late included."""
+    at = dt.datetime(2026, 6, 10, 12, 1, 30, tzinfo=dt.UTC)
+    db, recent = open_db(acme), RecentMinutes()
+    spend(acme, "2026-06-10T11:59:50.000Z", 0.01, count=2, user="alice@acme.example")
+    spend(acme, "2026-06-10T12:00:30.000Z", 0.01, count=3, user="alice@acme.example")
+    first = usage_reads(db, at, recent)
+    assert any("USING INDEX idx_usage_ts (ts>?)" in plan for _, plan in first), first
+    spend(acme, "2026-06-10T12:01:10.000Z", 0.02, count=4, user="bob@acme.example")
+    spend(acme, "2026-06-10T12:00:40.000Z", 0.01, count=1)  # late, and without a user
+    later = usage_reads(db, at, recent)
+    minute_reads = [plan for sql, plan in later if "substr(ts, 1, 16)" in sql]
+    assert minute_reads == [
+        "SEARCH usage USING INTEGER PRIMARY KEY (rowid>? AND rowid<?) USE TEMP B-TREE FOR GROUP BY"
+    ]
+    start, end = "2026-06-10T12:00:00.000Z", "2026-06-10T12:01:31.000Z"
+    kept = cents(recent.read(db, start, end))
+    assert kept == cents(_minute_counts(db, start, end))
+    assert kept["token"] == {
+        (1, 1, "2026-06-10T12:00"): (4.0, 4),
+        (1, 1, "2026-06-10T12:01"): (8.0, 4),
+    }
+    assert kept["user"] == {
+        (1, "alice@acme.example", "2026-06-10T12:00"): (3.0, 3),
+        (1, "bob@acme.example", "2026-06-10T12:01"): (8.0, 4),
+    }
+    # An hour later the minutes before are gone; evaluating an earlier moment reads anew.
+    later_hour = recent.read(db, "2026-06-10T13:00:00.000Z", "2026-06-10T13:00:31.000Z")
+    assert later_hour == {"token": {}, "user": {}, "model": {}}
+    assert cents(recent.read(db, start, end)) == kept
+
+
+def cents(counts: dict[str, dict]) -> dict[str, dict]:
+    """Minute counts with spend in cents, rounded: sums added in another order differ in
+    the last bits."""
+    return {
+        what: {key: (round(cost * 100, 6), requests) for key, (cost, requests) in minutes.items()}
+        for what, minutes in counts.items()
+    }
 
 
 def test_a_hard_budget_raises_its_100_percent_alert_when_it_starts_refusing(
