@@ -258,16 +258,13 @@ class Recorder:
     def _collect(self, backoff: float) -> bool:
         """Move queued records to pending; True once the stop sentinel has been seen.
 
-        Idle, it waits for a first record, then sleeps `max_delay` and takes everything that
-        came meanwhile: one wake-up and one transaction per batch, not one per request.
-        With rows left over it only drains what is queued; during an outage it sleeps
-        `backoff` first.
+        Idle, it waits for a first record (or the stop sentinel: an idle thread never wakes
+        on its own), then sleeps `max_delay` and takes everything that came meanwhile: one
+        wake-up and one transaction per batch, not one per request. With rows left over it
+        only drains what is queued; during an outage it sleeps `backoff` first.
         """
         if not self._pending:
-            try:
-                first = self._queue.get(timeout=self.max_delay)
-            except queue.Empty:
-                return False
+            first = self._queue.get()
             if first is _STOP:
                 return True
             self._pending.append(first)
