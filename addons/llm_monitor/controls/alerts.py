@@ -403,9 +403,10 @@ def loop_drafts(db: Database, at: dt.datetime, rule: LoopRule | None = None) -> 
         ],
     ).fetchall()
     for org, token, digest, count, latest in found:
-        model, path = db.execute(
+        latest_row = db.execute(
             "select coalesce(response_model, model), path from usage where rowid = ?", [latest]
         ).fetchone()
+        model, path = latest_row or (None, "")  # pruned meanwhile: named without it
         who = f"monitor token {token}" if token is not None else "requests without a token"
         drafts.append(
             Draft(

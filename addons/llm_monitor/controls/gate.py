@@ -8,8 +8,8 @@ hold it; if so it is reserved in all of them, else refused. Nothing here touches
 In the background (`Gate._run`, every `refresh_seconds` or at once when a slice runs low):
 reload budgets, limits and prices; give back what is held beyond need; sync every meter
 with the lease store in one transaction. While no hard budget or rate limit exists, it
-only reads whether one was set since (`change_versions`). Settlement (`settle_cost`) runs on the
-recorder's thread once the row is priced; token counts settle on the event loop.
+only reads whether one was set since (`change_versions`). Settlement (`settle_cost`) runs
+on the recorder's thread once the row is priced; token counts settle on the event loop.
 """
 
 from __future__ import annotations
