@@ -26,6 +26,7 @@ from sqlite_utils import Database
 
 from llm_monitor.cli import cli
 from llm_monitor.controls.alerts import (
+    RecentLoops,
     RecentMinutes,
     Watcher,
     _minute_counts,
@@ -380,9 +381,102 @@ def test_the_watcher_looks_for_loops_in_one_evaluation_of_four(acme: Path) -> No
     for _ in range(9):
         db.execute("delete from alerts")
         db.conn.commit()
+        loop(acme, start + dt.timedelta(minutes=4), 1, 1)  # the loop goes on
         watcher.run_once()
         looked.append(loops_raised())
     assert looked == [1, 0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def loop_traffic(seed: int) -> list[tuple[dt.datetime, dt.datetime, int | None, int]]:
+    """45 minutes of requests as (ts, recorded at, monitor token, body digest): a new body
+    every 2 s, thirty bodies sent now and then, four loops (one just under the rule, now
+    and then; one a burst), from token 1, token 2 and none; one request in twenty recorded
+    late."""
+    rng = random.Random(seed)
+    start = dt.datetime(2026, 6, 10, 12, 0, 30, tzinfo=dt.UTC)
+    pool = [rng.getrandbits(62) for _ in range(30)]
+    sent: list[tuple[float, int | None, int]] = []
+    sent += [(s, rng.choice([1, 2, None]), rng.getrandbits(62)) for s in range(0, 2700, 2)]
+    sent += [(s + 0.5, rng.choice([1, None]), rng.choice(pool)) for s in range(0, 2700, 5)]
+    sent += [(s + 0.2, 1, 101) for s in range(300, 1500, 20)]  # 30 in 10 minutes
+    sent += [(s + 0.7, None, 102) for s in range(720, 2400, 25)]  # 24 in 10 minutes
+    sent += [(s + 0.9, 2, 103) for s in range(1200, 2700, 31)]  # 19 or 20 in 10 minutes
+    # A burst at 12:15:30, and one more at 12:24: raised again in the window of 12:20,
+    # though no part since the burst held two of it.
+    sent += [(900 + 2 * i + 0.4, 2, 104) for i in range(21)] + [(1410.4, 2, 104)]
+    requests = []
+    for second, token, digest in sent:
+        ts = start + dt.timedelta(seconds=second)
+        late = rng.uniform(5, 90) if rng.random() < 0.05 else 0.3
+        requests.append((ts, ts + dt.timedelta(seconds=late), token, digest))
+    return sorted(requests, key=lambda r: r[1])
+
+
+@pytest.mark.parametrize("rule", [LoopRule(20, 10), LoopRule(9, 10)])
+def test_the_watcher_raises_the_loops_a_whole_read_raises(acme: Path, rule: LoopRule) -> None:
+    """Searching only the rows recorded since the last search (`RecentLoops`) raises each
+    loop when reading the whole window does, with the same count, search after search;
+    with 20 requests to a loop it reads the window whole only the first time (with 9, no
+    more than the parts a window holds, it falls back to that now and then)."""
+    invoke(acme, "tokens", "create", "--org", "Acme")  # token 2
+    db = open_db(acme)
+    book = load_price_book(db)
+    requests = loop_traffic(seed=7)
+    recent, whole_reads = RecentLoops(), []
+    raised: dict[str, dict[tuple[str, str], tuple[int, float | None]]] = {"whole": {}, "recent": {}}
+    at = dt.datetime(2026, 6, 10, 12, 1, 10, tzinfo=dt.UTC)
+    for search in range(47):
+        recorded = [r for r in requests if r[1] <= at]
+        requests = requests[len(recorded) :]
+        rows = [
+            price_row(
+                usage_record(
+                    ts=ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+                    token_id=token,
+                    model="gpt-4o",
+                    path="/v1/chat/completions",
+                    input_tokens=100,
+                    output_tokens=10,
+                    body_digest=digest,
+                ),
+                book,
+            )
+            for ts, _, token, digest in recorded
+        ]
+        write_rows(db, rows)
+        db.conn.set_trace_callback(whole_reads.append)
+        found = {"whole": loop_drafts(db, at, rule), "recent": recent.drafts(db, at, rule)}
+        db.conn.set_trace_callback(None)
+        for way, drafts in found.items():
+            for d in drafts:
+                raised[way].setdefault((d.scope, d.window), (search, d.value))
+        at += dt.timedelta(seconds=60 + search % 3 * 7)
+    assert raised["recent"] == raised["whole"]
+    assert len({scope.split(":body:")[1] for scope, _ in raised["whole"]}) == 4, raised
+    assert len([scope for scope, _ in raised["whole"] if scope.endswith(f"{104:016x}")]) == 2
+    whole = [sql for sql in whole_reads if "filter (where ts <=" in sql]
+    assert len(whole) == 1 if rule.requests == 20 else 1 < len(whole) < 47
+
+
+def test_a_burst_is_remembered_for_as_long_as_it_is_in_the_window(acme: Path) -> None:
+    """A loop's burst, then one request nine minutes on, in the next fixed window: the one
+    request alone brings it back to be counted, since the burst is remembered (for ten
+    minutes from the search that read it) and raised again, as a whole read raises it."""
+    rule, recent = LoopRule(20, 10), RecentLoops()
+    db = open_db(acme)
+    at = dt.datetime(2026, 6, 10, 12, 10, 5, tzinfo=dt.UTC)
+    assert recent.drafts(db, at, rule) == []
+    loop(acme, dt.datetime(2026, 6, 10, 12, 15, tzinfo=dt.UTC), 21, 1)
+    at = dt.datetime(2026, 6, 10, 12, 16, tzinfo=dt.UTC)
+    [first] = recent.drafts(db, at, rule)
+    assert first.window == "2026-06-10T12:10/10m" and first.value == 21
+    for minute in range(17, 25):
+        assert recent.drafts(db, at.replace(minute=minute), rule) == []
+    loop(acme, dt.datetime(2026, 6, 10, 12, 24, 30, tzinfo=dt.UTC), 1, 1)
+    at = dt.datetime(2026, 6, 10, 12, 24, 50, tzinfo=dt.UTC)
+    [again] = recent.drafts(db, at, rule)
+    assert again.window == "2026-06-10T12:20/10m" and again.value == 22
+    assert [(d.scope, d.value) for d in loop_drafts(db, at, rule)] == [(again.scope, 22)]
 
 
 def test_the_loop_rule_comes_from_the_environment(
