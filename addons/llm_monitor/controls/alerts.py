@@ -382,6 +382,12 @@ LoopKey = tuple[Any, Any, int]  # organisation, monitor token, body digest
 FoundLoop = tuple[Any, Any, int, int, int]
 
 
+def _in_window(at: dt.datetime, rule: LoopRule) -> list[str]:
+    """The bounds of a loop's window as `usage.ts` compares: after the first, up to the
+    second."""
+    return [periods.usage_ts(at - dt.timedelta(minutes=rule.minutes)), periods.usage_ts(at)]
+
+
 def loop_drafts(db: Database, at: dt.datetime, rule: LoopRule | None = None) -> list[Draft]:
     """The same request body sent `rule.requests` times or more within the last
     `rule.minutes` minutes from one monitor token (or from no token): a runaway loop.
@@ -396,12 +402,7 @@ def loop_drafts(db: Database, at: dt.datetime, rule: LoopRule | None = None) -> 
         "select org_id, token_id, body_digest, count(*), max(rowid) from usage "
         "where ts > ? and ts <= ? and body_digest is not null "
         "group by org_id, token_id, body_digest having count(*) >= ? and max(ts) >= ?",
-        [
-            periods.usage_ts(at - dt.timedelta(minutes=rule.minutes)),
-            periods.usage_ts(at),
-            rule.requests,
-            periods.usage_ts(loop_window(at, rule.minutes)),
-        ],
+        [*_in_window(at, rule), rule.requests, periods.usage_ts(loop_window(at, rule.minutes))],
     ).fetchall()
     return _loop_drafts_of(db, found, at, rule)
 
@@ -495,16 +496,13 @@ class RecentLoops:
     ) -> list[FoundLoop]:
         """Every body seen twice in the window (and rows stamped later), rows up to `top`;
         the loops among them."""
+        since, until = _in_window(at, rule)
         rows = db.execute(
             "select org_id, token_id, body_digest, count(*) filter (where ts <= ?), "
             "max(rowid) filter (where ts <= ?), max(ts) filter (where ts <= ?) from usage "
             "where ts > ? and +rowid <= ? and body_digest is not null "
             "group by org_id, token_id, body_digest having count(*) >= 2",
-            [
-                *[periods.usage_ts(at)] * 3,
-                periods.usage_ts(at - dt.timedelta(minutes=rule.minutes)),
-                top,
-            ],
+            [until, until, until, since, top],
         ).fetchall()
         self._twice = {(org, token, digest): at for org, token, digest, *_ in rows}
         return self._loops(rows, at, rule)
@@ -535,11 +533,7 @@ class RecentLoops:
             "select org_id, token_id, body_digest, count(*), max(rowid), max(ts) from usage "
             "where ts > ? and ts <= ? and body_digest in (select value from json_each(?)) "
             "group by org_id, token_id, body_digest",
-            [
-                periods.usage_ts(at - dt.timedelta(minutes=rule.minutes)),
-                periods.usage_ts(at),
-                json.dumps(sorted({digest for _, _, digest in again})),
-            ],
+            [*_in_window(at, rule), json.dumps(sorted({digest for _, _, digest in again}))],
         ).fetchall()
         wanted = set(again)
         return self._loops([r for r in rows if tuple(r[:3]) in wanted], at, rule)
