@@ -455,7 +455,11 @@ class RecentLoops:
     the index on `ts`). A loop not raised yet has come again since: one that had not, and
     was one already, was raised by the search before, or is out of its window. Otherwise
     (the first search, another rule, as many parts as requests, time going back, rows
-    removed, a search that failed) the window is read whole, as `loop_drafts` reads it."""
+    removed, a search that failed) the window is read whole, as `loop_drafts` reads it.
+
+    A body is counted in every row read so far that is stamped after the window's start:
+    `loop_drafts` stops at `at`, to the second, and finds a row of that very second at its
+    next search; here that row is read now or never again."""
 
     def __init__(self) -> None:
         self._rule: LoopRule | None = None
@@ -492,15 +496,13 @@ class RecentLoops:
     def _read_whole(
         self, db: Database, at: dt.datetime, rule: LoopRule, top: int
     ) -> list[FoundLoop]:
-        """Every body seen twice in the window (and rows stamped later), rows up to `top`;
-        the loops among them."""
-        since, until = _in_window(at, rule)
+        """Every body seen twice among the rows up to `top` stamped in the window (or
+        after: `at` is read before `top`); the loops among them."""
         rows = db.execute(
-            "select org_id, token_id, body_digest, count(*) filter (where ts <= ?), "
-            "max(rowid) filter (where ts <= ?), max(ts) filter (where ts <= ?) from usage "
+            "select org_id, token_id, body_digest, count(*), max(rowid), max(ts) from usage "
             "where ts > ? and +rowid <= ? and body_digest is not null "
             "group by org_id, token_id, body_digest having count(*) >= 2",
-            [until, until, until, since, top],
+            [_in_window(at, rule)[0], top],
         ).fetchall()
         self._twice = {(org, token, digest): at for org, token, digest, *_ in rows}
         return self._loops(rows, at, rule)
@@ -529,9 +531,13 @@ class RecentLoops:
             return []
         rows = db.execute(
             "select org_id, token_id, body_digest, count(*), max(rowid), max(ts) from usage "
-            "where ts > ? and ts <= ? and body_digest in (select value from json_each(?)) "
+            "where ts > ? and +rowid <= ? and body_digest in (select value from json_each(?)) "
             "group by org_id, token_id, body_digest",
-            [*_in_window(at, rule), json.dumps(sorted({digest for _, _, digest in again}))],
+            [
+                _in_window(at, rule)[0],
+                top,
+                json.dumps(sorted({digest for _, _, digest in again})),
+            ],
         ).fetchall()
         wanted = set(again)
         return self._loops([r for r in rows if tuple(r[:3]) in wanted], at, rule)
