@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 
 import pytest
 from mitmproxy import exceptions, options
@@ -11,6 +13,7 @@ from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.test import tflow
 
 from llm_monitor.proxy.master import LeanMaster
+from tests.proxy import free_port
 
 
 class Calls:
@@ -156,3 +159,63 @@ def test_children_an_addon_registers_later_are_called(event_loop_master) -> None
 
     event_loop_master.run_until_complete(run())
     assert seen == ["child.request"]
+
+
+SETTLED_HEAP_CHECK = """
+import asyncio, gc, os, signal, sys
+from llm_monitor.money.prices import PriceEntry
+from llm_monitor.proxy import master
+
+made = []
+
+
+def walked(kind):
+    return sum(isinstance(o, kind) for o in gc.get_objects())  # the frozen ones are not
+
+
+class Noted(master.LeanMaster):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        made.append(self)
+
+
+master.LeanMaster = Noted
+
+
+async def check():
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while not (made and made[0].addons.get("monitor").started()):
+        assert loop.time() < deadline, "the monitor addon never started"
+        await asyncio.sleep(0.05)
+    recorder = made[0].addons.get("monitor").recorder
+    assert recorder.warmed.is_set()
+    settle = loop.time() + 5  # the master settles its heap once the addon has started
+    while (left := walked(PriceEntry)) and loop.time() < settle:
+        await asyncio.sleep(0.1)
+    print("price entries the collector still walks:", left, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def main():
+    asyncio.get_running_loop().create_task(check())
+    await master.serve([sys.argv[1]], [f"monitor_db={sys.argv[2]}", "termlog_verbosity=warn"])
+
+
+asyncio.run(main())
+"""
+
+
+def test_what_the_addon_builds_at_start_is_frozen_out_of_full_collections(fresh_db) -> None:
+    """The recorder builds its price book (about 20,000 objects) on its thread after the
+    heap was first frozen; every full collection under load (one every second or two)
+    walked it, 6-13 ms each instead of 2-6 ms, until the master froze it too."""
+    mode = f"reverse:http://127.0.0.1:{free_port()}@127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-c", SETTLED_HEAP_CHECK, mode, str(fresh_db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "price entries the collector still walks: 0" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0, done.stderr

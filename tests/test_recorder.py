@@ -177,3 +177,18 @@ def test_a_row_nothing_can_write_is_logged_and_the_thread_goes_on(
     with sqlite3.connect(db_with_token) as conn:
         assert [r[0] for r in conn.execute("select input_tokens from usage")] == [7]
     assert "a usage row LOST: dict cannot be written anywhere" in caplog.text
+
+
+def test_the_recorder_says_when_its_start_up_is_done_even_when_it_failed(
+    db_with_token: Path, tmp_path: Path
+) -> None:
+    """The proxy freezes its heap once the recorder has built its price book; a database
+    that cannot be opened must not leave it waiting."""
+    for path in (db_with_token, tmp_path):  # a directory is no database
+        recorder = Recorder(path)
+        assert not recorder.warmed.is_set()
+        recorder.start()
+        try:
+            assert recorder.warmed.wait(5)
+        finally:
+            recorder.close(timeout=1)

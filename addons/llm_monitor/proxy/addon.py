@@ -525,6 +525,12 @@ class Monitor:
             logger.error("llm-monitor: %s", e)
             ctx.master.shutdown()
 
+    def started(self) -> bool:
+        """Whether its start-up work is done: `running` has opened everything and the
+        recorder's thread has built its price book (or failed to)."""
+        recorder = self.recorder
+        return self._running and (recorder is None or recorder.warmed.is_set())
+
     def _start_metrics(self) -> None:
         """Metrics when a port is given, or as a worker of `up --workers N` (multiprocess
         mode: `up` serves them all); started once per process."""

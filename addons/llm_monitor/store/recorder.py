@@ -119,6 +119,9 @@ class Recorder:
         self._deadline: float | None = None
         self._warned_unpriced: set[tuple[str, str | None]] = set()
         self._waiting_since: float | None = None  # when the oldest row in memory came
+        # Set once the thread has opened the database and built its price book, or failed
+        # to: what start-up leaves behind is then known (the proxy freezes its heap).
+        self.warmed = threading.Event()
         self.on_written = on_written  # called on the recorder's thread with written rows
         # Called on this thread with the priced row (spend controls settle by it); keyed by
         # the record's identity, so that the queue and the spool keep plain records.
@@ -191,6 +194,7 @@ class Recorder:
                     db = None
                     outage_since = self._outage(outage_since, e)
                     backoff = min(max(backoff * 2, 0.05), self.max_backoff)
+                self.warmed.set()
             if db is not None and self._pending:
                 try:
                     version = db.execute("pragma data_version").fetchone()[0]
