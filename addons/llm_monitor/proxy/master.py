@@ -186,10 +186,9 @@ async def settle_once_started(proxy: master.Master, timeout: float = 10.0) -> No
     The first requests may be in flight then; the few objects of theirs frozen with the
     rest are a one-off."""
     monitor = proxy.addons.get("monitor")
-    deadline = asyncio.get_running_loop().time() + timeout
-    while monitor is not None and not monitor.started():
-        if asyncio.get_running_loop().time() >= deadline:
-            break
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while monitor is not None and not monitor.started() and loop.time() < deadline:
         await asyncio.sleep(0.02)
     settle_heap()
 
