@@ -167,6 +167,9 @@ class _Handler(QuietHandler):
 class ReplayServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops the SYNs of a burst of connections (20
+    # streams at once): each retry waits 1, 2, 4, 8 s, which a loaded machine can run into.
+    request_queue_size = 128
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)

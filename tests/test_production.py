@@ -362,7 +362,11 @@ def test_sigterm_drains_twenty_streams(tmp_path: Path, upstream: ReplayServer) -
 
         with ThreadPoolExecutor(20) as pool:
             futures = [pool.submit(stream) for _ in range(20)]
-            started.wait(20)
+            try:
+                started.wait(20)
+            except threading.BrokenBarrierError:
+                failed = [f.exception() for f in futures if f.done() and f.exception()]
+                raise AssertionError(f"not every stream started; failures: {failed}") from None
             proxy.process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
             with pytest.raises(OSError):  # the listener is closed
