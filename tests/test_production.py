@@ -365,7 +365,7 @@ def test_sigterm_drains_twenty_streams(tmp_path: Path, upstream: ReplayServer) -
             try:
                 started.wait(20)
             except threading.BrokenBarrierError:
-                failed = [f.exception() for f in futures if f.done() and f.exception()]
+                failed = [e for f in futures if f.done() and (e := f.exception()) is not None]
                 raise AssertionError(f"not every stream started; failures: {failed}") from None
             proxy.process.send_signal(signal.SIGTERM)
             time.sleep(0.5)

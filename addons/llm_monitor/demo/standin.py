@@ -952,7 +952,8 @@ def _parse(raw: bytes) -> dict[str, Any]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128  # socketserver's 5 drops connections of a burst (SYN retried 1 s on)
+    # socketserver's backlog of 5 drops a burst's connections: their SYNs are retried 1 s later.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], latency_scale: float) -> None:
         if ":" in address[0]:
