@@ -16,11 +16,10 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.replay import QuietHandler
+from tests.replay import QuietHandler, StandInServer
 
 DAY = 86400
 
@@ -106,10 +105,7 @@ class _Handler(QuietHandler):
     do_GET = do_POST = _handle
 
 
-class BillingStandIn(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class BillingStandIn(StandInServer):
     def __init__(self, keys: dict[str, str], page_days: int = 2) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.keys = keys  # provider -> the admin key it accepts

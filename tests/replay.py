@@ -164,13 +164,18 @@ class _Handler(QuietHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
 
-class ReplayServer(ThreadingHTTPServer):
+class StandInServer(ThreadingHTTPServer):
+    """The server of every stand-in in the tests: a thread per connection that never
+    holds the test up at exit, and a backlog for bursts. socketserver's default of 5 drops
+    the SYNs of a burst (20 streams at once); each retry waits 1, 2, 4, 8 s, which a loaded
+    machine runs into."""
+
     daemon_threads = True
     allow_reuse_address = True
-    # socketserver's default backlog of 5 drops the SYNs of a burst of connections (20
-    # streams at once): each retry waits 1, 2, 4, 8 s, which a loaded machine can run into.
-    request_queue_size = 128
+    request_queue_size = 1024
 
+
+class ReplayServer(StandInServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.replies: queue.Queue[Reply] = queue.Queue()

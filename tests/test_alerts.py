@@ -16,7 +16,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,11 @@ from llm_monitor.money.costs import load_price_book, price_row
 from llm_monitor.store.database import open_db
 from llm_monitor.store.recorder import write_rows
 from tests.conftest import invoke, new_org, set_budget, usage_record
+from tests.replay import StandInServer
 
 
-class Receiver(ThreadingHTTPServer):
+class Receiver(StandInServer):
     """A json:// endpoint on 127.0.0.1: answers 503 while `down`, records what it accepts."""
-
-    daemon_threads = True
 
     def __init__(self) -> None:
         server = self

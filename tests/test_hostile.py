@@ -21,7 +21,6 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,7 +30,7 @@ import pytest
 
 from tests.conftest import API_KEY, invoke, new_org
 from tests.proxy import Proxy, rows, running_proxy, wait_for_rows
-from tests.replay import QuietHandler
+from tests.replay import QuietHandler, StandInServer
 
 MiB = 1024 * 1024
 CANARY_BOUND = 0.2  # seconds
@@ -75,13 +74,9 @@ FIRST = {"id": "c", "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"
 LAST = {"id": "c", "model": "gpt-4o-mini", "choices": [], "usage": USAGE}
 
 
-class Upstream(ThreadingHTTPServer):
+class Upstream(StandInServer):
     """A provider stand-in that answers by `?case=`; it keeps what it received (the first
     MB of each body, and its length)."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 1024
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
