@@ -1,7 +1,7 @@
 """Runaway loops: the same request body sent again and again from one monitor token.
 
 The proxy stores a short digest of each recorded request's body (`body_digest`, on the
-event loop: one BLAKE2b pass over bytes already in memory, no parsing); the alert
+event loop: one XXH3 pass over bytes already in memory, no parsing); the alert
 evaluator, off the hot path, counts rows per (token, digest) over the last few minutes.
 How many times within how many minutes make a loop is read from the environment on each
 evaluation: `LLM_MONITOR_LOOP_REQUESTS` (20) and `LLM_MONITOR_LOOP_MINUTES` (10).
@@ -9,10 +9,11 @@ evaluation: `LLM_MONITOR_LOOP_REQUESTS` (20) and `LLM_MONITOR_LOOP_MINUTES` (10)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
+
+import xxhash
 
 logger = logging.getLogger(__name__)
 
@@ -21,24 +22,28 @@ MINUTES_ENV = "LLM_MONITOR_LOOP_MINUTES"
 DEFAULT_REQUESTS = 20
 DEFAULT_MINUTES = 10
 # Bodies up to this size are hashed whole; a longer one by its length, its first and its
-# last HALF bytes, so that the work on the event loop is bounded (tens of µs).
-WHOLE = 64 * 1024
+# last HALF bytes, so that the work on the event loop is bounded (about 15 µs).
+WHOLE = 1024 * 1024
 HALF = WHOLE // 2
+_SIGN = 2**63
 
 
 def body_digest(body: bytes | None) -> int | None:
-    """Eight bytes of BLAKE2b of the body as a signed 64-bit integer (what an SQLite
-    INTEGER holds); None for no body, which no loop is judged by."""
+    """XXH3's 64 bits of the body as a signed integer (what an SQLite INTEGER holds); None
+    for no body, which no loop is judged by. A loop needs equal bodies told apart from
+    others, not a cryptographic hash: XXH3 reads a 50 KB prompt in about 1 µs, where
+    BLAKE2b took 58 µs, a tenth of the whole proxy's time for such a request."""
     if not body:
         return None
     if len(body) <= WHOLE:
-        digest = hashlib.blake2b(body, digest_size=8)
+        digest = xxhash.xxh3_64_intdigest(body)
     else:
-        digest = hashlib.blake2b(len(body).to_bytes(8, "big"), digest_size=8)
+        hasher = xxhash.xxh3_64(len(body).to_bytes(8, "big"))
         view = memoryview(body)
-        digest.update(view[:HALF])
-        digest.update(view[-HALF:])
-    return int.from_bytes(digest.digest(), "big", signed=True)
+        hasher.update(view[:HALF])
+        hasher.update(view[-HALF:])
+        digest = hasher.intdigest()
+    return digest - 2 * _SIGN if digest >= _SIGN else digest
 
 
 def digest_hex(digest: int) -> str:
