@@ -454,6 +454,39 @@ def test_many_small_json_values_pass_on_unread(
     assert row["input_tokens"] == 9
 
 
+@pytest.mark.parametrize(
+    ("pad", "read"),
+    [
+        # 250,000 values in 750 KB: more than the event loop parses (MAX_JSON_ITEMS).
+        ([0] * 250_000, False),
+        # Longer than MAX_JSON_ITEMS bytes with few values: counted, and read.
+        ("x" * 300_000, True),
+    ],
+    ids=["many-values", "long-string"],
+)
+def test_json_values_are_counted_before_parsing(
+    hostile: Proxy, token: str, origin: Upstream, pad: object, read: bool
+) -> None:
+    case = "long-string" if read else "many-values"
+    body = json.dumps({"model": "gpt-4o", "pad": pad}).encode()
+    response = httpx.post(
+        f"{hostile.base_url}/chat/completions?case=canary&n={case}",
+        content=body,
+        headers=auth(token, **{"Content-Type": "application/json"}),
+        timeout=30,
+    )
+    assert response.status_code == 200
+    (seen,) = [r for r in origin.seen("canary") if case in r["path"]]
+    assert seen["length"] == len(body)
+    row = row_where(hostile, "path like ?", (f"%{case}%",))
+    if read:
+        assert (row["model"], row["unread_reason"]) == ("gpt-4o", None)
+    else:
+        assert row["model"] is None
+        assert row["unread_reason"] == "request body: JSON with more than 200000 values not parsed"
+    assert row["input_tokens"] == 9  # the answer is read either way
+
+
 UPLOAD = """
 import socket, sys
 port, size = int(sys.argv[1]), int(sys.argv[2])
