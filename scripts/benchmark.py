@@ -133,6 +133,37 @@ headers_option = click.option(
 )
 
 
+def conversation_body(prompt_kb: int) -> bytes:
+    """A chat completion request whose messages hold about `prompt_kb` KB: a conversation
+    so far, turns of prose with punctuation and a non-ASCII letter, as an application sends
+    one. What the proxy does per byte of a request (parse it, digest it) shows here; the
+    default load's two words hide it."""
+    turn = 'Here is what was said before, with commas, a "quote", numbers like 3.5 and é. '
+    messages: list[dict[str, str]] = []
+    while len(json.dumps(messages)) < prompt_kb * 1024:
+        role = "user" if len(messages) % 2 == 0 else "assistant"
+        messages.append({"role": role, "content": turn * 4})
+    messages.append({"role": "user", "content": "Say hi"})
+    return json.dumps({"model": "gpt-4o-mini", "messages": messages}).encode()
+
+
+def use_prompt(ctx: click.Context, param: click.Parameter, prompt_kb: int) -> int:
+    if prompt_kb:
+        BODIES["json"] = conversation_body(prompt_kb)
+    return prompt_kb
+
+
+prompt_option = click.option(
+    "--prompt-kb",
+    type=click.IntRange(0, 4096),
+    default=0,
+    show_default=True,
+    expose_value=False,
+    callback=use_prompt,
+    help="JSON requests carry a conversation of about this many KB (0: two words).",
+)
+
+
 # The upstream: a minimal HTTP/1.1 server, fast enough not to be what is measured.
 
 JSON_REPLY = json.dumps(
@@ -775,6 +806,7 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
     help="With json, lean and proxy measured: rounds of the two side by side on one core "
     "(as `pair lean proxy`), with each header set; 0 for none.",
 )
+@prompt_option
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -1231,6 +1263,7 @@ def read_counters(counters: Path, pid: int) -> dict[str, float]:
 @click.option("--requests", default=4000, show_default=True, help="Requests per round and path.")
 @click.option("--rounds", default=4, show_default=True, help="Medians over this many rounds.")
 @headers_option
+@prompt_option
 def cost_command(requests: int, rounds: int, headers: str) -> None:
     """What the addon costs, part by part: the lean master and `llm-monitor proxy` take
     turns under the JSON load, each pinned to one core. Per request, in µs: CPU time of
@@ -1405,6 +1438,7 @@ def ratio_table(labels: tuple[str, str], used_per_round: list[list[float]]) -> l
 @click.option("--requests", default=3000, show_default=True, help="Requests per round and side.")
 @click.option("--rounds", default=10, show_default=True, help="The ratio is a median over rounds.")
 @headers_option
+@prompt_option
 def compare_command(base: str, path: str, requests: int, rounds: int, headers: str) -> None:
     """A change measured: the working tree against `--base`, both running at once, pinned
     to the same core, under the same JSON load. Per round, the CPU time a request of each.
@@ -1441,6 +1475,7 @@ def compare_command(base: str, path: str, requests: int, rounds: int, headers: s
 @click.option("--requests", default=3000, show_default=True, help="Requests per round and side.")
 @click.option("--rounds", default=10, show_default=True, help="The ratio is a median over rounds.")
 @headers_option
+@prompt_option
 def pair_command(first: str, second: str, requests: int, rounds: int, headers: str) -> None:
     """Two paths measured side by side, as `compare` does: e.g. `pair proxy proxy-metrics`
     (what metrics cost), `pair lean proxy` (what the addon costs), `pair proxy controls`.
