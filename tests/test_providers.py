@@ -28,7 +28,7 @@ from mitmproxy import http
 
 from llm_monitor.proxy.addon import response_head
 from llm_monitor.proxy.providers import KNOWN_HOSTS, READ_HEADERS, provider_named
-from llm_monitor.proxy.providers.base import load_json
+from llm_monitor.proxy.providers.base import dump_json, load_json
 from llm_monitor.proxy.providers.openai import form_model
 from tests.conftest import API_KEY
 from tests.proxy import Proxy, row_for, running_proxy
@@ -636,6 +636,37 @@ def test_load_json_falls_back_to_the_standard_library(body: bytes) -> None:
         expected = None
     got = load_json(body)
     assert got == expected or (got != got and expected != expected)  # NaN is not NaN
+
+
+# What a client may send that orjson cannot write back as it was read.
+ODD_JSON_VALUES = st.recursive(
+    st.none()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats()  # NaN and Infinity too
+    | st.text()
+    | st.sampled_from(["\ud83d", "a\udc00b", "NaN", "-Infinity"]),  # lone surrogates
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@given(ODD_JSON_VALUES)
+def test_dump_json_forwards_what_was_read(value: Any) -> None:
+    """A body changed by the proxy (usage injection) is written back with every value as
+    the client sent it: NaN stays NaN, a lone surrogate stays one."""
+    raw = json.dumps(value).encode()
+    read = load_json(raw)
+    assert json.dumps(json.loads(dump_json(read, raw))) == json.dumps(read)
+
+
+def test_dump_json_is_orjsons_unless_it_cannot_be() -> None:
+    assert dump_json({"a": "é", "b": [1.5]}, b"{}") == '{"a":"é","b":[1.5]}'.encode()
+    deep: Any = []
+    for _ in range(300):  # orjson writes 254 levels at most
+        deep = [deep]
+    assert json.loads(dump_json(deep, b"[]")) == deep
 
 
 def test_a_forms_model_is_read_part_by_part() -> None:

@@ -138,6 +138,23 @@ def load_json(body: bytes) -> Any:
         return None
 
 
+def dump_json(value: Any, raw: bytes) -> bytes:
+    """`value`, parsed from `raw` by `load_json` and changed, as JSON to forward.
+
+    orjson (9 against 105 µs for a 50 KB conversation; this runs for every stream whose
+    usage the proxy asks for), unless it cannot write the value as it was read: it raises
+    on lone surrogates and on nesting past 254, and would write NaN and Infinity as null,
+    so a body that spells either (anywhere, even in a string) goes to the standard library,
+    whose ASCII escapes keep lone surrogates ("\\ud83d") that UTF-8 cannot encode.
+    """
+    if b"NaN" not in raw and b"Infinity" not in raw:
+        try:
+            return orjson.dumps(value)
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return json.dumps(value).encode()
+
+
 class SSEReader:
     """Shared SSE plumbing: split into events, hand each to `on_event`, keep what it keeps."""
 

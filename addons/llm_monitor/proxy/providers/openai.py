@@ -29,6 +29,7 @@ from llm_monitor.proxy.providers.base import (
     SSEReader,
     bearer_token,
     count_field,
+    dump_json,
     load_json,
 )
 from llm_monitor.proxy.sse import parse_event
@@ -363,7 +364,8 @@ class OpenAI:
             return RequestInfo(model=form_model(request.raw_content or b"", content_type))
         if "json" not in content_type:
             return RequestInfo()
-        body = load_json(request.raw_content or b"")
+        raw = request.raw_content or b""
+        body = load_json(raw)
         if not isinstance(body, dict):
             return RequestInfo()
         model = body.get("model") if isinstance(body.get("model"), str) else None
@@ -382,9 +384,8 @@ class OpenAI:
             if options.get("include_usage") is not True:
                 options["include_usage"] = True
                 body["stream_options"] = options
-                info.unchanged_body = request.raw_content  # to send again if refused
-                # ASCII escapes survive lone surrogates ("\ud83d") that UTF-8 cannot encode.
-                request.content = json.dumps(body).encode()
+                info.unchanged_body = raw  # to send again if refused
+                request.content = dump_json(body, raw)
                 info.usage_injected = True
         return info
 
