@@ -279,6 +279,19 @@ def auth(token: str, **extra: str) -> dict[str, str]:
     return {"X-Monitor-Token": token, "Authorization": f"Bearer {API_KEY}", **extra}
 
 
+def post_canary(
+    proxy: Proxy, token: str, name: str, body: Any, timeout: float = 60, **headers: str
+) -> httpx.Response:
+    """POST `body` (bytes, or an iterator of chunks) as JSON to the upstream's canary case,
+    named `name` in the path the row keeps."""
+    return httpx.post(
+        f"{proxy.base_url}/chat/completions?case=canary&n={name}",
+        content=body,
+        headers=auth(token, **{"Content-Type": "application/json", **headers}),
+        timeout=timeout,
+    )
+
+
 # The hostile cases.
 
 
@@ -288,12 +301,7 @@ def test_request_gzip_bomb_passes_on_unread(hostile: Proxy, token: str, origin: 
         b"a", 200 * MiB, head=b'{"model":"gpt-4o","stream":false,"pad":"', tail=b'"}'
     )
     with canary_during(hostile, token):
-        response = httpx.post(
-            f"{hostile.base_url}/chat/completions?case=canary&n=req-bomb",
-            content=body,
-            headers=auth(token, **{"Content-Type": "application/json", "Content-Encoding": "gzip"}),
-            timeout=60,
-        )
+        response = post_canary(hostile, token, "req-bomb", body, **{"Content-Encoding": "gzip"})
     assert response.status_code == 200
     (seen,) = [r for r in origin.seen("canary") if "req-bomb" in r["path"]]
     assert seen["length"] == len(body) and seen["head"] == body[: len(seen["head"])]
@@ -411,18 +419,8 @@ def test_json_body_over_the_limit_gets_413_unbuffered(
             yield body[i : i + MiB]
 
     with canary_during(hostile, token):
-        declared = httpx.post(
-            f"{hostile.base_url}/chat/completions?case=canary&n=60mb",
-            content=body,
-            headers=auth(token, **{"Content-Type": "application/json"}),
-            timeout=60,
-        )
-        chunked = httpx.post(
-            f"{hostile.base_url}/chat/completions?case=canary&n=60mb-chunked",
-            content=chunks(),
-            headers=auth(token, **{"Content-Type": "application/json"}),
-            timeout=60,
-        )
+        declared = post_canary(hostile, token, "60mb", body)
+        chunked = post_canary(hostile, token, "60mb-chunked", chunks())
     for response in (declared, chunked):
         assert response.status_code == 413
         error = response.json()["error"]
@@ -440,12 +438,7 @@ def test_many_small_json_values_pass_on_unread(
     ).encode()
     assert 16 * MiB < len(body) < 32 * MiB
     with canary_during(hostile, token):
-        response = httpx.post(
-            f"{hostile.base_url}/chat/completions?case=canary&n=small-values",
-            content=body,
-            headers=auth(token, **{"Content-Type": "application/json"}),
-            timeout=60,
-        )
+        response = post_canary(hostile, token, "small-values", body)
     assert response.status_code == 200
     (seen,) = [r for r in origin.received if "small-values" in r["path"]]
     assert seen["length"] == len(body)
@@ -469,12 +462,7 @@ def test_json_values_are_counted_before_parsing(
 ) -> None:
     case = "long-string" if read else "many-values"
     body = json.dumps({"model": "gpt-4o", "pad": pad}).encode()
-    response = httpx.post(
-        f"{hostile.base_url}/chat/completions?case=canary&n={case}",
-        content=body,
-        headers=auth(token, **{"Content-Type": "application/json"}),
-        timeout=30,
-    )
+    response = post_canary(hostile, token, case, body)
     assert response.status_code == 200
     (seen,) = [r for r in origin.seen("canary") if case in r["path"]]
     assert seen["length"] == len(body)
