@@ -148,6 +148,7 @@ def conversation_body(prompt_kb: int) -> bytes:
 
 
 def use_prompt(ctx: click.Context, param: click.Parameter, prompt_kb: int) -> int:
+    """`--prompt-kb`'s callback: the JSON load's body, for every path of the run."""
     if prompt_kb:
         BODIES["json"] = conversation_body(prompt_kb)
     return prompt_kb

@@ -25,14 +25,13 @@ DEFAULT_MINUTES = 10
 # last HALF bytes, so that the work on the event loop is bounded (about 15 µs).
 WHOLE = 1024 * 1024
 HALF = WHOLE // 2
-_SIGN = 2**63
 
 
 def body_digest(body: bytes | None) -> int | None:
     """XXH3's 64 bits of the body as a signed integer (what an SQLite INTEGER holds); None
     for no body, which no loop is judged by. A loop needs equal bodies told apart from
     others, not a cryptographic hash: XXH3 reads a 50 KB prompt in about 1 µs, where
-    BLAKE2b took 58 µs, a tenth of the whole proxy's time for such a request."""
+    BLAKE2b took 58 µs, about 6% of the whole proxy's time for such a request."""
     if not body:
         return None
     if len(body) <= WHOLE:
@@ -43,7 +42,7 @@ def body_digest(body: bytes | None) -> int | None:
         hasher.update(view[:HALF])
         hasher.update(view[-HALF:])
         digest = hasher.intdigest()
-    return digest - 2 * _SIGN if digest >= _SIGN else digest
+    return digest - 2**64 if digest >= 2**63 else digest
 
 
 def digest_hex(digest: int) -> str:
