@@ -29,11 +29,11 @@ from llm_monitor.proxy.providers.base import (
     SSEReader,
     bearer_token,
     count_field,
-    dump_json,
     load_json,
+    load_json_for_rewrite,
 )
 from llm_monitor.proxy.sse import parse_event
-from llm_monitor.usage import TokenUsage, as_count
+from llm_monitor.usage import TokenUsage, as_count, json_bytes
 
 # Endpoints whose streams accept `stream_options.include_usage`.
 INJECTABLE_SUFFIXES = ("/chat/completions", "/completions")
@@ -365,7 +365,7 @@ class OpenAI:
         if "json" not in content_type:
             return RequestInfo()
         raw = request.raw_content or b""
-        body = load_json(raw)
+        body, read_by_orjson = load_json_for_rewrite(raw)
         if not isinstance(body, dict):
             return RequestInfo()
         model = body.get("model") if isinstance(body.get("model"), str) else None
@@ -385,7 +385,7 @@ class OpenAI:
                 options["include_usage"] = True
                 body["stream_options"] = options
                 info.unchanged_body = raw  # to send again if refused
-                request.content = dump_json(body, raw)
+                request.content = json_bytes(body, fast=read_by_orjson)
                 info.usage_injected = True
         return info
 
