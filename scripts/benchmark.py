@@ -140,9 +140,11 @@ def conversation_body(prompt_kb: int) -> bytes:
     default load's two words hide it."""
     turn = 'Here is what was said before, with commas, a "quote", numbers like 3.5 and é. '
     messages: list[dict[str, str]] = []
-    while len(json.dumps(messages)) < prompt_kb * 1024:
+    size = 0
+    while size < prompt_kb * 1024:
         role = "user" if len(messages) % 2 == 0 else "assistant"
         messages.append({"role": role, "content": turn * 4})
+        size += len(json.dumps(messages[-1])) + 2
     messages.append({"role": "user", "content": "Say hi"})
     return json.dumps({"model": "gpt-4o-mini", "messages": messages}).encode()
 
