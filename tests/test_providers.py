@@ -28,7 +28,7 @@ from mitmproxy import http
 
 from llm_monitor.proxy.addon import response_head
 from llm_monitor.proxy.providers import KNOWN_HOSTS, READ_HEADERS, provider_named
-from llm_monitor.proxy.providers.base import load_json, load_json_for_rewrite
+from llm_monitor.proxy.providers.base import TopLevelFields, load_json, load_json_for_rewrite
 from llm_monitor.proxy.providers.openai import form_model
 from llm_monitor.usage import json_bytes
 from tests.conftest import API_KEY
@@ -645,6 +645,59 @@ def test_load_json_falls_back_to_the_standard_library(body: bytes) -> None:
         expected = None
     got = load_json(body)
     assert got == expected or (got != got and expected != expected)  # NaN is not NaN
+
+
+NAMED = ("model", "stream", "n")
+REQUEST_FIELDS = TopLevelFields(*NAMED)
+
+
+def fields_of_whole(body: bytes) -> dict[str, Any] | None:
+    """The named fields as a whole parse by the standard library finds them."""
+    try:
+        whole = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return {k: whole.get(k) for k in NAMED} if isinstance(whole, dict) else None
+
+
+@given(
+    st.dictionaries(st.sampled_from([*NAMED, "messages", ""]), JSON_VALUES, max_size=5)
+    | JSON_VALUES,
+    st.booleans(),
+)
+def test_top_level_fields_are_what_a_whole_parse_reads(value: Any, ascii_only: bool) -> None:
+    """A request's fields read with the rest stepped over are those a whole parse finds,
+    integers beyond 64 bits included; a body that is not an object has none."""
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert REQUEST_FIELDS(body) == fields_of_whole(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "m", "messages": [NaN]}',  # what msgspec refuses: read by load_json
+        b'{"model": Infinity}',
+        b'{"model": "m", "messages": ["\\ud83d"]}',
+        b'{"model": "m", "messages": ' + b"[" * 1100 + b"]" * 1100 + b"}",
+        b'{"model": "a", "model": "b"}',  # the last one, as every parser here reads it
+        b'{"mod\\u0065l": "m", "n": null}',
+        b'["model", "m"]',
+        b'{"model": "m"} trailing',
+        b"",
+    ],
+)
+def test_top_level_fields_of_odd_bodies(body: bytes) -> None:
+    got = REQUEST_FIELDS(body)
+    expected = fields_of_whole(body)
+    assert json.dumps(got) == json.dumps(expected)  # NaN is not NaN
+
+
+def test_a_message_that_is_not_utf8_does_not_hide_the_model() -> None:
+    """A string stepped over is not checked for UTF-8 (TopLevelFields): the model is read
+    where a whole parse reads nothing. The provider refuses such a body."""
+    body = b'{"model": "m", "messages": [{"content": "\xff"}]}'
+    assert fields_of_whole(body) is None
+    assert REQUEST_FIELDS(body) == {"model": "m", "stream": None, "n": None}
 
 
 # What a client may send that orjson cannot write back as it was read.

@@ -27,6 +27,7 @@ from mitmproxy import http
 from llm_monitor.proxy.providers.base import (
     RequestInfo,
     SSEReader,
+    TopLevelFields,
     bearer_token,
     count_field,
     load_json,
@@ -116,6 +117,10 @@ class AnthropicStreamReader(SSEReader):
             self.usage = normalise_usage(dict(self._usage))
 
 
+# What `inspect_request` reads of a request body; the rest (the conversation) is skipped.
+_REQUEST_FIELDS = TopLevelFields("model", "stream", "max_tokens")
+
+
 class Anthropic:
     name = "anthropic"
 
@@ -123,8 +128,8 @@ class Anthropic:
         self, request: http.Request, headers: Mapping[str, str], *, inject_usage: bool
     ) -> RequestInfo:
         path = request.path.split("?")[0]
-        body = load_json(request.raw_content or b"")
-        if not isinstance(body, dict):
+        body = _REQUEST_FIELDS(request.raw_content or b"")
+        if body is None:
             return RequestInfo(billable=not path.endswith("/count_tokens"))
         model = body.get("model") if isinstance(body.get("model"), str) else None
         return RequestInfo(

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+import msgspec
 import orjson
 from mitmproxy import http
 
@@ -144,6 +145,38 @@ def load_json_for_rewrite(body: bytes) -> tuple[Any, bool]:
         return orjson.loads(body), True
     except orjson.JSONDecodeError:
         return _standard_json(body), False
+
+
+class TopLevelFields:
+    """Reads the named top-level fields of a JSON object request body, and only them.
+
+    A request carries the conversation so far, most of its bytes; what the proxy reads
+    from it (the model, the stream flag, the output limit) sits at the top. msgspec
+    decodes the named fields and steps over everything else without building it: 3 against
+    orjson's 9 µs for a 10 KB conversation, 12 against 43 µs for 50 KB (less CPU a request
+    by 1.4% and 4.6%: `scripts/benchmark.py compare --prompt-kb N`).
+
+    Returns every named field (None for one that is absent or null), or None for a body
+    that is not a JSON object. What msgspec refuses (NaN, Infinity, lone surrogates, deep
+    nesting) goes to `load_json`, which reads it as before. The one difference: a string
+    stepped over is not checked for valid UTF-8, so the fields of a body holding bad UTF-8
+    in a message are read, where a whole parse read none; the provider refuses such a
+    body, and its row says so (status and error).
+    """
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+        fields = msgspec.defstruct("TopLevelFields", [(n, Any, None) for n in names], gc=False)
+        self._decoder = msgspec.json.Decoder(fields)
+
+    def __call__(self, body: bytes) -> dict[str, Any] | None:
+        try:
+            return msgspec.structs.asdict(self._decoder.decode(body))
+        except msgspec.MsgspecError:  # not an object, not JSON, or JSON msgspec refuses
+            value = load_json(body)
+            if not isinstance(value, dict):
+                return None
+            return {name: value.get(name) for name in self.names}
 
 
 def _standard_json(body: bytes) -> Any:

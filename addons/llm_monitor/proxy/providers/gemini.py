@@ -40,7 +40,13 @@ from mitmproxy import http
 
 from llm_monitor.proxy.budget import json_too_complex
 from llm_monitor.proxy.content_coding import TooLarge
-from llm_monitor.proxy.providers.base import RequestInfo, SSEReader, count_field, load_json
+from llm_monitor.proxy.providers.base import (
+    RequestInfo,
+    SSEReader,
+    TopLevelFields,
+    count_field,
+    load_json,
+)
 from llm_monitor.proxy.sse import parse_event
 from llm_monitor.usage import TokenUsage, as_count
 
@@ -299,7 +305,12 @@ def max_output(body: Any) -> int | None:
 
 
 def _field(body: dict[str, Any], *names: str) -> Any:
-    return next((body[name] for name in names if name in body), None)
+    """The first of a field's spellings that is set (not absent, not null)."""
+    return next((body[name] for name in names if body.get(name) is not None), None)
+
+
+# What `inspect_request` reads of a request body; the rest (the conversation) is skipped.
+_REQUEST_FIELDS = TopLevelFields("generationConfig", "generation_config")
 
 
 class Gemini:
@@ -318,7 +329,7 @@ class Gemini:
             billable=method not in _FREE_METHODS,
         )
         if method in _GENERATING and request.method == "POST":
-            info.max_output = max_output(load_json(request.raw_content or b""))
+            info.max_output = max_output(_REQUEST_FIELDS(request.raw_content or b""))
         return info
 
     def usage_from_body(

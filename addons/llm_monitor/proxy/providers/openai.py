@@ -27,6 +27,7 @@ from mitmproxy import http
 from llm_monitor.proxy.providers.base import (
     RequestInfo,
     SSEReader,
+    TopLevelFields,
     bearer_token,
     count_field,
     load_json,
@@ -193,6 +194,40 @@ def with_response_facts(usage: TokenUsage, holder: dict[str, Any]) -> TokenUsage
     ):
         facts["web_search_requests"] = 1
     return dataclasses.replace(usage, **facts) if facts else usage
+
+
+# What `inspect_request` reads of a request body; the rest (the conversation) is skipped.
+_REQUEST_FIELDS = TopLevelFields(
+    "model",
+    "stream",
+    "stream_options",
+    "tools",
+    "max_completion_tokens",
+    "max_tokens",
+    "max_output_tokens",
+    "n",
+)
+
+
+def asks_for_usage(stream_options: Any) -> bool:
+    """Whether a stream's `stream_options` ask for usage already."""
+    return isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+
+
+def ask_for_usage(request: http.Request, info: RequestInfo) -> None:
+    """Add `stream_options.include_usage` to a stream's body: the whole body parsed and
+    written again (the client's own is kept in `info.unchanged_body`, to send again if the
+    provider refuses the changed one). A body no whole parse reads is left as it is."""
+    raw = request.raw_content or b""
+    body, read_by_orjson = load_json_for_rewrite(raw)
+    if not isinstance(body, dict):
+        return
+    options = body.get("stream_options")
+    options = options if isinstance(options, dict) else {}
+    body["stream_options"] = {**options, "include_usage": True}
+    info.unchanged_body = raw
+    request.content = json_bytes(body, fast=read_by_orjson)
+    info.usage_injected = True
 
 
 def offers_web_search_preview(tools: Any) -> bool:
@@ -365,8 +400,8 @@ class OpenAI:
         if "json" not in content_type:
             return RequestInfo()
         raw = request.raw_content or b""
-        body, read_by_orjson = load_json_for_rewrite(raw)
-        if not isinstance(body, dict):
+        body = _REQUEST_FIELDS(raw)
+        if body is None:
             return RequestInfo()
         model = body.get("model") if isinstance(body.get("model"), str) else None
         info = RequestInfo(model=model, streamed=body.get("stream") is True)
@@ -377,16 +412,10 @@ class OpenAI:
         if (
             inject_usage
             and info.streamed
+            and not asks_for_usage(body.get("stream_options"))
             and request.path.split("?")[0].endswith(INJECTABLE_SUFFIXES)
         ):
-            options = body.get("stream_options")
-            options = dict(options) if isinstance(options, dict) else {}
-            if options.get("include_usage") is not True:
-                options["include_usage"] = True
-                body["stream_options"] = options
-                info.unchanged_body = raw  # to send again if refused
-                request.content = json_bytes(body, fast=read_by_orjson)
-                info.usage_injected = True
+            ask_for_usage(request, info)
         return info
 
     def usage_from_body(
