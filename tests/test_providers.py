@@ -28,8 +28,13 @@ from mitmproxy import http
 
 from llm_monitor.proxy.addon import response_head
 from llm_monitor.proxy.providers import KNOWN_HOSTS, READ_HEADERS, provider_named
-from llm_monitor.proxy.providers.base import TopLevelFields, load_json, load_json_for_rewrite
-from llm_monitor.proxy.providers.openai import form_model
+from llm_monitor.proxy.providers.base import (
+    RequestInfo,
+    TopLevelFields,
+    load_json,
+    load_json_for_rewrite,
+)
+from llm_monitor.proxy.providers.openai import ask_for_usage, form_model
 from llm_monitor.usage import json_bytes
 from tests.conftest import API_KEY
 from tests.proxy import Proxy, row_for, running_proxy
@@ -698,6 +703,68 @@ def test_a_message_that_is_not_utf8_does_not_hide_the_model() -> None:
     body = b'{"model": "m", "messages": [{"content": "\xff"}]}'
     assert fields_of_whole(body) is None
     assert REQUEST_FIELDS(body) == {"model": "m", "stream": None, "n": None}
+
+
+def asked_for_usage(body: bytes) -> tuple[bytes, RequestInfo]:
+    request = http.Request.make("POST", "http://127.0.0.1/v1/chat/completions", body)
+    info = RequestInfo(streamed=True)
+    ask_for_usage(request, info)
+    return request.raw_content or b"", info
+
+
+@given(
+    st.dictionaries(st.sampled_from(["model", "messages", "stream_options", "é"]), JSON_VALUES)
+    | JSON_VALUES,
+    st.booleans(),
+)
+def test_usage_is_asked_for_and_nothing_else_changes(value: Any, ascii_only: bool) -> None:
+    """A stream's body with `stream_options.include_usage` added reads as the client's
+    with that one change; one without `stream_options` (the SDKs' default) keeps every
+    byte it had, the member added before the others."""
+    body = json.dumps(value, ensure_ascii=ascii_only, indent=None).encode()
+    sent, info = asked_for_usage(body)
+    if not isinstance(value, dict):
+        assert (sent, info.usage_injected, info.unchanged_body) == (body, False, None)
+        return
+    options = value.get("stream_options")
+    expected = {**value, "stream_options": {**(options if isinstance(options, dict) else {})}}
+    expected["stream_options"]["include_usage"] = True
+    assert json.loads(sent) == expected
+    assert (info.usage_injected, info.unchanged_body) == (True, body)
+    if "stream_options" not in value:
+        member = b'"stream_options":{"include_usage":true}' + (b"," if value else b"")
+        assert sent == b"{" + member + body[1:]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"stream": true, "n": 123456789012345678901234567890, "x": 1.10}',
+        b' {"stream": true, "x": "\\ud83d \\u00e9"}\n',
+        b'{"stream": true, "x": NaN}',  # msgspec refuses NaN: parsed and written whole
+        b'{"stream": true, "stream_options": {"other": 1}}',
+        b'{"stream": true, "stream\\u005foptions": null}',  # present, in another spelling
+    ],
+)
+def test_usage_is_asked_for_in_odd_bodies(body: bytes) -> None:
+    sent, info = asked_for_usage(body)
+    expected = json.loads(body)
+    options = expected.get("stream_options") or {}
+    expected["stream_options"] = {**options, "include_usage": True}
+    assert json.dumps(json.loads(sent), sort_keys=True) == json.dumps(expected, sort_keys=True)
+    assert info.usage_injected
+
+
+def test_numbers_go_on_as_the_client_wrote_them() -> None:
+    """An integer beyond 64 bits and a float's trailing zero: orjson would have made the
+    first a float and dropped the second when the body was written again."""
+    body = b'{"stream": true, "n": 123456789012345678901234567890, "x": 1.10}'
+    assert asked_for_usage(body)[0] == b'{"stream_options":{"include_usage":true},' + body[1:]
+
+
+def test_a_body_that_is_not_utf8_is_not_changed() -> None:
+    body = b'{"stream": true, "messages": [{"content": "\xff"}]}'
+    assert asked_for_usage(body) == (body, RequestInfo(streamed=True))
 
 
 # What a client may send that orjson cannot write back as it was read.

@@ -25,6 +25,7 @@ from typing import Any
 from mitmproxy import http
 
 from llm_monitor.proxy.providers.base import (
+    FieldAdder,
     RequestInfo,
     SSEReader,
     TopLevelFields,
@@ -214,19 +215,27 @@ def asks_for_usage(stream_options: Any) -> bool:
     return isinstance(stream_options, dict) and stream_options.get("include_usage") is True
 
 
+_WITH_USAGE = FieldAdder("stream_options", {"include_usage": True})
+
+
 def ask_for_usage(request: http.Request, info: RequestInfo) -> None:
-    """Add `stream_options.include_usage` to a stream's body: the whole body parsed and
-    written again (the client's own is kept in `info.unchanged_body`, to send again if the
-    provider refuses the changed one). A body no whole parse reads is left as it is."""
+    """Add `stream_options.include_usage` to a stream's body (the client's own is kept in
+    `info.unchanged_body`, to send again if the provider refuses the changed one). Most
+    bodies have no `stream_options` (the SDKs' default): the member is added before the
+    others, every other byte as sent. One with options of its own is parsed whole and
+    written again; one no whole parse reads is left as it is."""
     raw = request.raw_content or b""
-    body, read_by_orjson = load_json_for_rewrite(raw)
-    if not isinstance(body, dict):
-        return
-    options = body.get("stream_options")
-    options = options if isinstance(options, dict) else {}
-    body["stream_options"] = {**options, "include_usage": True}
+    changed = _WITH_USAGE(raw)
+    if changed is None:
+        body, read_by_orjson = load_json_for_rewrite(raw)
+        if not isinstance(body, dict):
+            return
+        options = body.get("stream_options")
+        options = options if isinstance(options, dict) else {}
+        body["stream_options"] = {**options, "include_usage": True}
+        changed = json_bytes(body, fast=read_by_orjson)
     info.unchanged_body = raw
-    request.content = json_bytes(body, fast=read_by_orjson)
+    request.content = changed
     info.usage_injected = True
 
 
