@@ -673,6 +673,56 @@ def test_a_rejected_injection_is_sent_again_unchanged(
         assert not rows(db_path, "request_id = ?", (refused.request_id,))
 
 
+@pytest.mark.parametrize(
+    "refusals",
+    [
+        pytest.param((429,), id="a rate limit: not about the body, sent once"),
+        pytest.param((401,), id="a bad key: not about the body, sent once"),
+        pytest.param((400, 400), id="refused unchanged too: the body was wrong as sent"),
+    ],
+)
+def test_a_refusal_that_is_not_of_the_change_keeps_usage_asked_for(
+    tmp_path: Path, upstream: ReplayServer, refusals: tuple[int, ...]
+) -> None:
+    """Only a refusal the unchanged body escapes stops usage injection on a listener: a
+    rate limit, a bad key or a body the provider refuses either way leaves it on, and the
+    client gets the answer it would have had without the proxy."""
+    db_path = tmp_path / "refused.db"
+    invoke(db_path, "init")
+    token = new_org(db_path, "Refused")
+    body = b'{"model": "MiniMaxAI/MiniMax-M3", "stream": true, "messages": []}'
+    headers = {"X-Monitor-Token": token, "Content-Type": "application/json"}
+    with running_proxy(
+        db_path, f"http://127.0.0.1:{upstream.port}", providers=("together",)
+    ) as proxy:
+        url = proxy.url("together") + "/v1/chat/completions"
+        for status in refusals:
+            error = {"error": {"message": f"refused ({status})", "code": str(status)}}
+            last = upstream.reply(Reply(status, json.dumps(error).encode()))
+        answer = httpx.post(url, content=body, headers=headers, timeout=20)
+        assert (answer.status_code, answer.json()) == (status, error)
+        sent = [upstream.take_received() for _ in refusals]
+        assert "stream_options" in sent[0].json()
+        assert [r.body for r in sent[1:]] == [body] * (len(refusals) - 1)
+        row = row_for(db_path, last.request_id)
+        assert (row["status"], row["outcome"], row["usage_injected"]) == (
+            status,
+            "provider_error",
+            0 if len(refusals) > 1 else 1,
+        )
+        # The next stream is still asked for usage.
+        streamed = upstream.reply(
+            Reply(200, TOGETHER_STREAM, content_type="text/event-stream", seed=3)
+        )
+        with httpx.stream("POST", url, content=body, headers=headers, timeout=20) as response:
+            assert response.read() == TOGETHER_STREAM
+        assert upstream.take_received().json()["stream_options"] == {"include_usage": True}
+        row = row_for(db_path, streamed.request_id)
+        assert (row["usage_injected"], row["input_tokens"], row["output_tokens"]) == (1, 1000, 100)
+        assert "stopped asking" not in proxy.log_path.read_text()
+        assert len(rows(db_path)) == 2
+
+
 # Units billed per call beside tokens: each counted, priced at its own rate, explained on a
 # line of its own, or the row unpriced with `missing_rate:<kind>` (never $0 for it).
 

@@ -253,9 +253,16 @@ def response_head(headers: http.Headers) -> tuple[str, str, str, str | None]:
     )
 
 
+# What APIs answer to a body with a field they do not take (OpenAI and Groq 400; vLLM,
+# Together and Mistral, FastAPI's 422).
+BODY_REFUSED = frozenset({400, 422})
+
+
 def refused_changed_body(state: FlowState, response: http.Response) -> bool:
-    """The provider answered 4xx to a body the proxy changed: to be sent again unchanged."""
-    return state.info.unchanged_body is not None and 400 <= response.status_code < 500
+    """The provider refused a body the proxy changed as invalid: to be sent again
+    unchanged. Other answers (a bad key's 401, a rate limit's 429) are not about the body
+    and reach the client as they are, sent once."""
+    return state.info.unchanged_body is not None and response.status_code in BODY_REFUSED
 
 
 @dataclass(slots=True)
@@ -836,22 +843,11 @@ class Monitor:
 
     async def _send_unchanged(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """The provider refused a body the proxy changed (usage injection): send the
-        client's own request once more, and stop changing bodies on this listener. The
-        client gets the answer it would have had without the proxy."""
-        mode = flow.client_conn.proxy_mode
-        listener = self._listener_by_spec.get(mode.full_spec)
-        if listener is not None and listener.inject_usage:
-            self._listener_by_spec[mode.full_spec] = dataclasses.replace(
-                listener, inject_usage=False
-            )
-            logger.warning(
-                "llm-monitor: %s answered %d to a stream the proxy had asked for usage "
-                "(stream_options.include_usage); sent it again unchanged and stopped asking "
-                "on this listener (to make it permanent: --set monitor_providers=PORT:%s:noinject)",
-                printable(state.provider_name),
-                flow.response.status_code,
-                printable(state.provider_name),
-            )
+        client's own request once more. The client gets the answer it would have had
+        without the proxy. When the provider takes the unchanged body, the change was what
+        it refused: stop changing bodies on this listener. When it refuses that too, the
+        body was wrong as the client sent it, and the listener goes on asking."""
+        refused = flow.response.status_code
         retry = http.HTTPFlow(flow.client_conn, flow.server_conn)
         retry.request = flow.request.copy()
         retry.request.raw_content = state.info.unchanged_body
@@ -877,6 +873,8 @@ class Monitor:
             flow.response = retry.response
             state.info.usage_injected = False
             state.info.unchanged_body = None
+            if retry.response.status_code < 400:
+                self._stop_injecting(flow.client_conn.proxy_mode, state.provider_name, refused)
         if state.recorded:  # the client hung up meanwhile (recorded by `error`)
             return
         # The answer came whole: read it as if it had passed, within the same limits.
@@ -886,6 +884,20 @@ class Monitor:
             state.tap(flow.response.raw_content or b"")
             state.tap(b"")
         self._record_response(flow, state)
+
+    def _stop_injecting(self, mode: ReverseMode, provider: str, refused: int) -> None:
+        listener = self._listener_by_spec.get(mode.full_spec)
+        if listener is None or not listener.inject_usage:
+            return
+        self._listener_by_spec[mode.full_spec] = dataclasses.replace(listener, inject_usage=False)
+        logger.warning(
+            "llm-monitor: %s answered %d to a stream the proxy had asked for usage "
+            "(stream_options.include_usage); sent it again unchanged and stopped asking "
+            "on this listener (to make it permanent: --set monitor_providers=PORT:%s:noinject)",
+            printable(provider),
+            refused,
+            printable(provider),
+        )
 
     def _record_response(self, flow: http.HTTPFlow, state: FlowState) -> None:
         response = flow.response
