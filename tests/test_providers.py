@@ -684,6 +684,8 @@ def test_top_level_fields_are_what_a_whole_parse_reads(value: Any, ascii_only: b
         b'{"model": Infinity}',
         b'{"model": "m", "messages": ["\\ud83d"]}',
         b'{"model": "m", "messages": ' + b"[" * 1100 + b"]" * 1100 + b"}",
+        b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"model": "m", "tools": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
         b'{"model": "a", "model": "b"}',  # the last one, as every parser here reads it
         b'{"mod\\u0065l": "m", "n": null}',
         b'["model", "m"]',
@@ -742,6 +744,7 @@ def test_usage_is_asked_for_and_nothing_else_changes(value: Any, ascii_only: boo
         b'{"stream": true, "n": 123456789012345678901234567890, "x": 1.10}',
         b' {"stream": true, "x": "\\ud83d \\u00e9"}\n',
         b'{"stream": true, "x": NaN}',  # msgspec refuses NaN: parsed and written whole
+        b'{"stream": true, "x": ' + b"[" * 1100 + b"]" * 1100 + b"}",
         b'{"stream": true, "stream_options": {"other": 1}}',
         b'{"stream": true, "stream\\u005foptions": null}',  # present, in another spelling
     ],
@@ -762,8 +765,15 @@ def test_numbers_go_on_as_the_client_wrote_them() -> None:
     assert asked_for_usage(body)[0] == b'{"stream_options":{"include_usage":true},' + body[1:]
 
 
-def test_a_body_that_is_not_utf8_is_not_changed() -> None:
-    body = b'{"stream": true, "messages": [{"content": "\xff"}]}'
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"stream": true, "messages": [{"content": "\xff"}]}',
+        b'{"stream": true, "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+    ids=["not UTF-8", "nested too deep for any parser here"],
+)
+def test_a_body_no_parser_reads_is_not_changed(body: bytes) -> None:
     assert asked_for_usage(body) == (body, RequestInfo(streamed=True))
 
 

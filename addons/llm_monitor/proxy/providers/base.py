@@ -159,10 +159,10 @@ class TopLevelFields:
 
     Returns every named field (None for one that is absent or null), or None for a body
     that is not a JSON object. What msgspec refuses (NaN, Infinity, lone surrogates, deep
-    nesting) goes to `load_json`, which reads it as before. The one difference: a string
-    stepped over is not checked for valid UTF-8, so the fields of a body holding bad UTF-8
-    in a message are read, where a whole parse read none; the provider refuses such a
-    body, and its row says so (status and error).
+    nesting, raised as a RecursionError) goes to `load_json`, which reads it as before.
+    The one difference: a string stepped over is not checked for valid UTF-8, so the
+    fields of a body holding bad UTF-8 in a message are read, where a whole parse read
+    none; the provider refuses such a body, and its row says so (status and error).
     """
 
     def __init__(self, *names: str) -> None:
@@ -173,7 +173,7 @@ class TopLevelFields:
     def __call__(self, body: bytes) -> dict[str, Any] | None:
         try:
             return msgspec.structs.asdict(self._decoder.decode(body))
-        except msgspec.MsgspecError:  # not an object, not JSON, or JSON msgspec refuses
+        except (msgspec.MsgspecError, RecursionError):  # not an object, or not for msgspec
             value = load_json(body)
             if not isinstance(value, dict):
                 return None
@@ -201,7 +201,7 @@ class FieldAdder:
     def __call__(self, body: bytes) -> bytes | None:
         try:
             found = self._decoder.decode(body)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             return None
         if getattr(found, self._name) is not msgspec.UNSET:
             return None
