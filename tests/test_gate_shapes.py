@@ -38,6 +38,9 @@ def test_max_output_reads_camel_and_snake_case() -> None:
     assert max_output({"generationConfig": config}) == 100
     assert max_output({"generationConfig": {"maxOutputTokens": "lots"}}) is None
     assert max_output([1, 2]) is None
+    # A spelling set to null is not set (a request's fields come as None when absent too).
+    snake = {"max_output_tokens": 100}
+    assert max_output({"generationConfig": None, "generation_config": snake}) == 100
 
 
 def until_ready(send: Callable[[], httpx.Response]) -> httpx.Response:
