@@ -133,6 +133,30 @@ headers_option = click.option(
 )
 
 
+STREAM_LOADS = ("no", "asked", "sdk")
+
+stream_option = click.option(
+    "--stream",
+    type=click.Choice(STREAM_LOADS),
+    default="no",
+    show_default=True,
+    help="The load's requests as streams: asked, with stream_options.include_usage; sdk, "
+    "without it, as the SDKs send them (the proxy asks for usage on their behalf).",
+)
+
+
+def streamed(body: bytes, stream: str) -> bytes:
+    """The JSON load's body (two words or `--prompt-kb`'s conversation) as a stream
+    request, asking for usage or not; as it is for `no`."""
+    if stream == "no":
+        return body
+    request = json.loads(body)
+    request["stream"] = True
+    if stream == "asked":
+        request["stream_options"] = {"include_usage": True}
+    return json.dumps(request).encode()
+
+
 def conversation_body(prompt_kb: int) -> bytes:
     """A chat completion request whose messages hold about `prompt_kb` KB: a conversation
     so far, turns of prose with punctuation and a non-ASCII letter, as an application sends
@@ -193,7 +217,9 @@ JSON_REPLY = json.dumps(
 ).encode()
 
 
-def sse_event(content: str | None, usage: bool = False) -> bytes:
+def sse_event(content: str | None, usage: bool = False, asked: bool = True) -> bytes:
+    """A chat completion chunk as OpenAI streams it: with `"usage": null` (and a last chunk
+    holding the usage) only when the request asked for usage."""
     chunk = {
         "id": "chatcmpl-b",
         "object": "chat.completion.chunk",
@@ -206,6 +232,8 @@ def sse_event(content: str | None, usage: bool = False) -> bytes:
         if usage
         else None,
     }
+    if not asked:
+        del chunk["usage"]
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
 
@@ -231,6 +259,7 @@ async def serve_upstream(
                 body = await reader.readexactly(length) if length else b""
                 interval = PACED_INTERVAL_MS if PACED_MARKER.encode() in body else interval_ms
                 if b'"stream": true' in body or b'"stream":true' in body:
+                    asked = b'"include_usage": true' in body or b'"include_usage":true' in body
                     writer.write(
                         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n%s"
                         b"x-request-id: req_b\r\ntransfer-encoding: chunked\r\n\r\n" % extra
@@ -240,11 +269,10 @@ async def serve_upstream(
                     for i in range(events):
                         if i and interval:
                             await asyncio.sleep(interval / 1000)
-                        writer.write(chunk(sse_event("tok")))
+                        writer.write(chunk(sse_event("tok", asked=asked)))
                         await writer.drain()
-                    writer.write(
-                        chunk(sse_event(None, usage=True) + b"data: [DONE]\n\n") + b"0\r\n\r\n"
-                    )
+                    last = sse_event(None, usage=True) if asked else b""
+                    writer.write(chunk(last + b"data: [DONE]\n\n") + b"0\r\n\r\n")
                 else:
                     writer.write(
                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n%s"
@@ -1357,18 +1385,26 @@ def side_by_side(
     requests: int,
     rounds: int,
     headers: str = "minimal",
+    stream: str = "no",
 ) -> list[list[float]]:
     """Run every side (label, command line, environment, monitor token) at once, pinned
-    to the same core, under the same JSON load at once; per round, the CPU time a request
+    to the same core, under the same load at once; per round, the CPU time a request
     of each, in µs. Rounds run one after the other take the machine at different speeds
     (by up to half here): a 1% difference is lost among them. Side by side, a change in
     the machine's speed reaches every side alike. `headers` "sdk": requests and answers
-    carry an SDK's and the provider's headers (`SDK_REQUEST_HEADERS`)."""
+    carry an SDK's and the provider's headers (`SDK_REQUEST_HEADERS`). `stream`: the
+    requests are streams (`streamed`), their events back to back."""
     extra = sdk_request_headers(headers)
+    body = streamed(BODIES["json"], stream)
     upstream_port = free_port()
     with contextlib.ExitStack() as running:
         running.enter_context(
-            upstream(upstream_port, workdir, sdk_headers=extra is not None, first_event_ms=20.0)
+            upstream(
+                upstream_port,
+                workdir,
+                sdk_headers=extra is not None,
+                first_event_ms=20.0 if stream == "no" else 0.0,
+            )
         )
         started = []  # (pid, port, token)
         for label, args, env, token in sides:
@@ -1383,10 +1419,7 @@ def side_by_side(
 
         async def all_sides(count: int) -> list[Timing]:
             return await asyncio.gather(
-                *(
-                    load(port, count, 10, BODIES["json"], token, headers=extra)
-                    for _, port, token in started
-                )
+                *(load(port, count, 10, body, token, headers=extra) for _, port, token in started)
             )
 
         run_harness(all_sides(500))
@@ -1403,9 +1436,10 @@ def side_by_side(
     return used_per_round
 
 
-def side_args(path: str, db: Path) -> list[str]:
-    """`proxy_args` with the ports left for `side_by_side` to fill in."""
-    args = proxy_args(path, 0, 0, db, "json")
+def side_args(path: str, db: Path, stream: str = "no") -> list[str]:
+    """`proxy_args` with the ports left for `side_by_side` to fill in (for a stream load,
+    as for the sse kind: a proxy without the addon told to stream)."""
+    args = proxy_args(path, 0, 0, db, "json" if stream == "no" else "sse")
     return [
         a.replace("127.0.0.1:0@127.0.0.1:0", "127.0.0.1:{upstream}@127.0.0.1:{port}").replace(
             "monitor_providers=0:", "monitor_providers={port}:"
@@ -1442,7 +1476,10 @@ def ratio_table(labels: tuple[str, str], used_per_round: list[list[float]]) -> l
 @click.option("--rounds", default=10, show_default=True, help="The ratio is a median over rounds.")
 @headers_option
 @prompt_option
-def compare_command(base: str, path: str, requests: int, rounds: int, headers: str) -> None:
+@stream_option
+def compare_command(
+    base: str, path: str, requests: int, rounds: int, headers: str, stream: str
+) -> None:
     """A change measured: the working tree against `--base`, both running at once, pinned
     to the same core, under the same JSON load. Per round, the CPU time a request of each.
 
@@ -1462,8 +1499,8 @@ def compare_command(base: str, path: str, requests: int, rounds: int, headers: s
             db, token = new_db(side_dir) if path == "proxy" else (side_dir / "unused.db", "-")
             # PYTHONPATH comes before the editable install: each side runs its own tree.
             env = {"PYTHONPATH": str(tree / "addons")}
-            sides.append((f"side-{side}", side_args(path, db), env, token))
-        used = side_by_side(sides, workdir, requests, rounds, headers)
+            sides.append((f"side-{side}", side_args(path, db, stream), env, token))
+        used = side_by_side(sides, workdir, requests, rounds, headers, stream)
     ratios = ratio_table((base, "working tree"), used)
     click.echo(
         f"\n{base} / working tree, CPU time a request of `{path}`: "
@@ -1479,12 +1516,16 @@ def compare_command(base: str, path: str, requests: int, rounds: int, headers: s
 @click.option("--rounds", default=10, show_default=True, help="The ratio is a median over rounds.")
 @headers_option
 @prompt_option
-def pair_command(first: str, second: str, requests: int, rounds: int, headers: str) -> None:
+@stream_option
+def pair_command(
+    first: str, second: str, requests: int, rounds: int, headers: str, stream: str
+) -> None:
     """Two paths measured side by side, as `compare` does: e.g. `pair proxy proxy-metrics`
     (what metrics cost), `pair lean proxy` (what the addon costs), `pair proxy controls`.
     Prints, per round and as a median, the CPU time a request of FIRST over SECOND's:
     SECOND's throughput per core as a share of FIRST's."""
-    ratios = ratio_table((first, second), paired(first, second, requests, rounds, headers))
+    used = paired(first, second, requests, rounds, headers, stream)
+    ratios = ratio_table((first, second), used)
     click.echo(
         f"\n`{second}` keeps {statistics.median(ratios):.3f} of `{first}`'s throughput per "
         f"core (CPU time a request, {first} / {second}; median of {rounds} rounds, "
@@ -1493,7 +1534,12 @@ def pair_command(first: str, second: str, requests: int, rounds: int, headers: s
 
 
 def paired(
-    first: str, second: str, requests: int, rounds: int, headers: str = "minimal"
+    first: str,
+    second: str,
+    requests: int,
+    rounds: int,
+    headers: str = "minimal",
+    stream: str = "no",
 ) -> list[list[float]]:
     """`side_by_side` for two of the paths: per round, the CPU time a request of each."""
     with tempfile.TemporaryDirectory(prefix="llm-monitor-pair-") as tmp:
@@ -1506,8 +1552,8 @@ def paired(
             else:
                 side_dir.mkdir(parents=True)
                 db, token = side_dir / "unused.db", "-"
-            sides.append((f"{side}-{path}", side_args(path, db), {}, token))
-        return side_by_side(sides, workdir, requests, rounds, headers)
+            sides.append((f"{side}-{path}", side_args(path, db, stream), {}, token))
+        return side_by_side(sides, workdir, requests, rounds, headers, stream)
 
 
 @main.command("workers")
