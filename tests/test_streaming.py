@@ -10,12 +10,12 @@ import zlib
 import brotli
 import pytest
 import zstandard
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from llm_monitor.proxy.addon import StreamTap
 from llm_monitor.proxy.providers import RequestInfo, provider_named
-from llm_monitor.proxy.providers.openai import OpenAI
+from llm_monitor.proxy.providers.openai import OpenAI, _worth_parsing
 from llm_monitor.proxy.sse import EventSplitter, parse_event
 from tests.replay import load_recording
 
@@ -147,6 +147,60 @@ def test_splitter_gives_the_same_events_for_any_split(variant: str, points: list
     assert b"".join(pieces) == body
     data = [e.data for e in map(parse_event, pieces) if e is not None]
     assert data[-1] == "[DONE]" and len(data) == body.count(b"data: ")
+
+
+def split_line_by_line(chunks: list[bytes]) -> list[bytes]:
+    """Events as the splitter finds them reading every chunk line by line (`_feed_lines`,
+    what it did for every chunk before `_feed_lf`)."""
+    splitter = EventSplitter()
+    events = [event for chunk in chunks for event in splitter._feed_lines(chunk)]
+    return [*events, splitter.flush()]
+
+
+SSE_LINES = st.sampled_from(
+    [b'data: {"a":1}', b"data: [DONE]", b"event: error", b": ping", b"data:", b"", b"", b""]
+)
+LINE_ENDS = st.sampled_from([b"\n", b"\n", b"\n", b"\n", b"\r\n", b"\r"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.tuples(SSE_LINES, LINE_ENDS)),
+    points=st.lists(st.integers(min_value=0), max_size=20),
+)
+@example(lines=[(b"data: 1", b"\n"), (b"", b"\n"), (b"", b"\n"), (b"data: 2", b"\n")], points=[])
+@example(lines=[(b"", b"\n"), (b"", b"\n"), (b"data: 1", b"\n"), (b"", b"\n")], points=[1])
+def test_events_in_any_chunks_are_those_found_line_by_line(
+    lines: list[tuple[bytes, bytes]], points: list[int]
+) -> None:
+    """Runs of blank lines, an event begun in one chunk, CR and CRLF among the LFs: a
+    chunk read whole (`_feed_lf`) gives the events that reading it line by line gives."""
+    body = b"".join(line + end for line, end in lines)
+    chunks = cut(body, points)
+    splitter = EventSplitter()
+    pieces = [event for chunk in chunks for event in splitter.feed(chunk)]
+    assert [*pieces, splitter.flush()] == split_line_by_line(chunks)
+
+
+@pytest.mark.parametrize(
+    ("event", "worth"),
+    [
+        (b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n', False),
+        (b'data: {"choices": [{"delta": {"content": "a"}}], "usage": null}\n\n', False),
+        (b'data: {"choices":[],"usage":{"prompt_tokens":9}}\n\n', True),
+        (b'data: {"choices": [], "usage": {"prompt_tokens": 9}}\n\n', True),
+        (b'data: {"choices":[{"delta":{"content":"the \\"usage\\": null"}}]}\n\n', False),
+        (b'data: {"type":"usage"}\n\n', False),
+        (b"data: [DONE]\n\n", True),
+        (b'data: {"error":{"message":"overloaded"}}\n\n', True),
+        (b'event: response.completed\ndata: {"type":"response.completed"}\n\n', True),
+        (b'event: response.output_text.delta\ndata: {"delta":"a"}\n\n', False),
+    ],
+)
+def test_an_event_is_parsed_when_it_may_hold_usage_an_error_or_the_end(
+    event: bytes, worth: bool
+) -> None:
+    assert _worth_parsing(event) is worth
 
 
 def test_event_parsing() -> None:

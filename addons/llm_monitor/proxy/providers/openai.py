@@ -41,22 +41,19 @@ from llm_monitor.usage import TokenUsage, as_count, json_bytes
 INJECTABLE_SUFFIXES = ("/chat/completions", "/completions")
 _USAGE_NULL = (b',"usage":null', b', "usage": null')
 _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
-_FINAL_MARKERS = (
-    b"[DONE]",
-    b'"error"',
-    b"response.completed",
-    b"response.incomplete",
-    b"response.failed",
+# What makes an event worth parsing once the model is known: a usage object that is not
+# null, an error, or the stream's end. One scan of the event: a test for each (seven
+# substring scans, this ran for every event of every stream) took 2.4 µs an event in a
+# loop, this 1.0.
+_WORTH_PARSING = re.compile(
+    rb'"usage"\s*:\s*+(?!null)|\[DONE\]|"error"|response\.(?:completed|incomplete|failed)'
 )
 
 
 def _worth_parsing(raw: bytes) -> bool:
     """Once the model is known, only a usage object, an error or the stream's end matter;
-    everything else is content, passed on as it came. Plain substring tests: this runs for
-    every event of every stream."""
-    if b'"usage"' in raw and b'"usage":null' not in raw:
-        return True
-    return any(marker in raw for marker in _FINAL_MARKERS)
+    everything else is content, passed on as it came."""
+    return _WORTH_PARSING.search(raw) is not None
 
 
 _NO_DETAILS: Mapping[str, Any] = MappingProxyType({})  # shared: read-only
