@@ -54,7 +54,7 @@ class EventSplitter:
         ends at its blank line and takes the blank lines after it along, as `_line` has
         it, found in one scan instead of line by line; what follows the last one is held
         as `_feed_lines` holds it."""
-        events = []
+        events: list[bytes] = []
         start = 0
         for end in _LF_EVENT_END.finditer(chunk):
             events.append(chunk[start : end.end()])
