@@ -1481,7 +1481,8 @@ def compare_command(
     base: str, path: str, requests: int, rounds: int, headers: str, stream: str
 ) -> None:
     """A change measured: the working tree against `--base`, both running at once, pinned
-    to the same core, under the same JSON load. Per round, the CPU time a request of each.
+    to the same core, under the same load (JSON, or streams with `--stream`). Per round,
+    the CPU time a request of each.
 
     Ten rounds of the same code against itself gave 1.000 (0.98 to 1.06), and a change
     measured at 1.4% gave 1.009 and 1.014 in two runs."""

@@ -34,8 +34,9 @@ _LF_EVENT_END = re.compile(rb"\n\n+")
 
 
 class EventSplitter:
-    """Amortised linear: each byte is scanned for line ends once, whatever the chunking,
-    and a line is kept only up to `max_line` bytes (LineTooLong past that)."""
+    """Amortised linear: each byte is scanned a bounded number of times (for CR, for
+    blank lines, for line ends), whatever the chunking, and a line is kept only up to
+    `max_line` bytes (LineTooLong past that)."""
 
     def __init__(self, max_line: int = 16 * 1024 * 1024) -> None:
         self.max_line = max_line

@@ -158,8 +158,9 @@ class TopLevelFields:
     by 1.4% and 4.6%: `scripts/benchmark.py compare --prompt-kb N`).
 
     Returns every named field (None for one that is absent or null), or None for a body
-    that is not a JSON object. What msgspec refuses (NaN, Infinity, lone surrogates, deep
-    nesting, raised as a RecursionError) goes to `load_json`, which reads it as before.
+    that is not a JSON object. What msgspec refuses (NaN, Infinity, a lone surrogate in a
+    field it reads, deep nesting, raised as a RecursionError) goes to `load_json`, which
+    reads it as before.
     The one difference: a string stepped over is not checked for valid UTF-8, so the
     fields of a body holding bad UTF-8 in a message are read, where a whole parse read
     none; the provider refuses such a body, and its row says so (status and error).

@@ -405,8 +405,7 @@ class OpenAI:
             return RequestInfo(model=form_model(request.raw_content or b"", content_type))
         if "json" not in content_type:
             return RequestInfo()
-        raw = request.raw_content or b""
-        body = _REQUEST_FIELDS(raw)
+        body = _REQUEST_FIELDS(request.raw_content or b"")
         if body is None:
             return RequestInfo()
         model = body.get("model") if isinstance(body.get("model"), str) else None
