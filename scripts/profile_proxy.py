@@ -240,19 +240,14 @@ def tables(lean: Profile, proxy: Profile, top: int) -> None:
 @click.option("--requests", default=8000, show_default=True, help="Requests profiled per path.")
 @click.option("--top", default=30, show_default=True, help="Functions listed in each table.")
 @click.option("--frequency", default=999, show_default=True, help="perf samples a CPU second.")
-@click.option(
-    "--prompt-kb",
-    type=click.IntRange(0, 4096),
-    default=0,
-    show_default=True,
-    help="Requests carry a conversation of about this many KB (0: two words).",
-)
-def main(requests: int, top: int, frequency: int, prompt_kb: int) -> None:
-    """Profile the lean master and `llm-monitor proxy` under the JSON load (see above)."""
+@benchmark.prompt_option
+def main(requests: int, top: int, frequency: int) -> None:
+    """Profile the lean master and `llm-monitor proxy` side by side on one core under the
+    JSON load, with perf, and print µs a request by part of the program and by function."""
     if (why := perf_usable()) is not None:
         raise click.ClickException(why)
     benchmark.pin(os.getpid(), benchmark.OTHER_CPUS)
-    body = benchmark.conversation_body(prompt_kb) if prompt_kb else benchmark.BODIES["json"]
+    body = benchmark.BODIES["json"]  # a conversation with --prompt-kb (its callback sets it)
     with tempfile.TemporaryDirectory(prefix="llm-monitor-profile-") as tmp:
         lean, proxy = profile_side_by_side(requests, body, frequency, Path(tmp))
     tables(lean, proxy, top)
