@@ -8,8 +8,8 @@ Python 3.12 and later name each Python function to perf (`PYTHONPERFSUPPORT=1`: 
 trampoline per function). perf records the native stack of each sample with DWARF
 unwinding, which stops at the first Python function: each sample is credited to the
 innermost Python function and the native code it was running under it (the C of a dict
-update, SQLite, orjson, the garbage collector), i.e. self time with the C it calls. Unlike
-py-spy, nothing is missed while a thread waits for the interpreter lock or runs C.
+update, SQLite, orjson, the garbage collector), i.e. self time with the C it calls,
+measured in CPU time (a thread waiting for the interpreter lock takes no samples).
 
 Figures are µs a request: a function's share of the samples times the CPU time a request
 took while profiled. perf's own work runs in the profiled process and is spread over every
