@@ -185,8 +185,7 @@ def profile_side_by_side(
         for path, (pid, _) in started.items()
     }
     read_profiles(profiles, script)
-    lean, proxy = profiles.values()
-    return lean, proxy
+    return profiles[started["lean"][0]], profiles[started["proxy"][0]]
 
 
 def tables(lean: Profile, proxy: Profile, top: int) -> None:
@@ -224,7 +223,7 @@ def tables(lean: Profile, proxy: Profile, top: int) -> None:
         key=lambda n: proxy.us(proxy.by_function[n]) - lean.us(lean.by_function[n]),
         reverse=True,
     )
-    click.echo(f"\nthe {top} functions the proxy spends most more time in (self, with C):")
+    click.echo(f"\nthe {top} functions with the most time added in the proxy (self, with C):")
     benchmark.echo_table(
         columns,
         [row(n, lean.by_function[n], proxy.by_function[n]) for n in by_difference[:top]],
