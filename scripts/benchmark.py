@@ -1173,10 +1173,16 @@ def serve_lean_command(modes: tuple[str, ...], settings: tuple[str, ...]) -> Non
     """(internal) The lean master of `llm-monitor proxy` without the monitor addon."""
     from mitmproxy import hooks, options
 
-    from llm_monitor.proxy.master import LeanMaster, configure_logging, settle_heap
+    from llm_monitor.proxy.master import (
+        LeanMaster,
+        configure_logging,
+        settle_heap,
+        skip_message_type_checks,
+    )
 
     async def serve() -> None:
         configure_logging()
+        skip_message_type_checks()  # as `llm-monitor proxy` does
         opts = options.Options()
         lean = LeanMaster(opts, with_monitor=False)
         opts.set(*settings)

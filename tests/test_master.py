@@ -219,3 +219,53 @@ def test_what_the_addon_builds_at_start_is_frozen_out_of_full_collections(fresh_
     )
     assert "price entries the collector still walks: 0" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 0, done.stderr
+
+
+TYPE_CHECK_PROBE = """
+import asyncio, os, signal, sys
+from mitmproxy import http
+from llm_monitor.proxy import master
+
+
+def type_checked():
+    try:  # a timestamp that is no number: mitmproxy's development check refuses it
+        http.Request("h", 80, b"GET", b"http", b"", b"/", b"HTTP/1.1", http.Headers(), b"",
+                     None, "no number", None)
+    except TypeError:
+        return True
+    return False
+
+
+print("checked before serve:", type_checked(), flush=True)
+
+
+async def check():
+    await asyncio.sleep(0.2)  # serve() has started
+    print("checked while serving:", type_checked(), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def main():
+    asyncio.get_running_loop().create_task(check())
+    await master.serve([sys.argv[1]], [f"monitor_db={sys.argv[2]}", "termlog_verbosity=warn"])
+
+
+asyncio.run(main())
+"""
+
+
+def test_the_proxy_builds_messages_without_mitmproxys_development_type_check(fresh_db) -> None:
+    """`MessageData.__post_init__` type-checks every field of every request and response
+    unless Python runs with -O: the largest single item of the lean master's profile.
+    `llm-monitor proxy` leaves it out for its own process; code that builds messages in
+    process elsewhere (these tests) keeps it."""
+    mode = f"reverse:http://127.0.0.1:{free_port()}@127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-c", TYPE_CHECK_PROBE, mode, str(fresh_db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "checked before serve: True" in done.stdout, done.stdout + done.stderr
+    assert "checked while serving: False" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0, done.stderr

@@ -43,7 +43,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from mitmproxy import addonmanager, exceptions, flow, hooks, master, options
+from mitmproxy import addonmanager, exceptions, flow, hooks, http, master, options
 from mitmproxy.addons import (
     block,
     core,
@@ -164,6 +164,23 @@ class LeanMaster(master.Master):
         self.addons.add(*lean_addons(), *([Monitor()] if with_monitor else []))
 
 
+def _unchecked(message: http.MessageData) -> None:
+    """In place of `MessageData.__post_init__`: no type check (see below)."""
+
+
+def skip_message_type_checks() -> None:
+    """Build mitmproxy's requests and responses without its development type check.
+
+    Unless Python runs with -O, `MessageData.__post_init__` checks the type of every field
+    of every Request and Response mitmproxy builds, through `typing` and `dataclasses`
+    (`typecheck.check_option_type`): the largest single item of the lean master's profile
+    (`scripts/profile_proxy.py`). The values checked are those mitmproxy's own HTTP parser
+    and this project's code made. Only this check goes: mitmproxy's assertions, which guard
+    its protocol state machines, stay. Called by `serve`, for the process it runs (tests
+    that build messages in process keep the check)."""
+    http.MessageData.__post_init__ = _unchecked  # type: ignore[method-assign]
+
+
 def configure_logging() -> None:
     """As mitmdump does: every record reaches mitmproxy's handlers, which filter by
     `termlog_verbosity`; chatty libraries only from warnings up."""
@@ -200,6 +217,7 @@ async def serve(modes: Sequence[str], settings: Sequence[str]) -> int:
     """Run until SIGINT or SIGTERM. `settings` are `--set` values (`NAME=VALUE`); an
     unknown option or a bad value is refused before anything listens."""
     configure_logging()
+    skip_message_type_checks()
     opts = options.Options()
     proxy = LeanMaster(opts)
     try:
