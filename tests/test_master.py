@@ -6,6 +6,7 @@ import asyncio
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mitmproxy import exceptions, options
@@ -161,7 +162,30 @@ def test_children_an_addon_registers_later_are_called(event_loop_master) -> None
     assert seen == ["child.request"]
 
 
-SETTLED_HEAP_CHECK = """
+def serving(script: str, db: Path) -> subprocess.CompletedProcess[str]:
+    """Run `script` (ending with SERVE_WITH_CHECK) in a process of its own, with a reverse
+    mode on free ports and `db` as its arguments: its `check()` ends with SIGTERM."""
+    mode = f"reverse:http://127.0.0.1:{free_port()}@127.0.0.1:{free_port()}"
+    return subprocess.run(
+        [sys.executable, "-c", script, mode, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+# The end of each script `serving` runs: `master.serve` with the script's `check()` beside it.
+SERVE_WITH_CHECK = """
+async def main():
+    asyncio.get_running_loop().create_task(check())
+    await master.serve([sys.argv[1]], [f"monitor_db={sys.argv[2]}", "termlog_verbosity=warn"])
+
+
+asyncio.run(main())
+"""
+
+SETTLED_HEAP_CHECK = (
+    """
 import asyncio, gc, os, signal, sys
 from llm_monitor.money.prices import PriceEntry
 from llm_monitor.proxy import master
@@ -196,32 +220,22 @@ async def check():
     print("price entries the collector still walks:", left, flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
 
-
-async def main():
-    asyncio.get_running_loop().create_task(check())
-    await master.serve([sys.argv[1]], [f"monitor_db={sys.argv[2]}", "termlog_verbosity=warn"])
-
-
-asyncio.run(main())
 """
+    + SERVE_WITH_CHECK
+)
 
 
 def test_what_the_addon_builds_at_start_is_frozen_out_of_full_collections(fresh_db) -> None:
     """The recorder builds its price book (about 20,000 objects) on its thread after the
     heap was first frozen; every full collection under load (one every second or two)
     walked it, 6-13 ms each instead of 2-6 ms, until the master froze it too."""
-    mode = f"reverse:http://127.0.0.1:{free_port()}@127.0.0.1:{free_port()}"
-    done = subprocess.run(
-        [sys.executable, "-c", SETTLED_HEAP_CHECK, mode, str(fresh_db)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = serving(SETTLED_HEAP_CHECK, fresh_db)
     assert "price entries the collector still walks: 0" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 0, done.stderr
 
 
-TYPE_CHECK_PROBE = """
+TYPE_CHECK_PROBE = (
+    """
 import asyncio, os, signal, sys
 from mitmproxy import http
 from llm_monitor.proxy import master
@@ -240,18 +254,21 @@ print("checked before serve:", type_checked(), flush=True)
 
 
 async def check():
-    await asyncio.sleep(0.2)  # serve() has started
     print("checked while serving:", type_checked(), flush=True)
+    port = int(sys.argv[1].rsplit(":", 1)[1])
+    for _ in range(400):  # SIGTERM once it listens: its handler is installed by then
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+        else:
+            writer.close()
+            break
     os.kill(os.getpid(), signal.SIGTERM)
 
-
-async def main():
-    asyncio.get_running_loop().create_task(check())
-    await master.serve([sys.argv[1]], [f"monitor_db={sys.argv[2]}", "termlog_verbosity=warn"])
-
-
-asyncio.run(main())
 """
+    + SERVE_WITH_CHECK
+)
 
 
 def test_the_proxy_builds_messages_without_mitmproxys_development_type_check(fresh_db) -> None:
@@ -259,13 +276,7 @@ def test_the_proxy_builds_messages_without_mitmproxys_development_type_check(fre
     unless Python runs with -O: the largest single item of the lean master's profile.
     `llm-monitor proxy` leaves it out for its own process; code that builds messages in
     process elsewhere (these tests) keeps it."""
-    mode = f"reverse:http://127.0.0.1:{free_port()}@127.0.0.1:{free_port()}"
-    done = subprocess.run(
-        [sys.executable, "-c", TYPE_CHECK_PROBE, mode, str(fresh_db)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = serving(TYPE_CHECK_PROBE, fresh_db)
     assert "checked before serve: True" in done.stdout, done.stdout + done.stderr
     assert "checked while serving: False" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 0, done.stderr
