@@ -1170,30 +1170,11 @@ def peers_command(
 @click.option("--mode", "modes", multiple=True)
 @click.option("--set", "settings", multiple=True)
 def serve_lean_command(modes: tuple[str, ...], settings: tuple[str, ...]) -> None:
-    """(internal) The lean master of `llm-monitor proxy` without the monitor addon."""
-    from mitmproxy import hooks, options
+    """(internal) The lean master of `llm-monitor proxy` without the monitor addon: the
+    proxy's own launcher, every step of it (heap settled, type check left out, signals)."""
+    from llm_monitor.proxy import master
 
-    from llm_monitor.proxy.master import (
-        LeanMaster,
-        configure_logging,
-        settle_heap,
-        skip_message_type_checks,
-    )
-
-    async def serve() -> None:
-        configure_logging()
-        skip_message_type_checks()  # as `llm-monitor proxy` does
-        opts = options.Options()
-        lean = LeanMaster(opts, with_monitor=False)
-        opts.set(*settings)
-        opts.update(mode=list(modes))
-        lean.addons.trigger(hooks.ConfigureHook(set(opts.keys())))
-        settle_heap()  # as `llm-monitor proxy` does
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, lean.shutdown)
-        await lean.run()
-
-    asyncio.run(serve())
+    sys.exit(asyncio.run(master.serve(modes, settings, with_monitor=False)))
 
 
 @main.command("serve-uvloop")

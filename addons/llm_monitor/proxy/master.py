@@ -213,13 +213,14 @@ async def settle_once_started(proxy: master.Master, timeout: float = 10.0) -> No
 HUP_IGNORED = "llm-monitor: SIGHUP ignored: rolling restarts are `up --workers 2` (or more)'s"
 
 
-async def serve(modes: Sequence[str], settings: Sequence[str]) -> int:
+async def serve(modes: Sequence[str], settings: Sequence[str], *, with_monitor: bool = True) -> int:
     """Run until SIGINT or SIGTERM. `settings` are `--set` values (`NAME=VALUE`); an
-    unknown option or a bad value is refused before anything listens."""
+    unknown option or a bad value is refused before anything listens. `with_monitor`
+    False: the same launcher without the monitor addon (the benchmark's lean master)."""
     configure_logging()
     skip_message_type_checks()
     opts = options.Options()
-    proxy = LeanMaster(opts)
+    proxy = LeanMaster(opts, with_monitor=with_monitor)
     try:
         opts.set(*settings)
         if modes:
@@ -231,7 +232,8 @@ async def serve(modes: Sequence[str], settings: Sequence[str]) -> int:
     except exceptions.OptionsError as e:
         print(f"llm-monitor proxy: {e}", file=sys.stderr)
         return 2
-    library_index()  # shared by the recorder and the gate: built before any request waits
+    if with_monitor:
+        library_index()  # shared by the recorder and the gate: built before any request waits
     settle_heap()
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task] = []
